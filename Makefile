@@ -1,0 +1,34 @@
+# Two commands on a fresh machine (see README.md):
+#   make demo   set up everything and run the local demo
+#   make test   set up everything and run the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv test demo lint typecheck binaries clean
+
+$(STAMP): pyproject.toml .ci/constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip -q
+	# Pinned set from .ci/constraints.txt; numpy stays < 2 for Triton's python backend.
+	$(BIN)/pip install -q -c .ci/constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+binaries: $(STAMP)
+	cd tests && ../$(BIN)/python -m testground.binaries
+
+lint: $(STAMP)
+	$(BIN)/ruff check operator builder_image tests benchmarks
+	$(BIN)/mypy
+
+test: $(STAMP) binaries
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP) binaries
+	cd tests && ../$(BIN)/python -m testground.demo $(DEMO_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo

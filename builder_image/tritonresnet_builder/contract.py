@@ -1,0 +1,391 @@
+"""The versioned contract between the operator and the builder.
+
+The operator and the builder meet in three places, all defined here and only
+here:
+
+* **Arguments in**: :class:`BuildArgs` and :class:`PublishArgs` render to and
+  parse from the container's argv, so the operator never hand-writes flags.
+* **A JSON result out**: one line, on stdout's last line and in the pod's
+  termination message (kept under :data:`MAX_RESULT_BYTES`), parsed by the
+  operator with :func:`parse_result`.
+* **The repository layout**: :class:`RepositoryLayout` names every path the
+  builder writes and Triton reads.
+
+Bump :data:`CONTRACT` when any of them changes incompatibly; the operator
+refuses results of a contract it does not know.
+
+This module is pure (no I/O beyond path arithmetic, no third-party imports) so
+the operator can import it without pulling the builder's dependencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from enum import IntEnum
+from pathlib import PurePosixPath
+from typing import Any, Literal
+
+CONTRACT = "tritonresnet.io/builder/v1"
+
+#: Kubernetes truncates termination messages at 4096 bytes.
+MAX_RESULT_BYTES = 4096
+
+#: Where the operator asks the builder to write its result (the pod's
+#: terminationMessagePath); the builder takes it as ``--result-file``.
+TERMINATION_LOG = "/dev/termination-log"
+
+Format = Literal["tensorrt", "onnx"]
+Precision = Literal["fp32", "fp16", "bf16", "fp8", "int8"]
+FORMATS: tuple[Format, ...] = ("tensorrt", "onnx")
+PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "bf16", "fp8", "int8")
+
+#: A Triton model name we accept: no path separators, no dot-names, no
+#: traversal. Triton itself only needs a directory name; we are stricter so
+#: the name is also a safe path component and a DNS-ish label.
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+class ExitCode(IntEnum):
+    """Builder exit codes; the Job's podFailurePolicy keys on them."""
+
+    OK = 0
+    USAGE = 2  #: bad arguments: a bug in whoever rendered them; never retried
+    BAD_INPUT = 3  #: the user's mistake (URI, credentials, digest, ONNX): never retried
+    TRANSIENT = 4  #: network, throttling, a busy volume: retry
+    INTERNAL = 5  #: a bug in the builder: retried once by the Job's backoffLimit
+    UNSUPPORTED = 6  #: the node cannot do this (no TensorRT, no GPU): never retried
+
+
+#: Exit codes the operator's podFailurePolicy turns into an immediate Job failure.
+NON_RETRYABLE_EXIT_CODES: tuple[int, ...] = (ExitCode.USAGE, ExitCode.BAD_INPUT, ExitCode.UNSUPPORTED)
+
+
+# -- arguments in -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    uri: str  #: s3://bucket/key or a local path
+    sha256: str = ""  #: optional pin, lowercase hex
+    endpoint: str = ""  #: S3-compatible endpoint URL (MinIO, Ceph)
+    region: str = ""
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    format: Format = "tensorrt"
+    precision: Precision = "fp16"
+    max_batch_size: int = 8
+    opt_batch_size: int = 0  #: 0: half of max_batch_size, at least 1
+    workspace_mib: int = 4096
+
+    def optimum_batch(self) -> int:
+        return self.opt_batch_size or max(1, self.max_batch_size // 2)
+
+
+@dataclass(frozen=True)
+class BuildArgs:
+    """`tritonresnet-builder build`: fetch, validate, build one artifact for one GPU kind."""
+
+    repository: str  #: the mounted model-repository volume
+    engine_key: str  #: computed by the operator; names the engine folder
+    source: Source
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    result_file: str = TERMINATION_LOG
+
+    def to_argv(self) -> list[str]:
+        argv = [
+            "build",
+            f"--repository={self.repository}",
+            f"--engine-key={self.engine_key}",
+            f"--source={self.source.uri}",
+            f"--format={self.engine.format}",
+            f"--precision={self.engine.precision}",
+            f"--max-batch-size={self.engine.max_batch_size}",
+            f"--opt-batch-size={self.engine.optimum_batch()}",
+            f"--workspace-mib={self.engine.workspace_mib}",
+            f"--result-file={self.result_file}",
+        ]
+        if self.source.sha256:
+            argv.append(f"--sha256={self.source.sha256}")
+        if self.source.endpoint:
+            argv.append(f"--endpoint={self.source.endpoint}")
+        if self.source.region:
+            argv.append(f"--region={self.source.region}")
+        return argv
+
+
+@dataclass(frozen=True)
+class PublishArgs:
+    """`tritonresnet-builder publish`: assemble one model version from built engines."""
+
+    repository: str
+    model_name: str
+    version_key: str  #: computed by the operator; the same key always maps to the same version
+    engine_keys: tuple[str, ...]
+    max_batch_size: int = 8
+    max_queue_delay_us: int = 100
+    preferred_batch_sizes: tuple[int, ...] = ()
+    instance_count: int = 1
+    #: KIND_AUTO: GPU where the server has one, CPU otherwise (the test ground)
+    instance_kind: Literal["KIND_AUTO", "KIND_GPU", "KIND_CPU"] = "KIND_AUTO"
+    keep_versions: int = 3  #: retention: versions kept besides the protected ones
+    protect_versions: tuple[int, ...] = ()  #: never pruned (the version being served)
+    result_file: str = TERMINATION_LOG
+
+    def to_argv(self) -> list[str]:
+        argv = [
+            "publish",
+            f"--repository={self.repository}",
+            f"--model-name={self.model_name}",
+            f"--version-key={self.version_key}",
+            *(f"--engine-key={key}" for key in self.engine_keys),
+            f"--max-batch-size={self.max_batch_size}",
+            f"--max-queue-delay-us={self.max_queue_delay_us}",
+            f"--instance-count={self.instance_count}",
+            f"--instance-kind={self.instance_kind}",
+            f"--keep-versions={self.keep_versions}",
+            f"--result-file={self.result_file}",
+        ]
+        argv += [f"--preferred-batch-size={n}" for n in self.preferred_batch_sizes]
+        argv += [f"--protect-version={n}" for n in self.protect_versions]
+        return argv
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    """The builder's argv grammar; :func:`parse_args` is its inverse of ``to_argv``."""
+    parser = argparse.ArgumentParser(prog="tritonresnet-builder", description="tritonresnet builder (" + CONTRACT + ")")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    build = sub.add_parser("build", help="fetch, validate and build one engine")
+    build.add_argument("--repository", required=True)
+    build.add_argument("--engine-key", required=True)
+    build.add_argument("--source", required=True)
+    build.add_argument("--sha256", default="")
+    build.add_argument("--endpoint", default="")
+    build.add_argument("--region", default="")
+    build.add_argument("--format", choices=FORMATS, default="tensorrt")
+    build.add_argument("--precision", choices=PRECISIONS, default="fp16")
+    build.add_argument("--max-batch-size", type=int, default=8)
+    build.add_argument("--opt-batch-size", type=int, default=0)
+    build.add_argument("--workspace-mib", type=int, default=4096)
+    build.add_argument("--result-file", default=TERMINATION_LOG)
+
+    publish = sub.add_parser("publish", help="assemble a model version from built engines")
+    publish.add_argument("--repository", required=True)
+    publish.add_argument("--model-name", required=True)
+    publish.add_argument("--version-key", required=True)
+    publish.add_argument("--engine-key", action="append", required=True, dest="engine_keys")
+    publish.add_argument("--max-batch-size", type=int, default=8)
+    publish.add_argument("--max-queue-delay-us", type=int, default=100)
+    publish.add_argument("--preferred-batch-size", type=int, action="append", default=[], dest="preferred")
+    publish.add_argument("--instance-count", type=int, default=1)
+    publish.add_argument("--instance-kind", choices=("KIND_AUTO", "KIND_GPU", "KIND_CPU"), default="KIND_AUTO")
+    publish.add_argument("--keep-versions", type=int, default=3)
+    publish.add_argument("--protect-version", type=int, action="append", default=[], dest="protect")
+    publish.add_argument("--result-file", default=TERMINATION_LOG)
+    return parser
+
+
+def parse_args(argv: Sequence[str]) -> BuildArgs | PublishArgs:
+    """Parse builder argv; raises SystemExit(2) (ExitCode.USAGE) on bad arguments."""
+    ns = argument_parser().parse_args(list(argv))
+    if ns.command == "build":
+        return BuildArgs(
+            repository=ns.repository,
+            engine_key=ns.engine_key,
+            source=Source(uri=ns.source, sha256=ns.sha256, endpoint=ns.endpoint, region=ns.region),
+            engine=EngineSettings(
+                format=ns.format,
+                precision=ns.precision,
+                max_batch_size=ns.max_batch_size,
+                opt_batch_size=ns.opt_batch_size,
+                workspace_mib=ns.workspace_mib,
+            ),
+            result_file=ns.result_file,
+        )
+    return PublishArgs(
+        repository=ns.repository,
+        model_name=ns.model_name,
+        version_key=ns.version_key,
+        engine_keys=tuple(ns.engine_keys),
+        max_batch_size=ns.max_batch_size,
+        max_queue_delay_us=ns.max_queue_delay_us,
+        preferred_batch_sizes=tuple(ns.preferred),
+        instance_count=ns.instance_count,
+        instance_kind=ns.instance_kind,
+        keep_versions=ns.keep_versions,
+        protect_versions=tuple(ns.protect),
+        result_file=ns.result_file,
+    )
+
+
+# -- the repository layout -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RepositoryLayout:
+    """Every path on the model-repository volume, relative to its root.
+
+    Triton sees ``<model>/config.pbtxt``, ``<model>/configs/v<N>.pbtxt`` and
+    ``<model>/<N>/``. Everything of ours that Triton must not load lives under
+    the hidden ``.tritonresnet/`` folder (Triton skips names it cannot load as
+    models, and the operator only ever loads a model explicitly).
+    """
+
+    root: PurePosixPath
+
+    @property
+    def state(self) -> PurePosixPath:
+        return self.root / ".tritonresnet"
+
+    def engine_dir(self, engine_key: str) -> PurePosixPath:
+        """A built artifact and its ``engine.json`` (the build result)."""
+        return self.state / "engines" / engine_key
+
+    @property
+    def timing_cache_dir(self) -> PurePosixPath:
+        return self.state / "timing-cache"
+
+    @property
+    def staging_dir(self) -> PurePosixPath:
+        """Same volume as the models, so publishing is one rename."""
+        return self.state / "staging"
+
+    def model_dir(self, model: str) -> PurePosixPath:
+        return self.root / model
+
+    def version_dir(self, model: str, version: int) -> PurePosixPath:
+        return self.root / model / str(version)
+
+    def version_marker(self, model: str, version: int) -> PurePosixPath:
+        """JSON naming the version key a version was published from."""
+        return self.version_dir(model, version) / VERSION_MARKER
+
+    def pinned_config(self, model: str, version: int) -> PurePosixPath:
+        """Config that serves exactly one version; Triton loads it with
+        ``--model-config-name`` (see :func:`pinned_config_name`)."""
+        return self.root / model / "configs" / f"{pinned_config_name(version)}.pbtxt"
+
+    def default_config(self, model: str) -> PurePosixPath:
+        """The newest published version's config, for tools that read config.pbtxt."""
+        return self.root / model / "config.pbtxt"
+
+
+VERSION_MARKER = "tritonresnet-version.json"
+ENGINE_RESULT = "engine.json"
+
+
+def pinned_config_name(version: int) -> str:
+    return f"v{version}"
+
+
+def plan_filename(compute_capability: str) -> str:
+    """``8.6`` -> ``model.sm86.plan``: one file per GPU kind in a version."""
+    return f"model.sm{compute_capability.replace('.', '')}.plan"
+
+
+ONNX_FILENAME = "model.onnx"
+
+
+# -- the JSON result out --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    datatype: str  #: Triton datatype, e.g. FP32
+    shape: tuple[int, ...]  #: without the batch dimension; -1 is dynamic
+
+
+@dataclass(frozen=True)
+class Failure:
+    kind: str  #: CamelCase reason, e.g. DigestMismatch, ObjectNotFound, InvalidOnnx
+    message: str  #: one human sentence naming the field, file or object
+    field: str = ""  #: the spec field at fault, e.g. spec.source.sha256
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one builder run reports. ``ok`` decides which fields are meaningful."""
+
+    ok: bool
+    phase: Literal["build", "publish"]
+    exit_code: int = 0
+    error: Failure | None = None
+    # build and publish
+    engine_key: str = ""
+    source_sha256: str = ""
+    inputs: tuple[Tensor, ...] = ()
+    outputs: tuple[Tensor, ...] = ()
+    # build
+    format: str = ""
+    artifact: str = ""  #: file name inside the engine folder
+    artifact_bytes: int = 0
+    compute_capability: str = ""  #: e.g. 8.6; empty for onnx
+    tensorrt_version: str = ""
+    # publish
+    model_name: str = ""
+    version: int = 0
+    version_key: str = ""
+    files: tuple[str, ...] = ()
+    pruned: tuple[int, ...] = ()
+    seconds: dict[str, float] = field(default_factory=dict)
+    contract: str = CONTRACT
+
+    def to_json(self) -> str:
+        data = {k: v for k, v in asdict(self).items() if v not in ("", (), [], {}, None) or k in ("ok", "phase")}
+        text = json.dumps(data, separators=(",", ":"), sort_keys=True)
+        if len(text.encode()) > MAX_RESULT_BYTES:
+            # Never let the kubelet cut the JSON in half: drop the bulky parts.
+            data.pop("files", None)
+            data.pop("outputs", None)
+            data["truncated"] = True
+            text = json.dumps(data, separators=(",", ":"), sort_keys=True)[:MAX_RESULT_BYTES]
+        return text
+
+
+class ContractError(ValueError):
+    """A termination message that is not a result of a contract we know."""
+
+
+def _tensors(items: Any) -> tuple[Tensor, ...]:
+    return tuple(Tensor(name=t["name"], datatype=t["datatype"], shape=tuple(t["shape"])) for t in items or ())
+
+
+def parse_result(text: str) -> Result:
+    """Parse a termination message (or stdout's last line) into a :class:`Result`."""
+    line = text.strip().splitlines()[-1] if text.strip() else ""
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ContractError(f"builder result is not JSON: {line[:200]!r}") from exc
+    if not isinstance(data, dict) or data.get("contract") != CONTRACT:
+        raise ContractError(f"builder result has contract {data.get('contract') if isinstance(data, dict) else None!r}, "
+                            f"expected {CONTRACT!r}")
+    error = data.get("error")
+    return Result(
+        ok=bool(data["ok"]),
+        phase=data["phase"],
+        exit_code=int(data.get("exit_code", 0)),
+        error=Failure(**error) if error else None,
+        engine_key=data.get("engine_key", ""),
+        source_sha256=data.get("source_sha256", ""),
+        inputs=_tensors(data.get("inputs")),
+        outputs=_tensors(data.get("outputs")),
+        format=data.get("format", ""),
+        artifact=data.get("artifact", ""),
+        artifact_bytes=int(data.get("artifact_bytes", 0)),
+        compute_capability=data.get("compute_capability", ""),
+        tensorrt_version=data.get("tensorrt_version", ""),
+        model_name=data.get("model_name", ""),
+        version=int(data.get("version", 0)),
+        version_key=data.get("version_key", ""),
+        files=tuple(data.get("files", ())),
+        pruned=tuple(data.get("pruned", ())),
+        seconds=dict(data.get("seconds", {})),
+    )

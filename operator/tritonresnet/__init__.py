@@ -1,0 +1,1 @@
+"""tritonresnet: a Kubernetes operator serving ONNX ResNets through TensorRT and Triton."""

@@ -1,0 +1,186 @@
+"""Control-plane, etcd and helm binaries built from pinned Go modules.
+
+There is no kube-apiserver in any package registry we can rely on and no
+container engine to run kind, so the test ground compiles the real components
+from their Go modules, the way envtest ships real binaries for Go operators.
+
+The Go tools modules live next to this file (``tools/<name>/go.mod``), one per
+upstream project so their dependency graphs never fight. ``--regenerate``
+rewrites them from the pinned releases (Kubernetes' ``replace`` lines come from
+that release's own go.mod, never typed by hand). Built binaries are cached
+under the user's cache directory keyed by the versions, so only the first run
+on a machine pays for the build (about five minutes on two cores).
+
+Set ``TRITONRESNET_TESTGROUND_BIN`` (or envtest's ``KUBEBUILDER_ASSETS``) to a
+folder that already holds the binaries to skip the build entirely.
+
+    python -m testground.binaries              # build or reuse, print the folder
+    python -m testground.binaries --regenerate # rewrite tools/*/go.mod
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+KUBERNETES_VERSION = "v1.36.3"
+ETCD_VERSION = "v3.6.16"
+HELM_VERSION = "v3.22.0"
+
+KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+ALL_BINARIES = (*KUBE_COMMANDS, "etcd", "helm")
+
+TOOLS_DIR = Path(__file__).resolve().parent / "tools"
+ENV_OVERRIDES = ("TRITONRESNET_TESTGROUND_BIN", "KUBEBUILDER_ASSETS")
+
+# Packages whose version variables kubectl and the servers report.
+_VERSION_PACKAGES = ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
+
+
+def _go_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(CGO_ENABLED="0", GOFLAGS="-mod=mod", GOTOOLCHAIN="local")
+    return env
+
+
+def _go(args: list[str], cwd: Path) -> str:
+    proc = subprocess.run(
+        ["go", *args], cwd=cwd, env=_go_env(), check=True, capture_output=True, text=True
+    )
+    return proc.stdout
+
+
+def cache_dir() -> Path:
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    key = f"kubernetes-{KUBERNETES_VERSION}_etcd-{ETCD_VERSION}_helm-{HELM_VERSION}"
+    return root / "tritonresnet" / "testground" / key
+
+
+def _complete(folder: Path) -> bool:
+    return all((folder / name).is_file() and os.access(folder / name, os.X_OK) for name in ALL_BINARIES)
+
+
+# -- regenerating the tools modules ------------------------------------------------
+
+
+def _init_module(folder: Path, module: str) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    _go(["mod", "init", module], folder)
+
+
+def _regenerate_kubernetes() -> None:
+    folder = TOOLS_DIR / "kubernetes"
+    _init_module(folder, "tritonresnet.io/testground/tools/kubernetes")
+    info = json.loads(_go(["mod", "download", "-json", f"k8s.io/kubernetes@{KUBERNETES_VERSION}"], folder))
+    staging_version = "v0" + KUBERNETES_VERSION[2:]  # v1.36.3 -> v0.36.3
+    edits = [f"-require=k8s.io/kubernetes@{KUBERNETES_VERSION}"]
+    # k8s.io/kubernetes points its staging modules at ./staging, which is not in
+    # the module zip: replace each one with its published release instead.
+    for line in Path(info["GoMod"]).read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[1] == "=>" and parts[2].startswith("./staging/"):
+            edits.append(f"-replace={parts[0]}={parts[0]}@{staging_version}")
+    edits += [f"-tool=k8s.io/kubernetes/cmd/{cmd}" for cmd in KUBE_COMMANDS]
+    _go(["mod", "edit", *edits], folder)
+    _go(["mod", "tidy"], folder)
+
+
+def _regenerate_simple(name: str, module: str, version: str, tool: str) -> None:
+    folder = TOOLS_DIR / name
+    _init_module(folder, f"tritonresnet.io/testground/tools/{name}")
+    _go(["mod", "edit", f"-require={module}@{version}", f"-tool={tool}"], folder)
+    _go(["mod", "tidy"], folder)
+
+
+def regenerate() -> None:
+    _regenerate_kubernetes()
+    _regenerate_simple("etcd", "go.etcd.io/etcd/server/v3", ETCD_VERSION, "go.etcd.io/etcd/server/v3")
+    _regenerate_simple("helm", "helm.sh/helm/v3", HELM_VERSION, "helm.sh/helm/v3/cmd/helm")
+
+
+# -- building -----------------------------------------------------------------------
+
+
+def _kube_ldflags() -> str:
+    major, minor = KUBERNETES_VERSION[1:].split(".")[:2]
+    flags = ["-s", "-w"]
+    for pkg in _VERSION_PACKAGES:
+        flags += [
+            f"-X {pkg}.gitVersion={KUBERNETES_VERSION}",
+            f"-X {pkg}.gitMajor={major}",
+            f"-X {pkg}.gitMinor={minor}",
+            f"-X {pkg}.gitTreeState=clean",
+        ]
+    return " ".join(flags)
+
+
+def _build_plan() -> list[tuple[str, str, str, str]]:
+    """(binary, tools module, package, ldflags) for every binary."""
+    plan = [(cmd, "kubernetes", f"k8s.io/kubernetes/cmd/{cmd}", _kube_ldflags()) for cmd in KUBE_COMMANDS]
+    plan.append(("etcd", "etcd", "go.etcd.io/etcd/server/v3", "-s -w"))
+    helm_ld = f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"
+    plan.append(("helm", "helm", "helm.sh/helm/v3/cmd/helm", helm_ld))
+    return plan
+
+
+def build(target: Path, log=print) -> None:  # type: ignore[no-untyped-def]
+    target.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="testground-tools-") as tmp:
+        # Build from a copy so `go` never rewrites the committed go.mod/go.sum.
+        work = Path(tmp) / "tools"
+        shutil.copytree(TOOLS_DIR, work)
+        for binary, module, package, ldflags in _build_plan():
+            if (target / binary).is_file():
+                continue
+            started = time.monotonic()
+            log(f"testground: building {binary} from {package} (first run only) ...")
+            partial = target / f".{binary}.partial"
+            subprocess.run(
+                ["go", "build", "-trimpath", f"-ldflags={ldflags}", "-o", str(partial), package],
+                cwd=work / module, env=_go_env(), check=True,
+            )
+            partial.rename(target / binary)
+            log(f"testground: built {binary} in {time.monotonic() - started:.0f} s")
+
+
+def ensure_binaries(log=print) -> Path:  # type: ignore[no-untyped-def]
+    """Return a folder holding every binary, building it once if needed."""
+    for var in ENV_OVERRIDES:
+        if os.environ.get(var):
+            folder = Path(os.environ[var])
+            if _complete(folder):
+                return folder
+            log(f"testground: {var}={folder} lacks some of {', '.join(ALL_BINARIES)}; building instead")
+    folder = cache_dir()
+    if _complete(folder):
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    # One build per machine even when several test processes start at once.
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _complete(folder):
+            build(folder, log)
+    return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--regenerate", action="store_true", help="rewrite tools/*/go.mod from the pinned releases")
+    args = parser.parse_args(argv)
+    if args.regenerate:
+        regenerate()
+    print(ensure_binaries(log=lambda msg: print(msg, file=sys.stderr, flush=True)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

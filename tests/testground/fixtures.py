@@ -1,0 +1,60 @@
+"""Pytest fixtures of the test ground (registered from tests/conftest.py).
+
+Each component's module owns its logic; this module only wires them into
+pytest so there is one list of what a test can ask for:
+
+* ``control_plane``  session: etcd, kube-apiserver, controller-manager, scheduler
+* ``cluster``        session: the control plane plus emulated GPU nodes and storage
+* ``namespace``      function: a fresh namespace in ``cluster``, deleted afterwards
+* ``s3``             session: moto's standalone server on loopback with a bucket
+* ``onnx_models``    session: ResNet ONNX files made with CPU torch, cached
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from testground.controlplane import ControlPlane, start_control_plane
+from testground.models import OnnxModels, ensure_models
+from testground.nodeagent import NodeAgent, start_node_agent
+from testground.s3 import S3Server, start_s3
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    with start_control_plane(tmp_path_factory.mktemp("control-plane")) as cp:
+        yield cp
+
+
+@pytest.fixture(scope="session")
+def cluster(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """The control plane with emulated GPU nodes (and their storage) running."""
+    with start_node_agent(control_plane, tmp_path_factory.mktemp("nodes")):
+        yield control_plane
+
+
+@pytest.fixture
+def namespace(cluster: ControlPlane) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    cluster.create_namespace(name)
+    try:
+        yield name
+    finally:
+        cluster.delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    with start_s3(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def onnx_models() -> OnnxModels:
+    return ensure_models()
+
+
+__all__ = ["NodeAgent", "OnnxModels", "S3Server"]
