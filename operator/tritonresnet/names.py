@@ -36,7 +36,7 @@ LABEL_MODEL_VERSION = f"{GROUP}/model-version"
 APP_NAME = "tritonresnet"
 MANAGER = "tritonresnet-operator"
 
-Component = Literal["build", "publish", "triton"]
+Component = Literal["build", "publish", "triton", "repository"]
 
 #: Length of every content key (hex of a sha256).
 KEY_LENGTH = 16
