@@ -1,0 +1,133 @@
+"""tritonresnet.status_text.describe on resources shaped like the operator's status."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+from tritonresnet.status_text import age, describe
+
+NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
+
+
+def ready_resource() -> dict[str, Any]:
+    return {
+        "apiVersion": "tritonresnet.io/v1alpha1",
+        "kind": "TritonResNet",
+        "metadata": {"name": "resnet50", "namespace": "vision", "generation": 3},
+        "status": {
+            "observedGeneration": 3,
+            "phase": "Ready",
+            "message": "2/2 replicas ready at version 4",
+            "versionKey": "9f86d081884c7d65",
+            "modelVersion": 4,
+            "servingVersionKey": "9f86d081884c7d65",
+            "published": {
+                "versionKey": "9f86d081884c7d65",
+                "version": 4,
+                "inputs": [{"name": "input", "datatype": "FP32", "dims": [3, 224, 224]}],
+                "outputs": [{"name": "output", "datatype": "FP32", "dims": [1000]}],
+            },
+            "targets": [
+                {
+                    "name": "a100",
+                    "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB"},
+                    "engineKey": "0123456789abcdef",
+                    "job": "resnet50-build-0123456789",
+                    "state": "Built",
+                    "computeCapability": "8.0",
+                    "tensorrtVersion": "10.3.0",
+                    "artifact": "model.plan",
+                    "artifactBytes": 52428800,
+                    "message": "built model.plan",
+                }
+            ],
+            "replicas": 2,
+            "readyReplicas": 2,
+            "endpoints": ["10.0.0.7:8001", "10.0.0.8:8001"],
+            "conditions": [
+                {"type": "Ready", "status": "True", "reason": "Verified", "message": "2 endpoints answer",
+                 "observedGeneration": 3, "lastTransitionTime": "2025-03-01T11:55:00Z"},
+                {"type": "Stalled", "status": "False", "reason": "Progressing", "message": "",
+                 "observedGeneration": 3, "lastTransitionTime": "2025-02-27T12:00:00Z"},
+            ],
+        },
+    }
+
+
+def test_describe_ready_resource_names_phase_version_replicas_and_endpoints() -> None:
+    text = describe(ready_resource(), now=NOW)
+    assert text.startswith("TritonResNet vision/resnet50\n")
+    assert "Phase:      Ready (serving:" in text
+    assert "Model:      version 4 is being served" in text
+    assert "Replicas:   2 of 2 ready" in text
+    assert "Endpoints:  10.0.0.7:8001, 10.0.0.8:8001" in text
+    assert "input input FP32 3x224x224" in text
+    assert "Published" not in text  # the published version is the one served
+
+
+def test_describe_lists_each_target_with_its_plan_details() -> None:
+    text = describe(ready_resource(), now=NOW)
+    assert "  a100: Built\n" in text
+    for detail in ("nodes nvidia.com/gpu.product=NVIDIA-A100-SXM4-40GB", "compute capability 8.0",
+                   "TensorRT 10.3.0", "engine key 0123456789abcdef", "Job resnet50-build-0123456789",
+                   "artifact model.plan (50.0 MiB)"):
+        assert f"    {detail}\n" in text
+
+
+def test_describe_conditions_say_status_reason_message_and_age() -> None:
+    text = describe(ready_resource(), now=NOW)
+    assert "  Ready is True (Verified), since 5m ago\n    2 endpoints answer\n" in text
+    assert "  Stalled is False (Progressing), since 2d ago\n" in text
+
+
+def test_describe_says_when_the_operator_has_not_seen_the_latest_spec() -> None:
+    resource = ready_resource()
+    resource["metadata"]["generation"] = 5
+    assert "seen generation 3 of the spec, not yet the latest, 5" in describe(resource, now=NOW)
+
+
+def test_describe_shows_a_published_version_that_is_not_served_yet() -> None:
+    resource = ready_resource()
+    resource["status"].update(phase="Deploying", modelVersion=3)
+    text = describe(resource, now=NOW)
+    assert "Phase:      Deploying (rolling out" in text
+    assert "Model:      version 3 is being served" in text
+    assert "Published:  version 4 (not serving yet)" in text
+
+
+def test_describe_failed_build_shows_the_targets_message() -> None:
+    resource = ready_resource()
+    target = resource["status"]["targets"][0]
+    target.update(state="Failed", message="exit code 6: TensorRT is not available on this node")
+    resource["status"].update(phase="Failed", endpoints=[])
+    text = describe(resource, now=NOW)
+    assert "Phase:      Failed (stuck:" in text
+    assert "  a100: Failed\n" in text
+    assert "    exit code 6: TensorRT is not available on this node\n" in text
+    assert "Endpoints:  none verified yet" in text
+
+
+def test_describe_resource_without_status_says_the_operator_has_not_reported() -> None:
+    text = describe({"metadata": {"name": "fresh", "namespace": "default", "generation": 1}}, now=NOW)
+    assert text == (
+        "TritonResNet default/fresh\n"
+        "Phase:      unknown: the operator has not reported on this resource yet\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "expected"),
+    [
+        ("2025-03-01T11:59:50Z", "10s ago"),
+        ("2025-03-01T11:58:30Z", "1m ago"),
+        ("2025-03-01T10:30:00Z", "90m ago"),
+        ("2025-03-01T06:00:00Z", "6h ago"),
+        ("2025-02-20T12:00:00Z", "9d ago"),
+        ("2025-03-01T12:00:05Z", "just now"),
+        ("yesterday", "yesterday"),
+    ],
+)
+def test_age_reads_like_kubectl(timestamp: str, expected: str) -> None:
+    assert age(timestamp, NOW) == expected
