@@ -43,7 +43,8 @@ def age(timestamp: str, now: datetime) -> str:
 
 
 def _field(label: str, value: str) -> str:
-    return f"{label + ':':<12}{value}"
+    """``Label:     value``; an empty label continues the field above."""
+    return f"{label + ':' if label else '':<12}{value}"
 
 
 def _header(trn: Mapping[str, Any]) -> list[str]:

@@ -63,7 +63,7 @@ def test_describe_ready_resource_names_phase_version_replicas_and_endpoints() ->
     assert "Model:      version 4 is being served" in text
     assert "Replicas:   2 of 2 ready" in text
     assert "Endpoints:  10.0.0.7:8001, 10.0.0.8:8001" in text
-    assert "input input FP32 3x224x224" in text
+    assert "Tensors:    input input FP32 3x224x224\n            output output FP32 1000\n" in text
     assert "Published" not in text  # the published version is the one served
 
 
