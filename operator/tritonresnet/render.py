@@ -5,7 +5,8 @@ labels and an owner reference to the TritonResNet, spec) ready for
 server-side apply. Nothing here talks to the cluster or mutates its inputs:
 the user's selectors, tolerations and resources are copied, never shared.
 
-``cr_meta`` is the TritonResNet's ``metadata`` (name, namespace, uid).
+``cr`` is the TritonResNet: the whole object, or only its ``metadata``
+(name, namespace and uid are read).
 """
 
 from __future__ import annotations
@@ -82,7 +83,14 @@ def release(spec: TritonResNetSpec, settings: Settings) -> str:
     return spec.release_or(settings.default_release)
 
 
-def owner_reference(cr_meta: Mapping[str, Any]) -> Object:
+def cr_metadata(cr: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The metadata of ``cr``, whether given the whole object or its metadata."""
+    meta = cr.get("metadata", cr)
+    return meta if isinstance(meta, Mapping) else cr
+
+
+def owner_reference(cr: Mapping[str, Any]) -> Object:
+    cr_meta = cr_metadata(cr)
     return {
         "apiVersion": names.API_VERSION,
         "kind": names.KIND,
@@ -93,12 +101,12 @@ def owner_reference(cr_meta: Mapping[str, Any]) -> Object:
     }
 
 
-def _metadata(cr_meta: Mapping[str, Any], name: str, labels: Mapping[str, str]) -> Object:
+def _metadata(cr: Mapping[str, Any], name: str, labels: Mapping[str, str]) -> Object:
     return {
         "name": name,
-        "namespace": cr_meta["namespace"],
+        "namespace": cr_metadata(cr)["namespace"],
         "labels": dict(labels),
-        "ownerReferences": [owner_reference(cr_meta)],
+        "ownerReferences": [owner_reference(cr)],
     }
 
 
@@ -243,10 +251,10 @@ def build_args(spec: TritonResNetSpec, engine_key: str) -> BuildArgs:
 
 
 def build_job(
-    cr_meta: Mapping[str, Any], spec: TritonResNetSpec, target: Target, engine_key: str, settings: Settings
+    cr: Mapping[str, Any], spec: TritonResNetSpec, target: Target, engine_key: str, settings: Settings
 ) -> Object:
     """One build of one artifact for one GPU kind (tensorrt), or the one CPU build (onnx)."""
-    cr_name = cr_meta["name"]
+    cr_name = cr_metadata(cr)["name"]
     gpu = spec.uses_gpu_builds
     labels = names.labels(
         cr_name,
@@ -274,7 +282,7 @@ def build_job(
         "containers": [container],
         "volumes": _volumes(cr_name, spec, read_only=False),
     }
-    metadata = _metadata(cr_meta, names.build_job_name(cr_name, engine_key), labels)
+    metadata = _metadata(cr, names.build_job_name(cr_name, engine_key), labels)
     return _job(metadata, labels, pod_spec, settings)
 
 
@@ -298,7 +306,7 @@ def publish_args(
 
 
 def publish_job(
-    cr_meta: Mapping[str, Any],
+    cr: Mapping[str, Any],
     spec: TritonResNetSpec,
     engine_keys: Iterable[str],
     version_key: str,
@@ -306,7 +314,7 @@ def publish_job(
     settings: Settings,
 ) -> Object:
     """Assemble one model version from the built artifacts: CPU only, runs anywhere the volume mounts."""
-    cr_name = cr_meta["name"]
+    cr_name = cr_metadata(cr)["name"]
     labels = names.labels(cr_name, "publish", {names.LABEL_VERSION_KEY: version_key})
     container = _builder_container(
         settings.builder_image(release(spec, settings)),
@@ -321,7 +329,7 @@ def publish_job(
         "containers": [container],
         "volumes": _volumes(cr_name, spec, read_only=False),
     }
-    metadata = _metadata(cr_meta, names.publish_job_name(cr_name, version_key), labels)
+    metadata = _metadata(cr, names.publish_job_name(cr_name, version_key), labels)
     return _job(metadata, labels, pod_spec, settings)
 
 
@@ -393,7 +401,7 @@ def _anti_affinity(cr_name: str) -> Object:
 
 
 def triton_deployment(
-    cr_meta: Mapping[str, Any], spec: TritonResNetSpec, version: int, settings: Settings
+    cr: Mapping[str, Any], spec: TritonResNetSpec, version: int, settings: Settings
 ) -> Object:
     """Triton serving exactly model version ``version``, mounted read-only.
 
@@ -402,7 +410,7 @@ def triton_deployment(
     """
     if version < 1:
         raise ValueError(f"model version must be 1 or more, got {version}")
-    cr_name = cr_meta["name"]
+    cr_name = cr_metadata(cr)["name"]
     pod_labels = names.labels(cr_name, "triton", {names.LABEL_MODEL_VERSION: str(version)})
     pod_spec = _pod_base(settings) | {
         "terminationGracePeriodSeconds": 60,
@@ -415,7 +423,7 @@ def triton_deployment(
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(cr_meta, names.deployment_name(cr_name), names.labels(cr_name, "triton")),
+        "metadata": _metadata(cr, names.deployment_name(cr_name), names.labels(cr_name, "triton")),
         "spec": {
             "replicas": spec.serving.replicas,
             "revisionHistoryLimit": 3,
@@ -438,13 +446,15 @@ def triton_deployment(
     }
 
 
-def service(cr_meta: Mapping[str, Any]) -> Object:
-    cr_name = cr_meta["name"]
+def service(cr: Mapping[str, Any], spec: TritonResNetSpec | None = None) -> Object:
+    """HTTP, gRPC and metrics of the Triton pods. ``spec`` is accepted for a uniform call shape; the
+    Service does not depend on it."""
+    cr_name = cr_metadata(cr)["name"]
     ports = [("http", HTTP_PORT, "http"), ("grpc", GRPC_PORT, "grpc"), ("metrics", METRICS_PORT, "http")]
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(cr_meta, names.service_name(cr_name), names.labels(cr_name, "triton")),
+        "metadata": _metadata(cr, names.service_name(cr_name), names.labels(cr_name, "triton")),
         "spec": {
             "type": "ClusterIP",
             "selector": names.selector_labels(cr_name, "triton"),
@@ -456,18 +466,19 @@ def service(cr_meta: Mapping[str, Any]) -> Object:
     }
 
 
-def pod_disruption_budget(cr_meta: Mapping[str, Any]) -> Object:
+def pod_disruption_budget(cr: Mapping[str, Any], spec: TritonResNetSpec | None = None) -> Object:
     """At most one Triton pod voluntarily disrupted at a time.
 
     maxUnavailable 1 rather than minAvailable: with one replica, minAvailable 1
     would block every node drain forever; with more, it allows the same as
     maxUnavailable 1 and stays right when an HPA changes the replica count.
+    ``spec`` is accepted for a uniform call shape; the budget does not depend on it.
     """
-    cr_name = cr_meta["name"]
+    cr_name = cr_metadata(cr)["name"]
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": _metadata(cr_meta, names.pdb_name(cr_name), names.labels(cr_name, "triton")),
+        "metadata": _metadata(cr, names.pdb_name(cr_name), names.labels(cr_name, "triton")),
         "spec": {
             "maxUnavailable": 1,
             "selector": {"matchLabels": names.selector_labels(cr_name, "triton")},
@@ -495,17 +506,17 @@ def _hpa_metric(metric: AutoscalingMetric) -> Object:
     }
 
 
-def hpa(cr_meta: Mapping[str, Any], spec: TritonResNetSpec) -> Object:
+def hpa(cr: Mapping[str, Any], spec: TritonResNetSpec) -> Object | None:
     """An HPA scaling the TritonResNet itself (its scale subresource), so spec.serving.replicas stays the one
-    source of the replica count."""
+    source of the replica count. None when spec.serving.autoscaling is not set."""
     autoscaling = spec.serving.autoscaling
     if autoscaling is None:
-        raise ValueError("spec.serving.autoscaling is not set")
-    cr_name = cr_meta["name"]
+        return None
+    cr_name = cr_metadata(cr)["name"]
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
-        "metadata": _metadata(cr_meta, names.hpa_name(cr_name), names.labels(cr_name, "triton")),
+        "metadata": _metadata(cr, names.hpa_name(cr_name), names.labels(cr_name, "triton")),
         "spec": {
             "scaleTargetRef": {"apiVersion": names.API_VERSION, "kind": names.KIND, "name": cr_name},
             "minReplicas": autoscaling.min_replicas,
@@ -515,17 +526,17 @@ def hpa(cr_meta: Mapping[str, Any], spec: TritonResNetSpec) -> Object:
     }
 
 
-def models_pvc(cr_meta: Mapping[str, Any], spec: TritonResNetSpec) -> Object:
+def models_pvc(cr: Mapping[str, Any], spec: TritonResNetSpec) -> Object | None:
     """The repository claim the operator creates for ``repository.create``.
 
     Owned by the TritonResNet, so it goes when the resource goes. A claim the
     user names in ``repository.claimName`` is never rendered here, so never
-    owned and never deleted.
+    owned and never deleted: None then.
     """
     create = spec.repository.create
     if create is None:
-        raise ValueError("spec.repository.create is not set; the claim belongs to the user")
-    cr_name = cr_meta["name"]
+        return None
+    cr_name = cr_metadata(cr)["name"]
     pvc_spec: Object = {
         "accessModes": list(create.access_modes),
         "volumeMode": "Filesystem",
@@ -536,7 +547,7 @@ def models_pvc(cr_meta: Mapping[str, Any], spec: TritonResNetSpec) -> Object:
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": _metadata(cr_meta, names.pvc_name(cr_name), names.labels(cr_name, "repository")),
+        "metadata": _metadata(cr, names.pvc_name(cr_name), names.labels(cr_name, "repository")),
         "spec": pvc_spec,
     }
 
