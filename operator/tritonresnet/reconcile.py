@@ -1,0 +1,667 @@
+"""Pure reconcile: a TritonResNet and what exists in the cluster -> what should exist.
+
+:func:`plan` is a pure function of its inputs (no I/O, no clock: ``now`` is
+passed in), so every decision of the operator is unit-tested without a
+cluster. The kopf layer (``handlers.py``) gathers :class:`Observed`, calls
+:func:`plan`, and carries out the returned :class:`Plan`.
+
+State lives in the cluster, never only in the operator's memory:
+
+* which engines exist: the build Jobs' results (pod termination messages),
+  remembered in ``status.targets`` once read;
+* which version is published for the current spec: the publish Job's result,
+  remembered in ``status.published``; publishing again is idempotent;
+* which version serves: the Triton Deployment's labels and annotations.
+
+So a restart at any point recomputes the same names and the same decisions,
+and a repeated event never duplicates a Job.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tritonresnet_builder.contract import ContractError, Result, Tensor, parse_result
+
+from tritonresnet import conditions as c
+from tritonresnet import names, render
+from tritonresnet.conditions import Condition
+from tritonresnet.kube import is_current, with_applied_hash
+from tritonresnet.settings import Settings
+from tritonresnet.spec import SpecError, TritonResNetSpec, parse_spec
+from tritonresnet.verify import EndpointCheck, Expected
+
+TRITON_HTTP_PORT = 8000
+
+# What the Triton Deployment serves, kept on the Deployment itself so the
+# cluster (not the operator's memory or status) remembers it.
+MODEL_VERSION_ANNOTATION = "tritonresnet.io/model-version"
+VERSION_KEY_ANNOTATION = "tritonresnet.io/version-key"
+MODEL_IO_ANNOTATION = "tritonresnet.io/model-io"
+
+# Container waiting reasons that mean a pod will not start without a change.
+_STUCK_REASONS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "CrashLoopBackOff",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "ImageNotKnownToTestGround",
+    }
+)
+
+# Condition reasons reported as Warning events.
+_WARNING_REASONS = frozenset(
+    {
+        "InvalidSpec",
+        "ModelNameConflict",
+        "BuildFailed",
+        "PublishFailed",
+        "RolloutStuck",
+        "VerificationFailed",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What exists, as cached from the watches."""
+
+    resource: Mapping[str, Any]  #: the TritonResNet
+    jobs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  #: this resource's Jobs by name
+    pods: Sequence[Mapping[str, Any]] = ()  #: this resource's pods (Job pods and Triton pods)
+    children: Mapping[tuple[str, str], Mapping[str, Any]] = field(
+        default_factory=dict
+    )  #: (kind, name) -> object
+    peers: Sequence[Mapping[str, Any]] = ()  #: other TritonResNets in the namespace
+    verification: Mapping[str, EndpointCheck] = field(default_factory=dict)  #: endpoint -> last check
+    now: str = "1970-01-01T00:00:00Z"
+
+
+@dataclass(frozen=True)
+class VerifyRequest:
+    endpoints: tuple[str, ...]
+    expected: Expected
+
+
+@dataclass(frozen=True)
+class Plan:
+    apply: list[dict[str, Any]]  #: rendered children that differ from what exists (hash annotated)
+    delete: list[tuple[str, str, str]]  #: (apiVersion, kind, name)
+    status: dict[str, Any]  #: the complete status to write (written only if it differs)
+    events: list[tuple[str, str, str]]  #: (type, reason, message)
+    verify: VerifyRequest | None = None
+
+
+@dataclass(frozen=True)
+class Served:
+    """The version the Triton Deployment pins, read back from its metadata."""
+
+    version: int
+    version_key: str
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+
+
+# -- reading what exists ------------------------------------------------------------------
+
+
+def _tensors(items: Any) -> tuple[Tensor, ...]:
+    return tuple(Tensor(t["name"], t["datatype"], tuple(t["shape"])) for t in items or ())
+
+
+def _tensor_dicts(tensors: Sequence[Tensor]) -> list[dict[str, Any]]:
+    return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in tensors]
+
+
+def served_from_deployment(deployment: Mapping[str, Any] | None) -> Served | None:
+    if not deployment:
+        return None
+    ann = (deployment.get("metadata") or {}).get("annotations") or {}
+    try:
+        io = json.loads(ann[MODEL_IO_ANNOTATION])
+        return Served(
+            int(ann[MODEL_VERSION_ANNOTATION]),
+            ann[VERSION_KEY_ANNOTATION],
+            _tensors(io["inputs"]),
+            _tensors(io["outputs"]),
+        )
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def _condition(obj: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
+    return c.find((obj.get("status") or {}).get("conditions"), type_)
+
+
+def _job_pods(job_name: str, pods: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [p for p in pods if ((p.get("metadata") or {}).get("labels") or {}).get("job-name") == job_name]
+
+
+def _unschedulable(pods: Sequence[Mapping[str, Any]]) -> str:
+    """The scheduler's message when a pod waits for a node (e.g. no free GPU yet)."""
+    for pod in pods:
+        cond = _condition(pod, "PodScheduled")
+        if cond and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
+            return str(cond.get("message") or "no node fits")
+    return ""
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    state: str  #: Pending | Running | Unschedulable | Succeeded | Failed
+    result: Result | None = None
+    message: str = ""
+
+
+def job_outcome(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> JobOutcome:
+    """Classify a builder Job and read its result from the pods' termination messages."""
+    name = job["metadata"]["name"]
+    mine = _job_pods(name, pods)
+    result, message = None, ""
+    for pod in sorted(mine, key=lambda p: p["metadata"].get("creationTimestamp") or ""):
+        for cs in (pod.get("status") or {}).get("containerStatuses") or ():
+            term = (cs.get("state") or {}).get("terminated")
+            if term and term.get("message"):
+                try:
+                    result = parse_result(term["message"])
+                except ContractError as exc:
+                    message = str(exc)
+    if _condition(job, "Complete") and _condition(job, "Complete").get("status") == "True":  # type: ignore[union-attr]
+        if result and result.ok:
+            return JobOutcome("Succeeded", result)
+        return JobOutcome("Failed", result, message or "builder finished without a result")
+    failed = _condition(job, "Failed")
+    if failed and failed.get("status") == "True":
+        if result and result.error:
+            message = result.error.message
+        return JobOutcome("Failed", result, message or str(failed.get("message") or failed.get("reason")))
+    waiting = _unschedulable(mine)
+    if waiting:
+        return JobOutcome("Unschedulable", None, waiting)
+    running = any((p.get("status") or {}).get("phase") == "Running" for p in mine)
+    return JobOutcome("Running" if running else "Pending")
+
+
+# -- the plan ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Progress:
+    """Accumulates what the plan decides, so each step stays a few lines."""
+
+    children: list[dict[str, Any]] = field(default_factory=list)
+    delete: list[tuple[str, str, str]] = field(default_factory=list)
+    conditions: list[Condition] = field(default_factory=list)
+
+
+def repository_identity(spec: TritonResNetSpec, cr_name: str) -> tuple[str, str]:
+    """The volume (and folder in it) a resource publishes into."""
+    return render.claim_name(cr_name, spec), spec.repository.sub_path
+
+
+def find_conflict(
+    resource: Mapping[str, Any], spec: TritonResNetSpec, peers: Sequence[Mapping[str, Any]]
+) -> str:
+    """Name of an older TritonResNet serving the same model name from the same volume."""
+    me = resource["metadata"]
+    mine = (repository_identity(spec, me["name"]), spec.model.name)
+    older = []
+    for peer in peers:
+        pm = peer["metadata"]
+        if pm["name"] == me["name"]:
+            continue
+        try:
+            pspec = parse_spec(peer)
+        except SpecError:
+            continue
+        if (repository_identity(pspec, pm["name"]), pspec.model.name) != mine:
+            continue
+        if (pm.get("creationTimestamp") or "", pm["name"]) < (me.get("creationTimestamp") or "", me["name"]):
+            older.append(pm["name"])
+    return sorted(older)[0] if older else ""
+
+
+def _failed_status(resource: Mapping[str, Any], reason: str, message: str, now: str) -> dict[str, Any]:
+    old = resource.get("status") or {}
+    gen = int(resource["metadata"].get("generation") or 0)
+    conds = [
+        Condition(c.READY, "False", reason, message),
+        Condition(c.RECONCILING, "False", reason, ""),
+        Condition(c.STALLED, "True", reason, message),
+    ]
+    status = {
+        k: v
+        for k, v in old.items()
+        if k in ("modelVersion", "servingVersionKey", "replicas", "readyReplicas", "selector", "endpoints")
+    }
+    status.update(
+        observedGeneration=gen,
+        phase=c.FAILED,
+        message=message,
+        conditions=c.merge_conditions(old.get("conditions"), conds, gen, now),
+    )
+    return status
+
+
+def _events(
+    old_conditions: Sequence[Mapping[str, Any]] | None, new_conditions: Sequence[Mapping[str, Any]]
+) -> list[tuple[str, str, str]]:
+    """One event per transition a human should notice (Ready, EngineBuilt, Available, Stalled)."""
+    events = []
+    for new in new_conditions:
+        if new["type"] == c.RECONCILING:
+            continue
+        old = c.find(old_conditions, new["type"])
+        if old and (old.get("status"), old.get("reason")) == (new["status"], new["reason"]):
+            continue
+        if not old and new["status"] != "True" and new["type"] != c.ENGINE_BUILT:
+            continue  # the first "not yet" is not news
+        kind = "Warning" if new["reason"] in _WARNING_REASONS else "Normal"
+        events.append((kind, new["reason"], new["message"] or f"{new['type']} is {new['status']}"))
+    return events
+
+
+def plan(observed: Observed, settings: Settings) -> Plan:
+    resource = observed.resource
+    meta = resource["metadata"]
+    old_status = resource.get("status") or {}
+    gen = int(meta.get("generation") or 0)
+    now = observed.now
+
+    try:
+        spec = parse_spec(resource)
+    except SpecError as exc:
+        failed = _failed_status(resource, "InvalidSpec", str(exc), now)
+        return Plan([], [], failed, _events(old_status.get("conditions"), failed["conditions"]))
+
+    conflict = find_conflict(resource, spec, observed.peers)
+    if conflict:
+        message = (
+            f"model {spec.model.name!r} on this repository is already served by "
+            f"TritonResNet {conflict!r}; choose another spec.model.name or repository"
+        )
+        failed = _failed_status(resource, "ModelNameConflict", message, now)
+        return Plan([], [], failed, _events(old_status.get("conditions"), failed["conditions"]))
+
+    progress = _Progress()
+    targets = spec.build_targets()
+    release = spec.release_or(settings.default_release)
+    engine_keys = {t.name: names.engine_key(spec, t, release) for t in targets}
+    version_key = names.version_key(spec, sorted(engine_keys.values()))
+    deployment = observed.children.get(("Deployment", names.deployment_name(meta["name"])))
+    served = served_from_deployment(deployment)
+
+    pvc = render.models_pvc(meta, spec)
+    if pvc is not None:
+        progress.children.append(pvc)
+
+    # 1. Engines and the published version for the current spec.
+    published = _published(old_status, version_key, served)
+    target_status: list[dict[str, Any]] = []
+    build_failure = ""
+    waiting_for_node = ""
+    if published is None:
+        target_status, build_failure, waiting_for_node, all_built = _builds(
+            observed, spec, settings, targets, engine_keys, progress
+        )
+        if all_built and not build_failure:
+            published, publish_failure, publish_wait = _publish(
+                observed, spec, settings, sorted(engine_keys.values()), version_key, served, progress
+            )
+            build_failure = build_failure or publish_failure
+            waiting_for_node = waiting_for_node or publish_wait
+    else:
+        target_status = [dict(t) for t in old_status.get("targets") or ()]
+
+    # Obsolete unfinished Jobs (an older spec's builds) would only burn GPUs.
+    current_jobs = {names.build_job_name(meta["name"], k) for k in engine_keys.values()}
+    current_jobs.add(names.publish_job_name(meta["name"], version_key))
+    for job_name, job in observed.jobs.items():
+        if job_name not in current_jobs and not _finished(job):
+            progress.delete.append(("batch/v1", "Job", job_name))
+
+    # 2. Serving: the published version if there is one, else keep what serves.
+    deploy = published or served
+    verify_request: VerifyRequest | None = None
+    rollout = _Rollout()
+    progress.children.append(render.service(meta))
+    if deploy is not None:
+        progress.children.append(_deployment(resource, spec, settings, deploy))
+        progress.children.append(render.pod_disruption_budget(meta))
+        rollout = _rollout(observed, deployment, progress.children[-2], deploy, spec)
+    hpa = render.hpa(meta, spec)
+    hpa_name = names.hpa_name(meta["name"])
+    if hpa is not None:
+        progress.children.append(hpa)
+    elif ("HorizontalPodAutoscaler", hpa_name) in observed.children:
+        progress.delete.append(("autoscaling/v2", "HorizontalPodAutoscaler", hpa_name))
+
+    # 3. Verification of every ready endpoint at the deployed version.
+    verified, verify_message = False, ""
+    if deploy is not None and rollout.complete:
+        if not rollout.endpoints:
+            verified = spec.serving.replicas == 0
+            verify_message = "scaled to zero" if verified else "no ready endpoints yet"
+        else:
+            checks = [observed.verification.get(e) for e in rollout.endpoints]
+            expected = Expected(spec.model.name, deploy.version, deploy.inputs, deploy.outputs)
+            if any(ch is None for ch in checks):
+                verify_request = VerifyRequest(rollout.endpoints, expected)
+                verify_message = f"verifying {len(rollout.endpoints)} endpoint(s)"
+            else:
+                bad = [ch for ch in checks if ch is not None and not ch.ok]
+                verified = not bad
+                verify_message = (
+                    "; ".join(f"{ch.endpoint}: {ch.message}" for ch in bad)
+                    or f"{len(checks)} endpoint(s) answered at version {deploy.version}"
+                )
+
+    # 4. Conditions, phase, status.
+    current_served = served is not None and served.version_key == version_key
+    serving_current = deploy is not None and published is not None and deploy.version_key == version_key
+    ready = serving_current and rollout.complete and verified
+
+    if published is not None:
+        engine = Condition(
+            c.ENGINE_BUILT,
+            "True",
+            "Published",
+            f"version {published.version} published from {len(targets)} target(s)",
+        )
+    elif build_failure:
+        engine = Condition(c.ENGINE_BUILT, "False", "BuildFailed", build_failure)
+    elif waiting_for_node:
+        engine = Condition(c.ENGINE_BUILT, "False", "WaitingForNode", waiting_for_node)
+    else:
+        engine = Condition(c.ENGINE_BUILT, "False", "Building", f"building {len(targets)} target(s)")
+
+    if deploy is None:
+        available = Condition(c.AVAILABLE, "False", "NoVersionYet", "no model version has been published yet")
+    else:
+        available = rollout.available
+
+    old_version_note = (
+        f"; version {served.version} keeps serving" if served is not None and not current_served else ""
+    )
+    if ready:
+        phase, reason, message = c.PHASE_READY, "Verified", verify_message
+    elif build_failure:
+        phase = c.DEGRADED if served else c.FAILED
+        reason, message = "BuildFailed", build_failure + old_version_note
+    elif rollout.stuck:
+        phase = c.DEGRADED if served else c.FAILED
+        reason, message = "RolloutStuck", rollout.stuck + old_version_note
+    elif rollout.complete and verify_message and not verify_request and not verified:
+        phase, reason, message = c.DEGRADED, "VerificationFailed", verify_message
+    elif published is None:
+        phase = c.PENDING if waiting_for_node else c.BUILDING
+        reason = "WaitingForNode" if waiting_for_node else "Building"
+        message = (waiting_for_node or engine.message) + old_version_note
+    else:
+        phase = c.PENDING if rollout.waiting_for_node else c.DEPLOYING
+        reason = "WaitingForNode" if rollout.waiting_for_node else "Deploying"
+        message = (
+            rollout.waiting_for_node
+            or verify_message
+            or rollout.message
+            or f"rolling out version {published.version}"
+        )
+
+    stalled = reason in ("BuildFailed", "RolloutStuck", "VerificationFailed")
+    conds = [
+        Condition(c.READY, "True" if ready else "False", reason, message),
+        Condition(c.RECONCILING, "False" if ready or stalled else "True", reason, "" if ready else message),
+        Condition(
+            c.STALLED,
+            "True" if stalled else "False",
+            reason if stalled else "Progressing",
+            message if stalled else "",
+        ),
+        engine,
+        available,
+    ]
+    status: dict[str, Any] = {
+        "observedGeneration": gen,
+        "phase": phase,
+        "message": message,
+        "versionKey": version_key,
+        "targets": target_status,
+        "replicas": rollout.replicas,
+        "readyReplicas": rollout.ready_replicas,
+        "selector": names.selector(meta["name"]),
+        "endpoints": list(rollout.endpoints) if verified else [],
+        "conditions": c.merge_conditions(old_status.get("conditions"), conds, gen, now),
+    }
+    if published is not None:
+        status["published"] = {
+            "versionKey": published.version_key,
+            "version": published.version,
+            "inputs": _tensor_dicts(published.inputs),
+            "outputs": _tensor_dicts(published.outputs),
+        }
+    if served is not None:
+        status["modelVersion"] = served.version
+        status["servingVersionKey"] = served.version_key
+
+    apply = []
+    for child in progress.children:
+        kind, name = child["kind"], child["metadata"]["name"]
+        if not is_current(child, observed.children.get((kind, name))):
+            apply.append(with_applied_hash(child))
+    return Plan(
+        apply,
+        progress.delete,
+        status,
+        _events(old_status.get("conditions"), status["conditions"]),
+        verify_request,
+    )
+
+
+def _finished(job: Mapping[str, Any]) -> bool:
+    return any((_condition(job, t) or {}).get("status") == "True" for t in ("Complete", "Failed"))
+
+
+def _published(old_status: Mapping[str, Any], version_key: str, served: Served | None) -> Served | None:
+    if served is not None and served.version_key == version_key:
+        return served
+    pub = old_status.get("published") or {}
+    if pub.get("versionKey") == version_key and pub.get("version"):
+        return Served(
+            int(pub["version"]), version_key, _tensors(pub.get("inputs")), _tensors(pub.get("outputs"))
+        )
+    return None
+
+
+def _builds(
+    observed: Observed,
+    spec: TritonResNetSpec,
+    settings: Settings,
+    targets: Sequence[Any],
+    engine_keys: Mapping[str, str],
+    progress: _Progress,
+) -> tuple[list[dict[str, Any]], str, str, bool]:
+    """Per-target build state; creates the missing build Jobs."""
+    resource = observed.resource
+    name = resource["metadata"]["name"]
+    recorded = {t.get("engineKey"): t for t in (resource.get("status") or {}).get("targets") or ()}
+    out, failures, waiting, all_built = [], [], [], True
+    for target in targets:
+        key = engine_keys[target.name]
+        job_name = names.build_job_name(name, key)
+        entry: dict[str, Any] = {
+            "name": target.name,
+            "nodeSelector": dict(target.node_selector),
+            "engineKey": key,
+            "job": job_name,
+        }
+        old = recorded.get(key)
+        if old and old.get("state") == "Built":
+            out.append(dict(old))
+            continue
+        all_built = False
+        job = observed.jobs.get(job_name)
+        if job is None:
+            progress.children.append(render.build_job(resource["metadata"], spec, target, key, settings))
+            entry["state"] = "Pending"
+        else:
+            outcome = job_outcome(job, observed.pods)
+            entry["state"] = {"Succeeded": "Built"}.get(outcome.state, outcome.state)
+            entry["message"] = outcome.message
+            if outcome.state == "Succeeded" and outcome.result is not None:
+                r = outcome.result
+                entry.update(
+                    computeCapability=r.compute_capability,
+                    tensorrtVersion=r.tensorrt_version,
+                    artifact=r.artifact,
+                    artifactBytes=r.artifact_bytes,
+                    sourceSha256=r.source_sha256,
+                    message=f"built {r.artifact or r.format}",
+                )
+                all_built = all_built  # stays False for this pass only if another target is unfinished
+            elif outcome.state == "Failed":
+                failures.append(f"target {target.name}: {outcome.message}")
+            elif outcome.state == "Unschedulable":
+                waiting.append(f"target {target.name}: waiting for a node: {outcome.message}")
+        out.append({k: v for k, v in entry.items() if v not in ("", None)})
+    all_built = all(t.get("state") == "Built" for t in out)
+    return out, "; ".join(failures), "; ".join(waiting), all_built
+
+
+def _publish(
+    observed: Observed,
+    spec: TritonResNetSpec,
+    settings: Settings,
+    engine_keys: list[str],
+    version_key: str,
+    served: Served | None,
+    progress: _Progress,
+) -> tuple[Served | None, str, str]:
+    resource = observed.resource
+    job_name = names.publish_job_name(resource["metadata"]["name"], version_key)
+    job = observed.jobs.get(job_name)
+    protect = (served.version,) if served is not None else ()
+    if job is None:
+        progress.children.append(
+            render.publish_job(resource["metadata"], spec, engine_keys, version_key, protect, settings)
+        )
+        return None, "", ""
+    outcome = job_outcome(job, observed.pods)
+    if outcome.state == "Succeeded" and outcome.result is not None:
+        r = outcome.result
+        return Served(r.version, version_key, r.inputs, r.outputs), "", ""
+    if outcome.state == "Failed":
+        return None, f"publish: {outcome.message}", ""
+    if outcome.state == "Unschedulable":
+        return None, "", f"publish: waiting for a node: {outcome.message}"
+    return None, "", ""
+
+
+def _deployment(
+    resource: Mapping[str, Any], spec: TritonResNetSpec, settings: Settings, deploy: Served
+) -> dict[str, Any]:
+    """The Triton Deployment, annotated with what it serves so the cluster remembers it."""
+    obj = render.triton_deployment(resource["metadata"], spec, deploy.version, settings)
+    meta = dict(obj["metadata"])
+    meta["annotations"] = {
+        **(meta.get("annotations") or {}),
+        MODEL_VERSION_ANNOTATION: str(deploy.version),
+        VERSION_KEY_ANNOTATION: deploy.version_key,
+        MODEL_IO_ANNOTATION: json.dumps(
+            {"inputs": _tensor_dicts(deploy.inputs), "outputs": _tensor_dicts(deploy.outputs)},
+            sort_keys=True,
+            separators=(",", ":"),
+        ),
+    }
+    return {**obj, "metadata": meta}
+
+
+_NO_DEPLOYMENT = Condition(c.AVAILABLE, "False", "NoDeployment", "the Triton Deployment does not exist yet")
+
+
+@dataclass(frozen=True)
+class _Rollout:
+    complete: bool = False
+    available: Condition = _NO_DEPLOYMENT
+    replicas: int = 0
+    ready_replicas: int = 0
+    endpoints: tuple[str, ...] = ()
+    stuck: str = ""
+    waiting_for_node: str = ""
+    message: str = ""
+
+
+def _rollout(
+    observed: Observed,
+    deployment: Mapping[str, Any] | None,
+    desired: Mapping[str, Any],
+    deploy: Served,
+    spec: TritonResNetSpec,
+) -> _Rollout:
+    if deployment is None:
+        return _Rollout()
+    st = deployment.get("status") or {}
+    replicas, ready = int(st.get("replicas") or 0), int(st.get("readyReplicas") or 0)
+    want = int((desired.get("spec") or {}).get("replicas", spec.serving.replicas))
+    avail = _condition(deployment, "Available") or {}
+    available = Condition(
+        c.AVAILABLE,
+        "True" if avail.get("status") == "True" else "False",
+        str(avail.get("reason") or "Deploying"),
+        str(avail.get("message") or ""),
+    )
+    version_label = str(deploy.version)
+    triton = [
+        p
+        for p in observed.pods
+        if (p["metadata"].get("labels") or {}).get(names.LABEL_COMPONENT) == "triton"
+        and not p["metadata"].get("deletionTimestamp")
+    ]
+    new = [
+        p
+        for p in triton
+        if (p["metadata"].get("labels") or {}).get(names.LABEL_MODEL_VERSION) == version_label
+    ]
+    endpoints = tuple(
+        sorted(
+            f"{p['status']['podIP']}:{TRITON_HTTP_PORT}"
+            for p in new
+            if (p.get("status") or {}).get("podIP") and (_condition(p, "Ready") or {}).get("status") == "True"
+        )
+    )
+    stuck = ""
+    for pod in new:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or ():
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in _STUCK_REASONS or int(cs.get("restartCount") or 0) >= 3:
+                stuck = (
+                    f"Triton pod {pod['metadata']['name']}: {waiting.get('reason') or 'restarting'}: "
+                    f"{waiting.get('message') or 'restarted ' + str(cs.get('restartCount')) + ' times'}"
+                )
+    progressing = _condition(deployment, "Progressing") or {}
+    if progressing.get("reason") == "ProgressDeadlineExceeded":
+        stuck = stuck or str(progressing.get("message"))
+    complete = (
+        is_current(desired, deployment)
+        and int(st.get("observedGeneration") or 0) >= int(deployment["metadata"].get("generation") or 0)
+        and int(st.get("updatedReplicas") or 0) == want
+        and replicas == want
+        and ready == want
+        and int(st.get("availableReplicas") or 0) == want
+        and len(endpoints) == want
+    )
+    return _Rollout(
+        complete=complete,
+        available=available,
+        replicas=replicas,
+        ready_replicas=ready,
+        endpoints=endpoints,
+        stuck=stuck,
+        waiting_for_node=_unschedulable(new),
+        message=f"{len(endpoints)}/{want} replicas ready at version {deploy.version}",
+    )

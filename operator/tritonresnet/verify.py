@@ -1,0 +1,115 @@
+"""Prove a rolled-out model answers: tritonclient against every ready endpoint.
+
+``Ready=True`` means more than "pods are Ready": each endpoint is live and
+ready, serves the model at the expected version, reports the inputs and
+outputs the builder recorded, and returns finite numbers of the right shape
+for one smoke inference.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from tritonresnet_builder.contract import Tensor
+
+log = logging.getLogger(__name__)
+
+# A dynamic non-batch dimension gets this size in the smoke request: the
+# spatial size every ResNet accepts.
+_DYNAMIC_DIM_SIZE = 224
+
+
+@dataclass(frozen=True)
+class Expected:
+    model: str
+    version: int
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    batched: bool = True  #: max_batch_size > 0: metadata shapes carry a leading batch dim
+
+
+@dataclass(frozen=True)
+class EndpointCheck:
+    endpoint: str  #: host:port of Triton's HTTP endpoint
+    ok: bool
+    message: str
+
+
+def _metadata_mismatch(
+    kind: str, expected: Sequence[Tensor], got: Sequence[dict[str, object]], batched: bool
+) -> str:
+    want = {(t.name, t.datatype, (-1, *t.shape) if batched else t.shape) for t in expected}
+    have = {(str(t["name"]), str(t["datatype"]), tuple(int(d) for d in t["shape"])) for t in got}  # type: ignore[attr-defined]
+    if want == have:
+        return ""
+    return f"{kind} differ: expected {sorted(want)}, server reports {sorted(have)}"
+
+
+def _smoke_input(tensor: Tensor, batched: bool) -> np.ndarray:
+    from tritonclient.utils import triton_to_np_dtype
+
+    shape = [d if d > 0 else _DYNAMIC_DIM_SIZE for d in tensor.shape]
+    if batched:
+        shape = [1, *shape]
+    rng = np.random.default_rng(0)
+    return rng.standard_normal(shape).astype(triton_to_np_dtype(tensor.datatype))
+
+
+def check_endpoint(endpoint: str, expected: Expected, timeout: float = 10.0) -> EndpointCheck:
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    version = str(expected.version)
+    try:
+        triton = httpclient.InferenceServerClient(
+            endpoint, connection_timeout=timeout, network_timeout=timeout
+        )
+        try:
+            if not triton.is_server_live():
+                return EndpointCheck(endpoint, False, "server is not live")
+            if not triton.is_server_ready():
+                return EndpointCheck(endpoint, False, "server is not ready")
+            if not triton.is_model_ready(expected.model, version):
+                return EndpointCheck(
+                    endpoint, False, f"model {expected.model} version {version} is not ready"
+                )
+            meta = triton.get_model_metadata(expected.model, version)
+            problem = _metadata_mismatch(
+                "inputs", expected.inputs, meta["inputs"], expected.batched
+            ) or _metadata_mismatch("outputs", expected.outputs, meta["outputs"], expected.batched)
+            if problem:
+                return EndpointCheck(endpoint, False, problem)
+            infer_inputs = []
+            for tensor in expected.inputs:
+                data = _smoke_input(tensor, expected.batched)
+                item = httpclient.InferInput(tensor.name, list(data.shape), tensor.datatype)
+                item.set_data_from_numpy(data)
+                infer_inputs.append(item)
+            outputs = [httpclient.InferRequestedOutput(t.name) for t in expected.outputs]
+            result = triton.infer(expected.model, infer_inputs, model_version=version, outputs=outputs)
+            for tensor in expected.outputs:
+                out = result.as_numpy(tensor.name)
+                if out is None or out.size == 0:
+                    return EndpointCheck(endpoint, False, f"smoke inference returned no {tensor.name!r}")
+                if out.dtype.kind == "f" and not np.isfinite(out).all():
+                    return EndpointCheck(
+                        endpoint, False, f"smoke inference returned non-finite {tensor.name!r}"
+                    )
+                want = list(tensor.shape)
+                got = list(out.shape[1:] if expected.batched else out.shape)
+                if len(got) != len(want) or any(w > 0 and w != g for w, g in zip(want, got, strict=True)):
+                    return EndpointCheck(endpoint, False, f"{tensor.name!r} has shape {got}, expected {want}")
+        finally:
+            triton.close()
+    except (InferenceServerException, OSError, ValueError) as exc:
+        return EndpointCheck(endpoint, False, f"{type(exc).__name__}: {exc}"[:300])
+    return EndpointCheck(endpoint, True, f"model {expected.model} v{version} answered")
+
+
+def check_endpoints(
+    endpoints: Sequence[str], expected: Expected, timeout: float = 10.0
+) -> list[EndpointCheck]:
+    return [check_endpoint(e, expected, timeout) for e in endpoints]

@@ -1,0 +1,412 @@
+"""The operator's decisions as pure functions: spec + what exists -> children + status.
+
+Each test builds the world a step of the lifecycle would leave behind (Jobs,
+pods with termination messages, a Deployment) and checks what ``plan`` wants,
+with no cluster: the cluster-level behaviour is covered in tests/e2e.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from tritonresnet import conditions as c
+from tritonresnet import names
+from tritonresnet.handlers import status_patch
+from tritonresnet.kube import with_applied_hash
+from tritonresnet.reconcile import (
+    MODEL_VERSION_ANNOTATION,
+    Observed,
+    Plan,
+    plan,
+)
+from tritonresnet.settings import Settings
+from tritonresnet.verify import EndpointCheck
+from tritonresnet_builder.contract import Failure, Result, Tensor
+
+SETTINGS = Settings()
+NOW = "2026-11-25T10:00:00Z"
+INPUTS = (Tensor("input", "FP32", (3, 224, 224)),)
+OUTPUTS = (Tensor("output", "FP32", (1000,)),)
+
+
+def resource(
+    name: str = "resnet50",
+    *,
+    uri: str = "s3://models/resnet50/model.onnx",
+    fmt: str = "onnx",
+    replicas: int = 1,
+    generation: int = 1,
+    status: dict[str, Any] | None = None,
+    created: str = "2026-11-25T09:00:00Z",
+    targets: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "source": {"uri": uri},
+        "model": {"name": "resnet50", "format": fmt},
+        "engine": {"maxBatchSize": 8, **({"targets": targets} if targets else {})},
+        "serving": {"release": "25.01", "replicas": replicas},
+        "repository": {"claimName": "models"},
+    }
+    return {
+        "apiVersion": names.API_VERSION,
+        "kind": names.KIND,
+        "metadata": {
+            "name": name,
+            "namespace": "vision",
+            "uid": f"uid-{name}",
+            "generation": generation,
+            "creationTimestamp": created,
+        },
+        "spec": spec,
+        "status": status or {},
+    }
+
+
+def world(
+    cr: dict[str, Any],
+    objects: list[dict[str, Any]] = (),
+    pods: list[dict[str, Any]] = (),  # type: ignore[assignment]
+    verification: dict[str, EndpointCheck] | None = None,
+    peers: list[dict[str, Any]] = (),
+) -> Observed:  # type: ignore[assignment]
+    children = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+    return Observed(
+        resource=cr,
+        jobs={n: o for (k, n), o in children.items() if k == "Job"},
+        pods=list(pods),
+        children=children,
+        peers=[cr, *peers],
+        verification=verification or {},
+        now=NOW,
+    )
+
+
+def kinds(p: Plan) -> list[tuple[str, str]]:
+    return sorted((o["kind"], o["metadata"]["name"]) for o in p.apply)
+
+
+def condition(p: Plan, type_: str) -> dict[str, Any]:
+    found = c.find(p.status["conditions"], type_)
+    assert found is not None, type_
+    return dict(found)
+
+
+def finished(job: dict[str, Any], result: Result, ok: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Job as the Job controller leaves it and its pod with the builder's termination message."""
+    job = copy.deepcopy(job)
+    job["status"] = {"conditions": [{"type": "Complete" if ok else "Failed", "status": "True"}]}
+    pod = {
+        "kind": "Pod",
+        "metadata": {
+            "name": job["metadata"]["name"] + "-x",
+            "labels": {"job-name": job["metadata"]["name"]},
+            "creationTimestamp": NOW,
+        },
+        "status": {
+            "phase": "Succeeded" if ok else "Failed",
+            "containerStatuses": [
+                {
+                    "name": "builder",
+                    "state": {"terminated": {"exitCode": 0 if ok else 3, "message": result.to_json()}},
+                }
+            ],
+        },
+    }
+    return job, pod
+
+
+def build_result(key: str) -> Result:
+    return Result(
+        ok=True,
+        phase="build",
+        engine_key=key,
+        format="onnx",
+        artifact="model.onnx",
+        inputs=INPUTS,
+        outputs=OUTPUTS,
+    )
+
+
+def publish_result(version: int, version_key: str) -> Result:
+    return Result(
+        ok=True,
+        phase="publish",
+        version=version,
+        version_key=version_key,
+        model_name="resnet50",
+        inputs=INPUTS,
+        outputs=OUTPUTS,
+    )
+
+
+def rolled_out(deployment: dict[str, Any], replicas: int = 1) -> dict[str, Any]:
+    d = copy.deepcopy(deployment)
+    d["metadata"]["generation"] = 1
+    d["status"] = {
+        "observedGeneration": 1,
+        "replicas": replicas,
+        "readyReplicas": replicas,
+        "updatedReplicas": replicas,
+        "availableReplicas": replicas,
+        "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}],
+    }
+    return d
+
+
+def triton_pod(version: int, ip: str, ready: bool = True) -> dict[str, Any]:
+    return {
+        "kind": "Pod",
+        "metadata": {
+            "name": f"resnet50-triton-{ip}",
+            "labels": {names.LABEL_COMPONENT: "triton", names.LABEL_MODEL_VERSION: str(version)},
+        },
+        "status": {
+            "phase": "Running",
+            "podIP": ip,
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }
+
+
+def step(
+    cr: dict[str, Any], objects: list[dict[str, Any]], p: Plan
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Carry out a plan the way the kopf layer does: apply children, write status."""
+    cr = {**cr, "status": p.status}
+    by_name = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+    for obj in p.apply:
+        by_name[(obj["kind"], obj["metadata"]["name"])] = obj
+    return cr, list(by_name.values())
+
+
+def lifecycle_to_ready() -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], Plan]:
+    """Walk one resource from apply to Ready; returns (cr, objects, pods, last plan)."""
+    cr = resource()
+    p = plan(world(cr), SETTINGS)
+    cr, objects = step(cr, [], p)
+    job = next(o for o in objects if o["kind"] == "Job")
+    key = job["metadata"]["labels"][names.LABEL_ENGINE_KEY]
+    job, pod = finished(job, build_result(key))
+    objects = [o for o in objects if o["kind"] != "Job"] + [job]
+    p = plan(world(cr, objects, [pod]), SETTINGS)
+    cr, objects = step(cr, objects, p)
+    pub = next(o for o in objects if o["kind"] == "Job" and "-publish-" in o["metadata"]["name"])
+    vkey = p.status["versionKey"]
+    pub, pub_pod = finished(pub, publish_result(1, vkey))
+    objects = [o for o in objects if o["metadata"]["name"] != pub["metadata"]["name"]] + [pub]
+    pods = [pod, pub_pod]
+    p = plan(world(cr, objects, pods), SETTINGS)
+    cr, objects = step(cr, objects, p)
+    dep = next(o for o in objects if o["kind"] == "Deployment")
+    objects = [o for o in objects if o["kind"] != "Deployment"] + [rolled_out(dep)]
+    pods = [*pods, triton_pod(1, "10.1.0.5")]
+    p = plan(world(cr, objects, pods), SETTINGS)
+    assert p.verify is not None and p.verify.endpoints == ("10.1.0.5:8000",)
+    ok = {"10.1.0.5:8000": EndpointCheck("10.1.0.5:8000", True, "answered")}
+    p = plan(world(cr, objects, pods, verification=ok), SETTINGS)
+    cr, objects = step(cr, objects, p)
+    return cr, objects, pods, p
+
+
+def test_new_resource_starts_one_build_job_per_target_and_reports_building() -> None:
+    p = plan(world(resource()), SETTINGS)
+    jobs = [o for o in p.apply if o["kind"] == "Job"]
+    assert len(jobs) == 1 and "-build-" in jobs[0]["metadata"]["name"]
+    assert p.status["phase"] == c.BUILDING
+    assert condition(p, c.ENGINE_BUILT)["status"] == "False"
+    assert condition(p, c.READY)["status"] == "False"
+    assert condition(p, c.RECONCILING)["status"] == "True"
+    assert all(cond["observedGeneration"] == 1 for cond in p.status["conditions"])
+    assert not any(o["kind"] == "Deployment" for o in p.apply)
+
+
+def test_tensorrt_with_two_targets_builds_two_jobs_with_distinct_names() -> None:
+    targets = [
+        {"name": "a10g", "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-A10G"}},
+        {"name": "t4", "nodeSelector": {"nvidia.com/gpu.product": "Tesla-T4"}},
+    ]
+    p = plan(world(resource(fmt="tensorrt", targets=targets)), SETTINGS)
+    jobs = [o for o in p.apply if o["kind"] == "Job"]
+    assert len({j["metadata"]["name"] for j in jobs}) == 2
+    assert [t["name"] for t in p.status["targets"]] == ["a10g", "t4"]
+
+
+def test_repeated_pass_with_the_same_world_writes_nothing() -> None:
+    cr = resource()
+    first = plan(world(cr), SETTINGS)
+    cr, objects = step(cr, [], first)
+    second = plan(world(cr, objects), SETTINGS)
+    assert second.apply == []
+    assert status_patch(cr["status"], second.status) == {}
+    assert second.events == []
+
+
+def test_job_names_do_not_depend_on_status_so_a_restart_never_duplicates_a_job() -> None:
+    cr = resource()
+    before = kinds(plan(world(cr), SETTINGS))
+    after_restart = kinds(plan(world({**cr, "status": {}}), SETTINGS))
+    assert before == after_restart
+
+
+def test_walk_to_ready_publishes_then_deploys_the_published_version_and_verifies() -> None:
+    _, objects, _, p = lifecycle_to_ready()
+    assert p.status["phase"] == c.PHASE_READY
+    assert condition(p, c.READY)["status"] == "True"
+    assert condition(p, c.STALLED)["status"] == "False"
+    assert p.status["modelVersion"] == 1
+    assert p.status["endpoints"] == ["10.1.0.5:8000"]
+    dep = next(o for o in objects if o["kind"] == "Deployment")
+    assert dep["metadata"]["annotations"][MODEL_VERSION_ANNOTATION] == "1"
+    assert ("Normal", "Verified") in [(t, r) for t, r, _ in p.events]
+
+
+def test_failed_verification_keeps_ready_false_with_the_endpoint_message() -> None:
+    cr, objects, pods, _ = lifecycle_to_ready()
+    bad = {"10.1.0.5:8000": EndpointCheck("10.1.0.5:8000", False, "model resnet50 version 1 is not ready")}
+    p = plan(world(cr, objects, pods, verification=bad), SETTINGS)
+    assert condition(p, c.READY)["status"] == "False"
+    assert "not ready" in condition(p, c.READY)["message"]
+
+
+def test_new_source_builds_version_two_while_version_one_keeps_serving() -> None:
+    cr, objects, pods, _ = lifecycle_to_ready()
+    changed = {
+        **cr,
+        "spec": {**cr["spec"], "source": {"uri": "s3://models/resnet50/v2.onnx"}},
+        "metadata": {**cr["metadata"], "generation": 2},
+    }
+    p = plan(world(changed, objects, pods), SETTINGS)
+    new_jobs = [o for o in p.apply if o["kind"] == "Job"]
+    assert len(new_jobs) == 1
+    assert not any(o["kind"] == "Deployment" for o in p.apply), "the served Deployment must not change yet"
+    assert p.status["modelVersion"] == 1
+    assert p.status["phase"] == c.BUILDING
+    assert "version 1 keeps serving" in p.status["message"]
+
+
+def test_failed_build_leaves_served_version_untouched_and_reports_builder_message() -> None:
+    cr, objects, pods, _ = lifecycle_to_ready()
+    changed = {
+        **cr,
+        "spec": {**cr["spec"], "source": {"uri": "s3://models/resnet50/broken.onnx"}},
+        "metadata": {**cr["metadata"], "generation": 2},
+    }
+    p = plan(world(changed, objects, pods), SETTINGS)
+    changed, objects = step(changed, objects, p)
+    job = next(o for o in p.apply if o["kind"] == "Job")
+    failure = Result(
+        ok=False,
+        phase="build",
+        exit_code=3,
+        error=Failure(
+            "InvalidOnnx", "s3://models/resnet50/broken.onnx is not an ONNX model", "spec.source.uri"
+        ),
+    )
+    failed_job, failed_pod = finished(job, failure, ok=False)
+    objects = [o for o in objects if o["metadata"]["name"] != job["metadata"]["name"]] + [failed_job]
+    p = plan(world(changed, objects, [*pods, failed_pod]), SETTINGS)
+    assert p.status["phase"] == c.DEGRADED
+    assert condition(p, c.ENGINE_BUILT)["reason"] == "BuildFailed"
+    assert "is not an ONNX model" in condition(p, c.ENGINE_BUILT)["message"]
+    assert condition(p, c.STALLED)["status"] == "True"
+    assert p.status["modelVersion"] == 1
+    assert not any(o["kind"] in ("Deployment", "Job") for o in p.apply)
+    assert ("Warning", "BuildFailed") in [(t, r) for t, r, _ in p.events]
+
+
+def test_scale_changes_only_the_deployment_replicas() -> None:
+    cr, objects, pods, _ = lifecycle_to_ready()
+    scaled = {
+        **cr,
+        "spec": {**cr["spec"], "serving": {**cr["spec"]["serving"], "replicas": 3}},
+        "metadata": {**cr["metadata"], "generation": 2},
+    }
+    p = plan(world(scaled, objects, pods), SETTINGS)
+    assert [o["kind"] for o in p.apply] in (["Deployment"], ["Deployment", "PodDisruptionBudget"])
+    dep = next(o for o in p.apply if o["kind"] == "Deployment")
+    old = next(o for o in objects if o["kind"] == "Deployment")
+    assert dep["spec"]["replicas"] == 3
+    assert dep["spec"]["template"] == old["spec"]["template"]
+    assert condition(p, c.READY)["status"] == "False"
+
+
+def test_restart_with_status_lost_and_jobs_gone_keeps_serving_without_new_jobs() -> None:
+    cr, objects, pods, _ = lifecycle_to_ready()
+    only_serving = [o for o in objects if o["kind"] != "Job"]
+    p = plan(
+        world(
+            {**cr, "status": {}},
+            only_serving,
+            [x for x in pods if x["metadata"]["labels"].get(names.LABEL_COMPONENT) == "triton"],
+        ),
+        SETTINGS,
+    )
+    assert not any(o["kind"] == "Job" for o in p.apply)
+    assert p.status["modelVersion"] == 1
+    assert p.verify is not None  # re-proves the endpoints instead of trusting memory
+
+
+def test_invalid_spec_is_failed_and_stalled_naming_the_field_and_creates_nothing() -> None:
+    cr = resource()
+    cr["spec"]["engine"]["maxBatchSize"] = 0
+    p = plan(world(cr), SETTINGS)
+    assert p.apply == [] and p.delete == []
+    assert p.status["phase"] == c.FAILED
+    assert condition(p, c.STALLED)["status"] == "True"
+    assert "spec.engine.maxBatchSize" in condition(p, c.READY)["message"]
+
+
+def test_second_resource_with_the_same_model_on_the_same_volume_is_refused() -> None:
+    first = resource("first", created="2026-11-25T08:00:00Z")
+    second = resource("second", created="2026-11-25T09:00:00Z")
+    p = plan(world(second, peers=[first]), SETTINGS)
+    assert p.apply == []
+    assert condition(p, c.READY)["reason"] == "ModelNameConflict"
+    assert "first" in p.status["message"]
+    assert plan(world(first, peers=[second]), SETTINGS).status["phase"] == c.BUILDING
+
+
+def test_unschedulable_builder_pod_is_reported_as_waiting_for_a_node() -> None:
+    cr = resource()
+    p = plan(world(cr), SETTINGS)
+    cr, objects = step(cr, [], p)
+    job = next(o for o in objects if o["kind"] == "Job")
+    pod = {
+        "kind": "Pod",
+        "metadata": {"name": "b-1", "labels": {"job-name": job["metadata"]["name"]}},
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/5 nodes are available: 5 Insufficient nvidia.com/gpu.",
+                }
+            ],
+        },
+    }
+    p = plan(world(cr, objects, [pod]), SETTINGS)
+    assert p.status["phase"] == c.PENDING
+    assert "Insufficient nvidia.com/gpu" in p.status["message"]
+
+
+def test_applied_hash_annotation_makes_unchanged_children_current() -> None:
+    p = plan(world(resource()), SETTINGS)
+    for obj in p.apply:
+        assert obj == with_applied_hash(obj)
+
+
+@pytest.mark.parametrize("replicas", [0])
+def test_scaled_to_zero_is_ready_without_endpoints(replicas: int) -> None:
+    cr, objects, _, _ = lifecycle_to_ready()
+    zero = {**cr, "spec": {**cr["spec"], "serving": {**cr["spec"]["serving"], "replicas": replicas}}}
+    p = plan(world(zero, objects, []), SETTINGS)
+    cr2, objects2 = step(zero, objects, p)
+    dep = next(o for o in objects2 if o["kind"] == "Deployment")
+    objects2 = [o for o in objects2 if o["kind"] != "Deployment"] + [rolled_out(dep, replicas=0)]
+    p = plan(world(cr2, objects2, []), SETTINGS)
+    assert condition(p, c.READY)["status"] == "True"
+    assert p.status["endpoints"] == []
