@@ -1,0 +1,314 @@
+"""``tritonresnet``: one command for the operator and for the people using it.
+
+Subcommands:
+
+* ``classify IMAGE... --url HOST:PORT --model NAME``: top-k with ImageNet labels
+  from a Triton server (HTTP, or gRPC with ``--grpc``).
+* ``status NAME [-n NAMESPACE]``: what the operator knows about a TritonResNet.
+* ``operator``: run the operator (kopf); what the Deployment's container runs.
+* ``build -f TRITONRESNET.yaml --repository DIR``: on a workstation with the
+  builder's dependencies, build and publish what that manifest would, into a
+  local model repository.
+* ``inspect MODEL.onnx``: what the builder sees in an ONNX file.
+
+Heavy imports (kopf, the kubernetes client, tritonclient, the builder) happen
+inside each subcommand, so ``tritonresnet classify`` starts without the
+operator's dependencies and ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def _fail(message: str, stream: TextIO | None = None) -> int:
+    print(f"error: {message}", file=stream or sys.stderr)
+    return EXIT_ERROR
+
+
+# -- classify -----------------------------------------------------------------------
+
+
+def format_predictions(images: Sequence[Path], results: Sequence[Sequence[Any]]) -> str:
+    """``image`` then ``  1. 0.8123  (index 207) golden retriever`` per prediction."""
+    lines: list[str] = []
+    for image, predictions in zip(images, results, strict=True):
+        lines.append(str(image))
+        for rank, p in enumerate(predictions, start=1):
+            lines.append(f"{rank:>3}. {p.score:.4f}  (index {p.index}) {p.label}".rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def predictions_json(images: Sequence[Path], results: Sequence[Sequence[Any]]) -> str:
+    return json.dumps(
+        [
+            {
+                "image": str(image),
+                "predictions": [
+                    {"rank": rank, "score": p.score, "index": p.index, "label": p.label}
+                    for rank, p in enumerate(predictions, start=1)
+                ],
+            }
+            for image, predictions in zip(images, results, strict=True)
+        ],
+        indent=2,
+    )
+
+
+def _classify(args: argparse.Namespace) -> int:
+    from tritonresnet.classify import ClassifyError, classify
+
+    try:
+        results = classify(
+            args.images,
+            url=args.url,
+            model=args.model,
+            protocol="grpc" if args.grpc else "http",
+            top=args.top,
+            batch=args.batch,
+            version=args.model_version,
+            timeout=args.timeout,
+        )
+    except ClassifyError as error:
+        return _fail(str(error))
+    if args.json:
+        sys.stdout.write(predictions_json(args.images, results) + "\n")
+    else:
+        sys.stdout.write(format_predictions(args.images, results))
+    return EXIT_OK
+
+
+# -- status -------------------------------------------------------------------------
+
+
+def _status(args: argparse.Namespace) -> int:
+    import urllib3
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+    from kubernetes.config.config_exception import ConfigException
+
+    from tritonresnet import names
+    from tritonresnet.status_text import describe
+
+    try:
+        if args.kubeconfig:
+            config.load_kube_config(config_file=args.kubeconfig)
+        else:
+            try:
+                config.load_kube_config()
+            except ConfigException:
+                config.load_incluster_config()
+        namespace = args.namespace or _current_namespace(args.kubeconfig)
+    except (ConfigException, OSError) as error:
+        return _fail(f"cannot load a Kubernetes configuration: {error}")
+
+    api = client.CustomObjectsApi()
+    try:
+        trn = api.get_namespaced_custom_object(names.GROUP, names.VERSION, namespace, names.PLURAL, args.name)
+    except ApiException as error:
+        if error.status == 404:
+            return _fail(f"TritonResNet {namespace}/{args.name} not found (or its CRD is not installed)")
+        return _fail(f"cannot read TritonResNet {namespace}/{args.name}: {error.status} {error.reason}")
+    except (OSError, urllib3.exceptions.HTTPError) as error:  # refused, DNS, TLS: after urllib3's retries
+        host = client.Configuration.get_default_copy().host
+        return _fail(f"cannot reach the Kubernetes API at {host}: {error}")
+    print(describe(trn), end="")
+    return EXIT_OK
+
+
+def _current_namespace(kubeconfig: str | None) -> str:
+    """The kubeconfig context's namespace, as kubectl uses it; "default" when it has none."""
+    from kubernetes import config
+    from kubernetes.config.config_exception import ConfigException
+
+    try:
+        _, active = config.list_kube_config_contexts(config_file=kubeconfig)
+    except (ConfigException, OSError):
+        in_cluster = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+        return in_cluster.read_text().strip() if in_cluster.is_file() else "default"
+    return str((active or {}).get("context", {}).get("namespace") or "default")
+
+
+# -- operator -----------------------------------------------------------------------
+
+
+def operator_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments of ``handlers.run`` for ``tritonresnet operator`` flags.
+
+    No ``-n`` means the whole cluster; without ``--peering`` the operator runs
+    standalone (one replica, no peering objects needed in the cluster).
+    """
+    return {
+        "namespaces": None if args.all_namespaces or not args.namespaces else list(args.namespaces),
+        "standalone": args.peering is None,
+        "peering": args.peering,
+        "liveness_endpoint": args.liveness,
+        "log_format": args.log_format,
+        "verbose": args.verbose,
+    }
+
+
+def _operator(args: argparse.Namespace) -> int:
+    from tritonresnet import handlers
+
+    handlers.run(**operator_options(args))
+    return EXIT_OK
+
+
+# -- build / inspect (the builder on a workstation) ---------------------------------
+
+
+def _load_manifest(path: Path) -> dict[str, Any]:
+    """The first TritonResNet in a YAML file (``-`` reads stdin)."""
+    import yaml
+
+    text = sys.stdin.read() if str(path) == "-" else path.read_text()
+    for document in yaml.safe_load_all(text):
+        if isinstance(document, dict) and document.get("kind") == "TritonResNet":
+            return document
+    raise ValueError(f"{path} holds no TritonResNet")
+
+
+def workstation_plan(
+    manifest: dict[str, Any], repository: Path, release: str, result_dir: Path
+) -> list[list[str]]:
+    """Builder argv for building and publishing ``manifest`` into a local ``repository``.
+
+    The keys are the operator's (names.engine_key / version_key), so a
+    repository built here holds the same engine folder names a cluster would.
+    A tensorrt build targets the workstation's own GPU, whatever the
+    manifest's targets say: a plan only runs on the GPU kind it was built on.
+    """
+    from tritonresnet import names, render
+    from tritonresnet.spec import Target, parse_spec
+
+    spec = parse_spec(manifest)
+    target = spec.build_targets()[0] if spec.model.format == "onnx" else Target(name="local")
+    engine_key = names.engine_key(spec, target, spec.release_or(release))
+    version_key = names.version_key(spec, [engine_key])
+    build = dataclasses.replace(
+        render.build_args(spec, engine_key),
+        repository=str(repository),
+        result_file=str(result_dir / "build.json"),
+    )
+    publish = dataclasses.replace(
+        render.publish_args(spec, [engine_key], version_key, ()),
+        repository=str(repository),
+        result_file=str(result_dir / "publish.json"),
+    )
+    return [build.to_argv(), publish.to_argv()]
+
+
+def _build(args: argparse.Namespace) -> int:
+    from tritonresnet_builder import cli as builder_cli
+
+    from tritonresnet.settings import DEFAULT_RELEASE
+    from tritonresnet.spec import SpecError
+
+    try:
+        manifest = _load_manifest(args.filename)
+    except (OSError, ValueError) as error:
+        return _fail(str(error))
+    args.repository.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="tritonresnet-build-") as results:
+        try:
+            release = args.release or DEFAULT_RELEASE
+            steps = workstation_plan(manifest, args.repository.resolve(), release, Path(results))
+        except SpecError as error:
+            return _fail(f"{args.filename}: {error}")
+        for argv in steps:
+            code = builder_cli.main(argv)
+            if code != EXIT_OK:
+                return int(code)
+    return EXIT_OK
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from tritonresnet_builder import cli as builder_cli
+    from tritonresnet_builder.failures import BuilderError
+
+    try:
+        print(builder_cli.inspect_report(args.model), end="")
+    except BuilderError as error:
+        return _fail(error.message)
+    except OSError as error:
+        return _fail(f"cannot read {args.model}: {error}")
+    return EXIT_OK
+
+
+# -- argument parsing ---------------------------------------------------------------
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tritonresnet", description="A Kubernetes operator serving ONNX ResNets with NVIDIA Triton."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    classify = sub.add_parser("classify", help="classify images with a model served by Triton")
+    classify.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    classify.add_argument("--url", required=True, help="Triton's HOST:PORT (HTTP port, or gRPC with --grpc)")
+    classify.add_argument("--model", required=True, help="model name in Triton")
+    classify.add_argument("--model-version", default="", help="model version (default: Triton's choice)")
+    classify.add_argument("--grpc", action="store_true", help="talk gRPC instead of HTTP")
+    classify.add_argument("--top", type=_positive, default=5, help="predictions per image (default 5)")
+    classify.add_argument("--batch", type=_positive, help="images per request (default: the model's limit)")
+    classify.add_argument("--json", action="store_true", help="print JSON instead of text")
+    classify.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
+    classify.set_defaults(handler=_classify)
+
+    status = sub.add_parser("status", help="what the operator knows about a TritonResNet, in words")
+    status.add_argument("name")
+    status.add_argument("-n", "--namespace", help="default: the kubeconfig context's namespace")
+    status.add_argument("--kubeconfig", help="default: KUBECONFIG or ~/.kube/config, else in-cluster")
+    status.set_defaults(handler=_status)
+
+    operator = sub.add_parser("operator", help="run the operator")
+    scope = operator.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", action="append", dest="namespaces", metavar="NS",
+                       help="watch this namespace (repeatable; default: all namespaces)")
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch the whole cluster")
+    peering = operator.add_mutually_exclusive_group()
+    peering.add_argument("--standalone", action="store_true", help="no peering (the default)")
+    peering.add_argument("--peering", metavar="NAME", help="coordinate replicas through this peering object")
+    operator.add_argument("--log-format", choices=("plain", "json"), default="plain")
+    operator.add_argument("--liveness", metavar="URL", help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz")
+    operator.add_argument("--verbose", action="store_true")
+    operator.set_defaults(handler=_operator)
+
+    build = sub.add_parser("build", help="build and publish a TritonResNet's model into a local repository")
+    build.add_argument("-f", "--filename", type=Path, required=True, help="TritonResNet YAML ('-': stdin)")
+    build.add_argument("--repository", type=Path, required=True, help="local model repository folder")
+    build.add_argument("--release", default="", help="release for the keys (default: the spec's)")
+    build.set_defaults(handler=_build)
+
+    inspect = sub.add_parser("inspect", help="show what the builder sees in an ONNX model")
+    inspect.add_argument("model", type=Path, metavar="MODEL.onnx")
+    inspect.set_defaults(handler=_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = argument_parser().parse_args(list(argv) if argv is not None else None)
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        return 130
