@@ -1,0 +1,278 @@
+"""Emulated GPU nodes: a node agent that plays kubelet for them.
+
+Real kubelets cannot run here (no container runtime), so the test ground
+registers Nodes that look like GPU machines (``nvidia.com/gpu`` capacity, GPU
+feature discovery labels, the usual taint) and runs one agent process that
+keeps them Ready and runs the pods bound to them as local processes:
+
+* ``.../tritonresnet-builder:*``  -> ``python -m tritonresnet_builder <args>`` from this checkout
+* ``.../tritonserver:*``          -> the real ``tritonserver`` from nvidia-pytriton, bound to the pod's IP
+* ``.../tritonresnet-operator:*`` -> ``python -m tritonresnet <args>`` with the pod's ServiceAccount token
+* anything else stays Pending, waiting with reason ``ImageNotKnownToTestGround``.
+
+Volumes become local folders and every argument or env value under a
+``mountPath`` (and the ``terminationMessagePath``) is rewritten to its folder.
+The agent is also the provisioner of the default StorageClass ``testground``.
+The details live in ``nodeagent_nodes`` (objects), ``nodeagent_pods`` (pure
+rules), ``nodeagent_runtime`` (processes, probes, status) and
+``nodeagent_daemon`` (the process); this module is the API tests use::
+
+    with start_node_agent(control_plane, tmp_path) as agent:
+        agent.volume_path("ns", "claim")      # local folder of a bound PVC
+        agent.pod_log("ns", "pod", "triton")  # what a container printed
+
+Run it by hand next to ``python -m testground.controlplane``::
+
+    PYTHONPATH=tests python -m testground.nodeagent --kubeconfig admin.yaml --workdir nodes/
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from testground.nodeagent_kube import Kube
+from testground.nodeagent_nodes import (
+    A10G_PRODUCT,
+    AGENT_LABEL,
+    CPU_NODE,
+    DEFAULT_NODES,
+    GPU_COMPUTE_MAJOR_LABEL,
+    GPU_COMPUTE_MINOR_LABEL,
+    GPU_COUNT_LABEL,
+    GPU_PRESENT_LABEL,
+    GPU_PRODUCT_LABEL,
+    GPU_RESOURCE,
+    GPU_TAINT,
+    GPU_TOLERATION,
+    INSTANCE_TYPE_LABEL,
+    PROVISIONER,
+    STORAGE_CLASS,
+    T4_PRODUCT,
+    NodeSpec,
+    nodes_to_json,
+    volume_path_of,
+)
+from testground.nodeagent_pods import UNKNOWN_IMAGE_REASON
+from testground.nodeagent_runtime import kill_registered_groups, path_key
+
+if TYPE_CHECKING:
+    from testground.controlplane import ControlPlane
+
+__all__ = [
+    "A10G_PRODUCT",
+    "AGENT_LABEL",
+    "CPU_NODE",
+    "DEFAULT_NODES",
+    "GPU_COMPUTE_MAJOR_LABEL",
+    "GPU_COMPUTE_MINOR_LABEL",
+    "GPU_COUNT_LABEL",
+    "GPU_PRESENT_LABEL",
+    "GPU_PRODUCT_LABEL",
+    "GPU_RESOURCE",
+    "GPU_TAINT",
+    "GPU_TOLERATION",
+    "INSTANCE_TYPE_LABEL",
+    "PROVISIONER",
+    "STORAGE_CLASS",
+    "T4_PRODUCT",
+    "UNKNOWN_IMAGE_REASON",
+    "NodeAgent",
+    "NodeSpec",
+    "start_node_agent",
+]
+
+TESTS_DIR = Path(__file__).resolve().parent.parent
+READY_TIMEOUT = 60.0
+#: The agent stops its pods' processes (up to 10 s each, in parallel) before exiting.
+STOP_GRACE = 30.0
+NOT_READY_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: the agent gets SIGKILL if the test process dies
+    without tearing down (its pods' groups are then killed by the next agent)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+@dataclass
+class NodeAgent:
+    """A running node agent process and where it keeps things."""
+
+    kubeconfig: Path
+    workdir: Path
+    nodes: tuple[NodeSpec, ...]
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def log_path(self) -> Path:
+        """The agent's own log."""
+        return self.workdir / "agent.log"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    @property
+    def node_names(self) -> list[str]:
+        return [node.name for node in self.nodes]
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, timeout: float = READY_TIMEOUT) -> None:
+        """Start the agent process and wait until all its nodes are Ready."""
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), env.get("PYTHONPATH")]))
+        argv = [
+            sys.executable,
+            "-m",
+            "testground.nodeagent",
+            f"--kubeconfig={self.kubeconfig}",
+            f"--workdir={self.workdir}",
+            f"--nodes={nodes_to_json(self.nodes)}",
+        ]
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log_file:
+            self.process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        kube = Kube(str(self.kubeconfig))
+        try:
+            while not self._all_ready(kube):
+                if not self.running():
+                    raise RuntimeError(f"node agent exited during start-up:\n{self.log_tail()}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"nodes not Ready after {timeout:.0f} s:\n{self.log_tail()}")
+                time.sleep(0.2)
+        finally:
+            kube.api.close()
+
+    def _all_ready(self, kube: Kube) -> bool:
+        try:
+            listing = kube.get("/api/v1/nodes")
+            classes = kube.get("/apis/storage.k8s.io/v1/storageclasses")
+        except Exception:
+            return False
+        if not any(item["metadata"]["name"] == STORAGE_CLASS for item in classes.get("items", [])):
+            return False
+        ready = set()
+        for node in listing.get("items", []):
+            conditions = {c["type"]: c["status"] for c in node.get("status", {}).get("conditions") or []}
+            taints = {t["key"] for t in node.get("spec", {}).get("taints") or []}
+            if conditions.get("Ready") == "True" and not taints.intersection(NOT_READY_TAINTS):
+                ready.add(node["metadata"]["name"])
+        return ready.issuperset(self.node_names)
+
+    def stop(self, grace: float = STOP_GRACE) -> None:
+        """SIGTERM the agent (it stops its pods' processes), SIGKILL after ``grace``;
+        then kill any pod process group still registered. Safe to call twice."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        kill_registered_groups(self.workdir / "run")
+
+    def kill(self) -> None:
+        """SIGKILL the agent alone, as a crash would; its pods' processes keep running
+        until the next :meth:`start` (or :meth:`stop`) kills the registered groups."""
+        process, self.process = self.process, None
+        if process is not None:
+            process.kill()
+            process.wait()
+
+    def restart(self, timeout: float = READY_TIMEOUT) -> None:
+        self.stop()
+        self.start(timeout)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    # -- what tests look at
+
+    def pod_log_path(self, namespace: str, pod: str, container: str) -> Path:
+        """stdout and stderr of every run of a container, appended in order."""
+        return self.workdir / "pods" / f"{path_key(namespace, pod)}_{container}.log"
+
+    def pod_log(self, namespace: str, pod: str, container: str) -> str:
+        try:
+            return self.pod_log_path(namespace, pod, container).read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def volume_path(self, namespace: str, claim: str) -> Path:
+        """The local folder behind a bound PersistentVolumeClaim (raises if it is not bound)."""
+        kube = Kube(str(self.kubeconfig))
+        try:
+            pvc = kube.get(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{claim}")
+            name = pvc.get("spec", {}).get("volumeName")
+            if not name:
+                raise LookupError(f"claim {namespace}/{claim} is not bound")
+            path = volume_path_of(kube.get(f"/api/v1/persistentvolumes/{name}"))
+        finally:
+            kube.api.close()
+        if path is None:
+            raise LookupError(f"volume {name} of claim {namespace}/{claim} has no local path")
+        return Path(path)
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the agent process itself (not of its pods)."""
+        return _rss_bytes(self.pid) if self.pid is not None else 0
+
+
+@contextlib.contextmanager
+def start_node_agent(
+    cp: ControlPlane, workdir: Path, nodes: Sequence[NodeSpec] = DEFAULT_NODES
+) -> Iterator[NodeAgent]:
+    """Run the node agent for ``nodes`` against ``cp`` until the block exits."""
+    agent = NodeAgent(kubeconfig=Path(cp.kubeconfig), workdir=Path(workdir).resolve(), nodes=tuple(nodes))
+    try:
+        agent.start()
+        yield agent
+    finally:
+        agent.stop()
+
+
+if __name__ == "__main__":
+    from testground.nodeagent_daemon import main
+
+    sys.exit(main())
