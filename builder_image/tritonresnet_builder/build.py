@@ -1,0 +1,237 @@
+"""The ``build`` phase: fetch, validate and build one artifact for one GPU kind.
+
+The artifact lands in ``.tritonresnet/engines/<engine-key>/`` with its
+``engine.json`` (this run's :class:`Result`) in one rename, so the engine folder
+either holds a complete, described artifact or does not exist. A second run
+for the same key finds it and reports it without doing the work again.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from tritonresnet_builder import onnx_model, tensorrt_engine
+from tritonresnet_builder.contract import (
+    ENGINE_RESULT,
+    ONNX_FILENAME,
+    BuildArgs,
+    ContractError,
+    RepositoryLayout,
+    Result,
+    parse_result,
+)
+from tritonresnet_builder.failures import bad_input, usage
+from tritonresnet_builder.fetch import SourceFetcher
+from tritonresnet_builder.volume import fsync_dir, layout_of, local, scratch_dir
+
+log = logging.getLogger(__name__)
+
+#: Next to engine.json: what publish needs beyond the contract's Result.
+MODEL_INFO = "model-info.json"
+KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class BuiltModelInfo:
+    max_batch_size: int  #: the batch the artifact was built for (the profile's max)
+    model_max_batch: int  #: 0: the model's batch dimension is dynamic
+    opset: int
+    producer: str
+    external_data: tuple[str, ...]
+
+    @staticmethod
+    def read(engine_dir: Path) -> BuiltModelInfo | None:
+        path = engine_dir / MODEL_INFO
+        if not path.is_file():
+            return None
+        data = json.loads(path.read_text())
+        return BuiltModelInfo(
+            max_batch_size=int(data["max_batch_size"]),
+            model_max_batch=int(data["model_max_batch"]),
+            opset=int(data.get("opset", 0)),
+            producer=str(data.get("producer", "")),
+            external_data=tuple(data.get("external_data", ())),
+        )
+
+
+def check_args(args: BuildArgs) -> None:
+    """Refuse arguments no operator should render (USAGE) and int8 (BAD_INPUT)."""
+    if not KEY_RE.match(args.engine_key):
+        raise usage("InvalidArgument", f"engine key {args.engine_key!r} is not a safe folder name")
+    engine = args.engine
+    if engine.max_batch_size < 1:
+        raise usage(
+            "InvalidArgument",
+            f"max batch size {engine.max_batch_size} is below 1",
+            "spec.engine.maxBatchSize",
+        )
+    if not 1 <= engine.optimum_batch() <= engine.max_batch_size:
+        raise usage(
+            "InvalidArgument",
+            f"optimum batch {engine.optimum_batch()} is outside 1..{engine.max_batch_size}",
+            "spec.engine.optBatchSize",
+        )
+    if engine.workspace_mib < 1:
+        raise usage(
+            "InvalidArgument", f"workspace {engine.workspace_mib} MiB is below 1", "spec.engine.workspaceMiB"
+        )
+    if engine.format == "tensorrt":
+        tensorrt_engine.refuse_uncalibrated(engine.precision)
+    if not Path(args.repository).is_dir():
+        raise bad_input(
+            "RepositoryMissing",
+            f"the model repository {args.repository} is not a folder (is the volume mounted?)",
+        )
+
+
+def existing_engine(engine_dir: Path) -> Result | None:
+    """The result of an earlier complete build of this key, if there is one."""
+    path = engine_dir / ENGINE_RESULT
+    if not path.is_file():
+        return None
+    try:
+        result = parse_result(path.read_text())
+    except (ContractError, KeyError, ValueError, TypeError):
+        return None
+    if not result.ok or not (engine_dir / result.artifact).is_file():
+        return None
+    return result
+
+
+def _discard(engine_dir: Path, layout: RepositoryLayout) -> None:
+    """Move a damaged engine folder out of the way (renamed first, so readers never see half of it)."""
+    graveyard = local(layout.staging_dir) / f"discarded-{engine_dir.name}-{os.getpid()}"
+    graveyard.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(engine_dir, graveyard)
+    shutil.rmtree(graveyard, ignore_errors=True)
+
+
+def _install(out: Path, engine_dir: Path) -> Result | None:
+    """Rename the finished folder into place; another builder's result if it got there first."""
+    engine_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(out, engine_dir)
+    except OSError as exc:
+        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+            raise
+        return existing_engine(engine_dir)
+    fsync_dir(engine_dir.parent)
+    return None
+
+
+def _write_json(path: Path, text: str) -> None:
+    with path.open("w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def build(args: BuildArgs) -> Result:
+    started = time.monotonic()
+    check_args(args)
+    layout = layout_of(args.repository)
+    engine_dir = local(layout.engine_dir(args.engine_key))
+
+    previous = existing_engine(engine_dir)
+    if previous is not None:
+        log.info("engine %s is already built (%s); nothing to do", args.engine_key, previous.artifact)
+        return replace(previous, seconds={"reused": round(time.monotonic() - started, 3)})
+    if engine_dir.exists():
+        log.warning("engine folder %s has no valid %s; building it again", engine_dir, ENGINE_RESULT)
+        _discard(engine_dir, layout)
+
+    fetcher = SourceFetcher(args.source)  # refuses a malformed URI or pin before any I/O
+    engine = args.engine
+    if engine.format == "tensorrt":
+        # Fail on a node without TensorRT or a GPU before spending a download on it.
+        tensorrt_engine.require_tensorrt()
+        tensorrt_engine.require_gpu()
+
+    seconds: dict[str, float] = {}
+    with scratch_dir(layout, f"build-{args.engine_key}-") as scratch:
+        out = scratch / "engine"
+        out.mkdir()
+        model_path = out / ONNX_FILENAME
+        mark = time.monotonic()
+        fetched = fetcher.fetch_model(model_path)
+        external = onnx_model.external_data_files(onnx_model.load_graph(model_path))
+        for name in external:
+            fetcher.fetch_sibling(name, out / name)
+        seconds["fetch"] = round(time.monotonic() - mark, 3)
+
+        mark = time.monotonic()
+        info = onnx_model.inspect(model_path, engine.format)
+        seconds["validate"] = round(time.monotonic() - mark, 3)
+        max_batch = info.max_batch(engine.max_batch_size)
+        opt_batch = min(engine.optimum_batch(), max_batch)
+        log.info(
+            "model: opset %d, %s; inputs %s; outputs %s; max batch %d",
+            info.opset,
+            info.producer or "?",
+            [asdict(t) for t in info.inputs],
+            [asdict(t) for t in info.outputs],
+            max_batch,
+        )
+
+        result = Result(
+            ok=True,
+            phase="build",
+            engine_key=args.engine_key,
+            source_sha256=fetched.sha256,
+            inputs=info.inputs,
+            outputs=info.outputs,
+            format=engine.format,
+        )
+        if engine.format == "tensorrt":
+            mark = time.monotonic()
+            plan = tensorrt_engine.build_plan(
+                tensorrt_engine.PlanRequest(
+                    onnx_path=model_path,
+                    out_dir=out,
+                    timing_cache_dir=local(layout.timing_cache_dir),
+                    precision=engine.precision,
+                    max_batch_size=max_batch,
+                    opt_batch_size=opt_batch,
+                    workspace_mib=engine.workspace_mib,
+                )
+            )
+            seconds["build"] = round(time.monotonic() - mark, 3)
+            for name in (ONNX_FILENAME, *external):  # the plan is self-contained
+                (out / name).unlink()
+            result = replace(
+                result,
+                artifact=plan.path.name,
+                artifact_bytes=plan.size,
+                compute_capability=plan.compute_capability,
+                tensorrt_version=plan.tensorrt_version,
+            )
+        else:
+            size = model_path.stat().st_size + sum((out / name).stat().st_size for name in external)
+            result = replace(result, artifact=ONNX_FILENAME, artifact_bytes=size)
+
+        seconds["total"] = round(time.monotonic() - started, 3)
+        result = replace(result, seconds=seconds)
+        built = BuiltModelInfo(
+            max_batch_size=max_batch,
+            model_max_batch=info.model_max_batch,
+            opset=info.opset,
+            producer=info.producer,
+            external_data=external,
+        )
+        _write_json(out / MODEL_INFO, json.dumps(asdict(built), sort_keys=True))
+        _write_json(out / ENGINE_RESULT, result.to_json())
+        fsync_dir(out)
+        winner = _install(out, engine_dir)
+        if winner is not None:
+            log.info("another builder installed engine %s first; reporting its result", args.engine_key)
+            return winner
+    log.info("engine %s installed at %s", args.engine_key, engine_dir)
+    return result

@@ -1,0 +1,329 @@
+"""The ``publish`` phase: assemble one Triton model version from built engines.
+
+Order of writes, so that Triton (which loads ``configs/v<N>.pbtxt`` pinned to
+version N) never sees a partial version and a kill at any point is harmless:
+
+1. assemble ``<N>/`` (plans or model.onnx, marker) in a scratch folder in staging;
+2. write ``configs/v<N>.pbtxt`` (atomic; names only version N, absent until step 3);
+3. ``rename`` the scratch ``<N>/`` to ``<model>/<N>`` (atomic; fails if N is taken,
+   and the next N is tried);
+4. rewrite ``config.pbtxt`` if N is the newest version;
+5. prune old versions: rename out of the model folder first, then delete.
+
+A version carries a marker naming its version key; publishing a key again
+returns the version it already has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tritonresnet_builder import triton_config
+from tritonresnet_builder.build import KEY_RE, BuiltModelInfo, existing_engine
+from tritonresnet_builder.contract import (
+    CONTRACT,
+    MODEL_NAME_RE,
+    ONNX_FILENAME,
+    VERSION_MARKER,
+    PublishArgs,
+    RepositoryLayout,
+    Result,
+)
+from tritonresnet_builder.failures import bad_input, usage
+from tritonresnet_builder.volume import exclusive_lock, fsync_dir, layout_of, link_or_copy, local, scratch_dir
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME_FIELD = "spec.model.name"
+#: Files of an engine folder that describe it rather than serve it.
+_ENGINE_METADATA = frozenset({"engine.json", "model-info.json"})
+
+
+@dataclass(frozen=True)
+class Engine:
+    key: str
+    folder: Path
+    result: Result
+    max_batch_size: int
+
+
+def check_model_name(name: str) -> None:
+    if not MODEL_NAME_RE.match(name) or name in (".", ".."):
+        raise bad_input(
+            "InvalidModelName",
+            f"model name {name!r} is not a safe folder name (letters, digits, "
+            "'_', '.', '-', starting with a letter or digit, at most 63)",
+            MODEL_NAME_FIELD,
+        )
+
+
+def check_args(args: PublishArgs) -> None:
+    check_model_name(args.model_name)
+    for key in (args.version_key, *args.engine_keys):
+        if not KEY_RE.match(key):
+            raise usage("InvalidArgument", f"key {key!r} is not a safe folder name")
+    if not args.engine_keys:
+        raise usage("InvalidArgument", "no engine keys to publish")
+    if (
+        args.max_batch_size < 1
+        or args.instance_count < 1
+        or args.keep_versions < 1
+        or args.max_queue_delay_us < 0
+    ):
+        raise usage("InvalidArgument", "max batch size, instance count and versions kept must be at least 1")
+    if not Path(args.repository).is_dir():
+        raise bad_input(
+            "RepositoryMissing",
+            f"the model repository {args.repository} is not a folder (is the volume mounted?)",
+        )
+
+
+def load_engines(layout: RepositoryLayout, keys: tuple[str, ...]) -> list[Engine]:
+    engines = []
+    for key in keys:
+        folder = local(layout.engine_dir(key))
+        result = existing_engine(folder)
+        if result is None:
+            raise bad_input(
+                "EngineMissing", f"engine {key} has not been built (no valid engine.json in {folder})"
+            )
+        info = BuiltModelInfo.read(folder)
+        engines.append(Engine(key, folder, result, info.max_batch_size if info else 0))
+    first = engines[0].result
+    for engine in engines[1:]:
+        if engine.result.format != first.format:
+            raise bad_input(
+                "EnginesDisagree",
+                f"engines {engines[0].key} and {engine.key} have different formats "
+                f"({first.format}, {engine.result.format})",
+            )
+        if (engine.result.inputs, engine.result.outputs) != (first.inputs, first.outputs):
+            raise bad_input(
+                "EnginesDisagree",
+                f"engines {engines[0].key} and {engine.key} disagree on the model's "
+                "inputs and outputs (built from different models?)",
+            )
+    if first.format == "tensorrt":
+        ccs = [e.result.compute_capability for e in engines]
+        if len(set(ccs)) != len(ccs):
+            raise bad_input(
+                "EnginesDisagree", f"two engines target the same compute capability: {sorted(ccs)}"
+            )
+    return engines
+
+
+def existing_versions(model_dir: Path) -> list[int]:
+    if not model_dir.is_dir():
+        return []
+    return sorted(
+        int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and p.name[0] != "0"
+    )
+
+
+def find_version(model_dir: Path, version_key: str) -> int | None:
+    for version in existing_versions(model_dir):
+        marker = model_dir / str(version) / VERSION_MARKER
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(marker.read_text()).get("version_key") == version_key:
+                return version
+    return None
+
+
+def version_files(engines: list[Engine]) -> dict[str, Path]:
+    """File name in the version folder -> the engine file it comes from."""
+    if engines[0].result.format == "tensorrt":
+        return {e.result.artifact: e.folder / e.result.artifact for e in engines}
+    folder = engines[0].folder
+    return {
+        str(p.relative_to(folder)): p
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name not in _ENGINE_METADATA
+    }
+
+
+def config_text(args: PublishArgs, engines: list[Engine], version: int) -> str:
+    first = engines[0].result
+    built_max = min((e.max_batch_size for e in engines if e.max_batch_size), default=args.max_batch_size)
+    max_batch = min(args.max_batch_size, built_max)
+    if max_batch < args.max_batch_size:
+        log.warning(
+            "serving max batch %d instead of %d: the engines were built for at most %d",
+            max_batch,
+            args.max_batch_size,
+            built_max,
+        )
+    serving = triton_config.ServingSettings(
+        max_batch_size=max_batch,
+        max_queue_delay_us=args.max_queue_delay_us,
+        preferred_batch_sizes=args.preferred_batch_sizes,
+        instance_count=args.instance_count,
+        instance_kind=args.instance_kind,
+    )
+    if first.format == "tensorrt":
+        plans = {e.result.compute_capability: e.result.artifact for e in engines}
+        default = plans[sorted(plans)[0]]
+    else:
+        plans, default = {}, ONNX_FILENAME
+    config = triton_config.model_config(
+        name=args.model_name,
+        fmt="tensorrt" if first.format == "tensorrt" else "onnx",
+        inputs=first.inputs,
+        outputs=first.outputs,
+        serving=serving,
+        version=version,
+        plan_files=plans,
+        default_model_filename=default,
+    )
+    return triton_config.render(config)
+
+
+def _assemble(target: Path, args: PublishArgs, engines: list[Engine]) -> list[str]:
+    target.mkdir()
+    names = []
+    for name, source in version_files(engines).items():
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        link_or_copy(source, target / name)
+        names.append(name)
+    marker = {
+        "contract": CONTRACT,
+        "model_name": args.model_name,
+        "version_key": args.version_key,
+        "engine_keys": list(args.engine_keys),
+        "files": names,
+        "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    (target / VERSION_MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
+    fsync_dir(target)
+    return names
+
+
+def _pause_for_tests(point: str) -> None:
+    """Hold still at a named point so a test can kill the process there (off unless the variable is set)."""
+    if os.environ.get("TRITONRESNET_BUILDER_PAUSE_AT") == point:
+        log.info("pausing at %s", point)
+        print(f"paused at {point}", flush=True)
+        time.sleep(3600)
+
+
+def _place(
+    scratch: Path, layout: RepositoryLayout, args: PublishArgs, engines: list[Engine]
+) -> tuple[int, list[str]]:
+    """Assemble and rename a new version in; returns its number and file names."""
+    model_dir = local(layout.model_dir(args.model_name))
+    model_dir.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        version = max(existing_versions(model_dir), default=0) + 1
+        assembled = scratch / str(version)
+        names = _assemble(assembled, args, engines)
+        _pause_for_tests("assembled")
+        triton_config.write_atomic(
+            local(layout.pinned_config(args.model_name, version)), config_text(args, engines, version)
+        )
+        _pause_for_tests("pinned-config")
+        try:
+            os.rename(assembled, model_dir / str(version))
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            log.info("version %d appeared meanwhile; trying the next number", version)
+            shutil.rmtree(assembled, ignore_errors=True)
+            continue
+        fsync_dir(model_dir)
+        return version, names
+    raise RuntimeError("could not claim a version number after 100 attempts")
+
+
+def prune(layout: RepositoryLayout, args: PublishArgs, scratch: Path) -> tuple[int, ...]:
+    """Drop versions beyond ``keep_versions``; never protected ones, never the newest."""
+    model_dir = local(layout.model_dir(args.model_name))
+    versions = existing_versions(model_dir)
+    keep = set(versions[-args.keep_versions :]) | set(args.protect_versions) | set(versions[-1:])
+    pruned = []
+    for version in versions:
+        if version in keep:
+            continue
+        doomed = scratch / f"pruned-{version}"
+        os.rename(model_dir / str(version), doomed)  # gone from Triton's view in one step
+        local(layout.pinned_config(args.model_name, version)).unlink(missing_ok=True)
+        shutil.rmtree(doomed, ignore_errors=True)
+        pruned.append(version)
+    if pruned:
+        log.info("pruned versions %s of %s", pruned, args.model_name)
+    return tuple(pruned)
+
+
+def scratch_prefix(model_name: str) -> str:
+    # '~' cannot occur in a model name, so one model's prefix never matches another's.
+    return f"publish~{model_name}~"
+
+
+def remove_stale_scratch(ours: Path, model_name: str) -> None:
+    """Scratch folders of publishers of this model killed earlier (we hold the model's lock)."""
+    for folder in ours.parent.glob(scratch_prefix(model_name) + "*"):
+        if folder != ours:
+            log.info("removing %s left by an interrupted publish", folder.name)
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def publish(args: PublishArgs) -> Result:
+    started = time.monotonic()
+    check_args(args)
+    layout = layout_of(args.repository)
+    engines = load_engines(layout, args.engine_keys)
+    model_dir = local(layout.model_dir(args.model_name))
+    lock = local(layout.state) / "locks" / f"{args.model_name}.lock"
+
+    with exclusive_lock(lock), scratch_dir(layout, scratch_prefix(args.model_name)) as scratch:
+        remove_stale_scratch(scratch, args.model_name)
+        version = find_version(model_dir, args.version_key)
+        if version is not None:
+            log.info("version key %s is already published as version %d", args.version_key, version)
+            names = sorted(
+                str(p.relative_to(model_dir / str(version)))
+                for p in (model_dir / str(version)).rglob("*")
+                if p.is_file() and p.name != VERSION_MARKER
+            )
+            pinned = local(layout.pinned_config(args.model_name, version))
+            if not pinned.is_file():  # written before the version appeared; restore it if someone removed it
+                triton_config.write_atomic(pinned, config_text(args, engines, version))
+        else:
+            version, names = _place(scratch, layout, args, engines)
+            log.info(
+                "published %s version %d from engines %s", args.model_name, version, list(args.engine_keys)
+            )
+        if version == max(existing_versions(model_dir)):
+            triton_config.write_atomic(
+                local(layout.default_config(args.model_name)), config_text(args, engines, version)
+            )
+        pruned = prune(layout, args, scratch)
+
+    root = Path(args.repository)
+    files = [
+        str(local(layout.version_dir(args.model_name, version)).relative_to(root) / n) for n in sorted(names)
+    ]
+    files.append(str(local(layout.pinned_config(args.model_name, version)).relative_to(root)))
+    first = engines[0].result
+    return Result(
+        ok=True,
+        phase="publish",
+        engine_key=",".join(args.engine_keys),
+        source_sha256=first.source_sha256,
+        inputs=first.inputs,
+        outputs=first.outputs,
+        format=first.format,
+        model_name=args.model_name,
+        version=version,
+        version_key=args.version_key,
+        files=tuple(files),
+        pruned=pruned,
+        seconds={"publish": round(time.monotonic() - started, 3)},
+    )

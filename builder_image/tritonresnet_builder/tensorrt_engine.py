@@ -1,0 +1,217 @@
+"""Build one TensorRT plan from a validated ONNX model with the TensorRT 10 Python API.
+
+``tensorrt`` is imported inside the functions that need it: the module imports
+(and type-checks, with ``mypy --strict`` against the stubs in
+``builder_image/stubs``) on machines without TensorRT, and only a real build
+needs the library and a GPU. Without either the build fails with
+``ExitCode.UNSUPPORTED`` and says which is missing.
+
+A plan is tied to the GPU's compute capability and to the TensorRT version
+that built it; both are recorded, and the timing cache on the volume is kept
+per (compute capability, TensorRT version) so a rebuild reuses its timings.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tritonresnet_builder import cuda_device
+from tritonresnet_builder.contract import ExitCode, Precision, plan_filename
+from tritonresnet_builder.failures import BuilderError, bad_input, unsupported
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+log = logging.getLogger(__name__)
+
+PRECISION_FIELD = "spec.engine.precision"
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    onnx_path: Path
+    out_dir: Path  #: the plan is written here as model.sm<XY>.plan
+    timing_cache_dir: Path
+    precision: Precision
+    max_batch_size: int  #: the optimization profile spans batch 1..max
+    opt_batch_size: int
+    workspace_mib: int
+
+
+@dataclass(frozen=True)
+class BuiltPlan:
+    path: Path
+    size: int
+    compute_capability: str
+    tensorrt_version: str
+    gpu_name: str
+    seconds: float
+
+
+def require_tensorrt() -> str:
+    """TensorRT's version, or UNSUPPORTED when the real library is not importable."""
+    try:
+        import tensorrt
+    except ImportError as exc:
+        raise unsupported(
+            "TensorRTMissing",
+            "TensorRT is not installed in this image; build with the "
+            "tritonresnet-builder image or use format onnx",
+        ) from exc
+    # The type stubs installed as a package import as an empty namespace.
+    if not hasattr(tensorrt, "Builder"):
+        raise unsupported(
+            "TensorRTMissing",
+            "the tensorrt module here has no Builder (type stubs only?); TensorRT itself is not installed",
+        )
+    return str(tensorrt.__version__)
+
+
+def require_gpu() -> cuda_device.Device:
+    try:
+        return cuda_device.first_device()
+    except cuda_device.NoGpu as exc:
+        raise unsupported("NoGpu", f"a TensorRT build needs a GPU: {exc}") from exc
+
+
+def refuse_uncalibrated(precision: Precision) -> None:
+    """int8 without calibration data would build a plan with made-up scales; refuse it."""
+    if precision == "int8":
+        raise bad_input(
+            "CalibrationRequired",
+            "precision int8 needs calibration data, which this builder does "
+            "not take; use fp16, bf16 or fp8 (for a model with Q/DQ nodes)",
+            PRECISION_FIELD,
+        )
+
+
+def timing_cache_path(cache_dir: Path, compute_capability: str, tensorrt_version: str) -> Path:
+    return cache_dir / f"sm{compute_capability.replace('.', '')}-trt{tensorrt_version}.cache"
+
+
+def _precision_flags(precision: Precision) -> list[trt.BuilderFlag]:
+    import tensorrt as trt
+
+    flags: dict[str, list[trt.BuilderFlag]] = {
+        "fp32": [],
+        "fp16": [trt.BuilderFlag.FP16],
+        "bf16": [trt.BuilderFlag.BF16],
+        "fp8": [trt.BuilderFlag.FP8],
+    }
+    return flags[precision]
+
+
+def _parse(parser: trt.OnnxParser, onnx_path: Path) -> None:
+    # parse_from_file resolves external data relative to the model's folder.
+    if parser.parse_from_file(str(onnx_path)):
+        return
+    errors = [parser.get_error(i).desc() for i in range(parser.num_errors)]
+    raise bad_input(
+        "UnsupportedModel", "TensorRT could not parse the model: " + "; ".join(errors[:3]), "spec.source.uri"
+    )
+
+
+def _profile(
+    builder: trt.Builder, network: trt.INetworkDefinition, request: PlanRequest
+) -> trt.IOptimizationProfile:
+    """Batch 1..max with the optimum in between; every other dimension as exported."""
+    import tensorrt as trt
+
+    profile = builder.create_optimization_profile()
+    for index in range(network.num_inputs):
+        tensor = network.get_input(index)
+        rest = [tensor.shape[d] for d in range(1, len(tensor.shape))]
+        profile.set_shape(
+            tensor.name,
+            trt.Dims([1, *rest]),
+            trt.Dims([request.opt_batch_size, *rest]),
+            trt.Dims([request.max_batch_size, *rest]),
+        )
+    return profile
+
+
+def _load_timing_cache(config: trt.IBuilderConfig, path: Path) -> trt.ITimingCache:
+    data = path.read_bytes() if path.is_file() else b""
+    try:
+        cache = config.create_timing_cache(data)
+    except Exception:  # a damaged cache only costs time: start afresh
+        log.warning("timing cache %s is unreadable; starting an empty one", path)
+        cache = config.create_timing_cache(b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    log.info("timing cache %s: %d bytes loaded", path, len(data))
+    return cache
+
+
+def _write_atomic(path: Path, data: memoryview | bytes) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return len(data)
+
+
+def build_plan(request: PlanRequest) -> BuiltPlan:
+    """Parse, configure and build one plan; returns what it built and on which GPU."""
+    refuse_uncalibrated(request.precision)
+    version = require_tensorrt()
+    device = require_gpu()
+    import tensorrt as trt
+
+    started = time.monotonic()
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    # TensorRT 10 networks are always explicit-batch; the old flag is deprecated, so none is passed.
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    _parse(parser, request.onnx_path)
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, request.workspace_mib * MiB)
+    for flag in _precision_flags(request.precision):
+        config.set_flag(flag)
+    config.add_optimization_profile(_profile(builder, network, request))
+    cache_path = timing_cache_path(request.timing_cache_dir, device.compute_capability, version)
+    _load_timing_cache(config, cache_path)
+
+    log.info(
+        "building a %s TensorRT %s plan for %s (sm %s), batch 1..%d (opt %d), workspace %d MiB",
+        request.precision,
+        version,
+        device.name,
+        device.compute_capability,
+        request.max_batch_size,
+        request.opt_batch_size,
+        request.workspace_mib,
+    )
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise BuilderError(
+            ExitCode.INTERNAL, "EngineBuildFailed", "TensorRT did not build an engine; its log above says why"
+        )
+    plan_path = request.out_dir / plan_filename(device.compute_capability)
+    size = _write_atomic(plan_path, memoryview(serialized))
+    cache_size = _write_atomic(cache_path, memoryview(config.get_timing_cache().serialize()))
+    log.info("timing cache %s: %d bytes saved", cache_path, cache_size)
+    return BuiltPlan(
+        path=plan_path,
+        size=size,
+        compute_capability=device.compute_capability,
+        tensorrt_version=version,
+        gpu_name=device.name,
+        seconds=time.monotonic() - started,
+    )
