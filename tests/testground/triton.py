@@ -28,14 +28,22 @@ Behaviour of this tritonserver 2.51 verified on a CPU-only machine
 
 * ``--model-control-mode=explicit --load-model=<m> --model-config-name=<c>``
   loads ``<m>/configs/<c>.pbtxt`` instead of ``<m>/config.pbtxt``; the served
-  config is that file's. A name with no such file fails the load.
+  config is that file's. **A name with no such file is not an error**: Triton
+  silently falls back to ``config.pbtxt`` (or, with none, to an auto-completed
+  config) and serves the latest version, Ready. A verifier must check the
+  served config or version, not only readiness.
 * ``instance_group [{count: 1, kind: KIND_AUTO}]`` loads without a GPU: the
   instance becomes a CPU instance.
 * ``version_policy: {specific: {versions: [2]}}`` serves version 2 only; the
   other version folders are not ready and inference on them fails.
 * ``cc_model_filenames`` in an ``onnxruntime_onnx`` config does not break the
-  load (Triton core accepts it; the stand-in, like the real ONNX Runtime
-  backend, reads only ``default_model_filename``).
+  load: Triton core accepts it and serves it back in the config (the stand-in,
+  like the real ONNX Runtime backend, reads only ``default_model_filename``).
+* For a model without batching (``max_batch_size: 0``) the classification
+  extension ranks the whole output: ``class_count=5`` on ``[1, 1000]`` gives
+  shape ``[5]``, not ``[1, 5]``.
+* On SIGTERM the server waits up to ``--exit-timeout-secs`` (default 30) for
+  open client connections; ``start_tritonserver`` passes 3 unless told.
 """
 
 from __future__ import annotations
@@ -55,7 +63,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -290,12 +298,14 @@ def start_tritonserver(
     ready_timeout: float = 120.0,
     stop_grace: float = 15.0,
     log_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[TritonServer]:
     """Run tritonserver on free ports until the block exits; yields once live and ready.
 
     ``args`` are extra tritonserver flags (``--model-control-mode=explicit`` ...).
     ``model_repository`` may be a folder or an ``s3://`` URL. The server's output
     goes to ``log_file`` when given (kept), else to a temporary file removed on exit.
+    ``env`` adds variables (the AWS ones for an S3 repository, say).
     """
     http, grpc, metrics = free_port(host), free_port(host), free_port(host)
     if not any(arg.startswith("--exit-timeout-secs") for arg in args):
@@ -315,8 +325,10 @@ def start_tritonserver(
     with tempfile.TemporaryDirectory(prefix="tritonserver-") as logs:
         log_file = log_file or Path(logs) / "tritonserver.log"
         with open(log_file, "wb") as log:
-            env = os.environ | extra_env
-            process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            process_env = os.environ | dict(env or {}) | extra_env
+            process = subprocess.Popen(
+                argv, env=process_env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+            )
         try:
             _wait_ready(process, f"{host}:{http}", log_file, ready_timeout)
             yield TritonServer(

@@ -1,0 +1,315 @@
+"""The real tritonserver (from nvidia-pytriton) serving the test ground's ResNet ONNX models.
+
+Triton runs the models through the test ground's **onnxruntime stand-in**
+backend (a python-based backend running onnxruntime on CPU; the wheel has no
+ONNX Runtime backend). The model configs are the ones the real backend takes:
+``platform: "onnxruntime_onnx"``. Everything else is the real server: HTTP and
+gRPC endpoints, the classification extension, model control, configs and
+version policies. The tests that pin server behaviour the operator relies on
+(``--model-config-name``, ``KIND_AUTO``, version policies, ``cc_model_filenames``)
+are the evidence for the notes in ``testground/triton.py``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+import tritonclient.grpc
+import tritonclient.http
+from google.protobuf import text_format
+from testground.models import OnnxModels
+from testground.s3 import S3Server
+from testground.triton import TritonServer, backends_dir, start_tritonserver, tritonserver_command
+from tritonclient.grpc import model_config_pb2 as mc
+from tritonclient.utils import InferenceServerException
+
+pytestmark = pytest.mark.triton
+
+TOP_K = 5
+
+
+# -- helpers --------------------------------------------------------------------------
+
+
+def onnx_config(
+    name: str,
+    input_name: str = "input",
+    output_name: str = "output",
+    max_batch_size: int = 8,
+    kind: mc.ModelInstanceGroup.Kind.ValueType = mc.ModelInstanceGroup.KIND_CPU,
+) -> mc.ModelConfig:
+    # With max_batch_size 0 the batch dimension is part of dims, as for a fixed-batch model.
+    batch_dims = [] if max_batch_size else [1]
+    config = mc.ModelConfig(name=name, platform="onnxruntime_onnx", max_batch_size=max_batch_size)
+    config.input.add(name=input_name, data_type=mc.TYPE_FP32, dims=[*batch_dims, 3, 224, 224])
+    config.output.add(name=output_name, data_type=mc.TYPE_FP32, dims=[*batch_dims, 1000])
+    config.instance_group.add(count=1, kind=kind)
+    return config
+
+
+def write_model(
+    repository: Path,
+    config: mc.ModelConfig,
+    model: Path,
+    versions: tuple[int, ...] = (1,),
+    config_path: str = "config.pbtxt",
+) -> None:
+    """``<repository>/<name>/<version>/model.onnx`` (a file, or a folder for external data) and the config."""
+    folder = repository / config.name
+    for version in versions:
+        target = folder / str(version) / "model.onnx"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if model.is_dir():  # the layout Triton's ONNX Runtime backend takes for external data
+            target.mkdir()
+            for file in model.iterdir():
+                os.link(file, target / file.name)
+        else:
+            os.link(model, target)  # hard links: no 47 MB copies per test
+    (folder / config_path).parent.mkdir(parents=True, exist_ok=True)
+    (folder / config_path).write_text(text_format.MessageToString(config))
+
+
+def images(batch: int) -> np.ndarray:
+    return np.random.default_rng(7).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+
+
+def onnxruntime_top_k(model_file: Path, batch: np.ndarray) -> list[list[int]]:
+    session = onnxruntime.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {session.get_inputs()[0].name: batch})
+    return np.argsort(-logits, axis=1)[:, :TOP_K].tolist()
+
+
+def class_indexes(classification: np.ndarray) -> list[list[int]]:
+    """Triton's classification entries are ``b"<score>:<index>"`` (``:<label>`` with labels)."""
+    return [[int(entry.decode().split(":")[1]) for entry in row] for row in classification]
+
+
+def classify_http(
+    server: TritonServer, model: str, input_name: str, output_name: str, batch: np.ndarray
+) -> np.ndarray:
+    client = tritonclient.http.InferenceServerClient(server.http_url)
+    try:
+        request = tritonclient.http.InferInput(input_name, list(batch.shape), "FP32")
+        request.set_data_from_numpy(batch)
+        output = tritonclient.http.InferRequestedOutput(output_name, class_count=TOP_K)
+        result = client.infer(model, [request], outputs=[output]).as_numpy(output_name)
+    finally:
+        client.close()
+    assert result is not None
+    return result
+
+
+def classify_grpc(
+    server: TritonServer, model: str, input_name: str, output_name: str, batch: np.ndarray
+) -> np.ndarray:
+    client = tritonclient.grpc.InferenceServerClient(server.grpc_url)
+    try:
+        request = tritonclient.grpc.InferInput(input_name, list(batch.shape), "FP32")
+        request.set_data_from_numpy(batch)
+        output = tritonclient.grpc.InferRequestedOutput(output_name, class_count=TOP_K)
+        result = client.infer(model, [request], outputs=[output]).as_numpy(output_name)
+    finally:
+        client.close()
+    assert result is not None
+    return result
+
+
+# -- one explicit-mode server for the serving tests -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_repository(onnx_models: OnnxModels, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repository = tmp_path_factory.mktemp("model-repository")
+    for name in ("resnet18", "renamed", "external_data"):
+        spec = onnx_models.spec(name)
+        config = onnx_config(name, spec.input_name, spec.output_name)
+        write_model(repository, config, onnx_models.path(name))
+    write_model(repository, onnx_config("fixed_batch", max_batch_size=0), onnx_models.path("fixed_batch"))
+    return repository
+
+
+@pytest.fixture(scope="module")
+def triton(model_repository: Path) -> Iterator[TritonServer]:
+    # Explicit mode: each test loads only its model, so one ~300 MB stub runs at a time.
+    with start_tritonserver(model_repository, "--model-control-mode=explicit") as server:
+        yield server
+
+
+@pytest.fixture
+def loaded(triton: TritonServer, request: pytest.FixtureRequest) -> Iterator[str]:
+    name: str = request.param
+    client = tritonclient.http.InferenceServerClient(triton.http_url)
+    try:
+        client.load_model(name)
+        yield name
+        client.unload_model(name)
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("loaded", ["resnet18", "renamed", "external_data"], indirect=True)
+def test_tritonserver_top5_over_http_and_grpc_matches_onnxruntime_with_onnxruntime_standin(
+    triton: TritonServer, loaded: str, onnx_models: OnnxModels
+) -> None:
+    """Top-5 classification through real Triton (onnxruntime STAND-IN backend) equals plain onnxruntime's."""
+    spec = onnx_models.spec(loaded)
+    batch = images(2)
+    expected = onnxruntime_top_k(onnx_models.onnx_file(loaded), batch)
+
+    over_http = classify_http(triton, loaded, spec.input_name, spec.output_name, batch)
+    over_grpc = classify_grpc(triton, loaded, spec.input_name, spec.output_name, batch)
+
+    assert over_http.shape == (2, TOP_K)
+    assert class_indexes(over_http) == expected
+    assert class_indexes(over_grpc) == expected
+
+
+@pytest.mark.parametrize("loaded", ["renamed"], indirect=True)
+def test_tritonserver_metadata_reports_onnx_platform_and_model_tensor_names_with_onnxruntime_standin(
+    triton: TritonServer, loaded: str
+) -> None:
+    client = tritonclient.http.InferenceServerClient(triton.http_url)
+    try:
+        metadata = client.get_model_metadata(loaded)
+    finally:
+        client.close()
+    assert metadata["platform"] == "onnxruntime_onnx"
+    assert [tensor["name"] for tensor in metadata["inputs"]] == ["data"]
+    assert [tensor["name"] for tensor in metadata["outputs"]] == ["logits"]
+    assert metadata["inputs"][0]["shape"] == [-1, 3, 224, 224]
+
+
+@pytest.mark.parametrize("loaded", ["fixed_batch"], indirect=True)
+def test_tritonserver_serves_fixed_batch_model_without_batching_with_onnxruntime_standin(
+    triton: TritonServer, loaded: str, onnx_models: OnnxModels
+) -> None:
+    """Without batching Triton classifies the whole ``[1, 1000]`` output: 5 entries, not ``[1, 5]``."""
+    batch = images(1)
+    result = classify_http(triton, loaded, "input", "output", batch)
+    assert result.shape == (TOP_K,)
+    assert class_indexes(result[np.newaxis]) == onnxruntime_top_k(onnx_models.onnx_file(loaded), batch)
+
+
+def test_tritonserver_explicit_load_of_missing_model_fails(triton: TritonServer) -> None:
+    client = tritonclient.http.InferenceServerClient(triton.http_url)
+    try:
+        with pytest.raises(InferenceServerException, match="failed to load"):
+            client.load_model("no-such-model")
+    finally:
+        client.close()
+
+
+# -- server behaviour the operator's design relies on ---------------------------------
+
+
+@pytest.fixture
+def versioned_repository(onnx_models: OnnxModels, tmp_path: Path) -> Path:
+    """Model ``m`` with versions 1-3, a ``config.pbtxt`` (max batch 4) and ``configs/v2.pbtxt``.
+
+    ``v2.pbtxt`` is what the operator publishes for version 2: max batch 8,
+    ``version_policy {specific {versions: 2}}``, ``KIND_AUTO`` and a
+    ``cc_model_filenames`` entry (meaningful only to TensorRT).
+    """
+    write_model(
+        tmp_path, onnx_config("m", max_batch_size=4), onnx_models.path("resnet18"), versions=(1, 2, 3)
+    )
+    v2 = onnx_config("m", kind=mc.ModelInstanceGroup.KIND_AUTO)
+    v2.version_policy.specific.versions.append(2)
+    v2.cc_model_filenames["8.6"] = "model.plan"
+    (tmp_path / "m" / "configs").mkdir()
+    (tmp_path / "m" / "configs" / "v2.pbtxt").write_text(text_format.MessageToString(v2))
+    return tmp_path
+
+
+def test_model_config_name_loads_configs_file_serving_only_its_pinned_version(
+    versioned_repository: Path, onnx_models: OnnxModels
+) -> None:
+    """``--model-config-name=v2`` + explicit ``--load-model``: configs/v2.pbtxt wins over config.pbtxt.
+
+    Also shows, with that one load: ``KIND_AUTO`` becomes a CPU instance on a
+    machine without GPU, ``version_policy specific [2]`` serves version 2 only,
+    and ``cc_model_filenames`` does not break an ``onnxruntime_onnx`` load.
+    """
+    args = (
+        "--model-control-mode=explicit",
+        "--load-model=m",
+        "--model-config-name=v2",
+        "--strict-readiness=true",
+    )
+    with start_tritonserver(versioned_repository, *args) as server:
+        client = tritonclient.http.InferenceServerClient(server.http_url)
+        try:
+            config = client.get_model_config("m")
+            ready = {version: client.is_model_ready("m", version) for version in ("1", "2", "3")}
+            index = client.get_model_repository_index()
+        finally:
+            client.close()
+        result = classify_http(server, "m", "input", "output", images(1))
+
+    assert config["max_batch_size"] == 8  # from configs/v2.pbtxt, not config.pbtxt's 4
+    assert config["version_policy"] == {"specific": {"versions": [2]}}
+    assert config["cc_model_filenames"] == {"8.6": "model.plan"}
+    assert [group["kind"] for group in config["instance_group"]] == ["KIND_CPU"]
+    assert ready == {"1": False, "2": True, "3": False}
+    assert index == [{"name": "m", "version": "2", "state": "READY"}]
+    assert class_indexes(result) == onnxruntime_top_k(onnx_models.onnx_file("resnet18"), images(1))
+
+
+def test_model_config_name_without_such_file_silently_falls_back_to_config_pbtxt(
+    versioned_repository: Path,
+) -> None:
+    """A missing ``configs/<name>.pbtxt`` is no error: Triton serves config.pbtxt (latest version).
+
+    So a server reporting Ready does not prove it serves the pinned version:
+    whoever verifies it must check the served config or version.
+    """
+    args = ("--model-control-mode=explicit", "--load-model=m", "--model-config-name=v9")
+    with start_tritonserver(versioned_repository, *args) as server:
+        client = tritonclient.http.InferenceServerClient(server.http_url)
+        try:
+            config = client.get_model_config("m")
+            index = client.get_model_repository_index()
+        finally:
+            client.close()
+    assert config["max_batch_size"] == 4
+    assert index == [{"name": "m", "version": "3", "state": "READY"}]
+
+
+def test_tritonserver_loads_model_repository_from_s3_through_proxy_with_onnxruntime_standin(
+    s3: S3Server, onnx_models: OnnxModels, tmp_path: Path
+) -> None:
+    """An ``s3://http://host:port/bucket/prefix`` repository (moto behind the test ground's proxy)."""
+    write_model(tmp_path, onnx_config("resnet18"), onnx_models.path("resnet18"))
+    s3.upload(tmp_path, "triton-s3-test")
+    with start_tritonserver(s3.triton_repository("triton-s3-test"), env=s3.env) as server:
+        result = classify_grpc(server, "resnet18", "input", "output", images(1))
+    assert class_indexes(result) == onnxruntime_top_k(onnx_models.onnx_file("resnet18"), images(1))
+
+
+# -- the assembled backends folder and command ----------------------------------------
+
+
+def test_backends_dir_holds_python_backend_and_onnxruntime_standin_only() -> None:
+    folder = backends_dir()
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["onnxruntime", "python"]
+    assert (folder / "python" / "libtriton_python.so").is_file()
+    assert (folder / "python" / "triton_python_backend_stub").is_file()
+    assert "STAND-IN" in (folder / "onnxruntime" / "model.py").read_text()
+    assert "STAND-IN" in (folder / "README").read_text()
+
+
+def test_tritonserver_command_adds_backend_directory_only_when_not_given() -> None:
+    argv, env = tritonserver_command(["--model-repository=/models"])
+    assert argv[0].endswith("/tritonserver")
+    assert f"--backend-directory={backends_dir()}" in argv
+    assert "nvidia_pytriton.libs" in env["LD_LIBRARY_PATH"]
+
+    argv, _ = tritonserver_command(["--model-repository=/models", "--backend-directory=/elsewhere"])
+    assert [arg for arg in argv if arg.startswith("--backend-directory")] == [
+        "--backend-directory=/elsewhere"
+    ]
