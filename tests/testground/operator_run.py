@@ -7,14 +7,21 @@ container, so a test can SIGKILL it and start it again.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import yaml
+from tritonresnet import names
 
 from testground.controlplane import ControlPlane
+from testground.s3 import S3Server
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "tritonresnet.io_tritonresnets.yaml"
@@ -82,3 +89,89 @@ class OperatorProcess:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+# -- a sample resource and waiting for it -------------------------------------------
+
+READY_TIMEOUT = 420.0
+
+
+def get_trn(cp: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
+    out = cp.kubectl("get", "trn", name, "-n", namespace, "-o", "json").stdout
+    return dict(json.loads(out))
+
+
+def condition(trn: dict[str, Any], type_: str) -> dict[str, Any]:
+    for cond in (trn.get("status") or {}).get("conditions") or ():
+        if cond["type"] == type_:
+            return dict(cond)
+    return {}
+
+
+def wait_for(
+    cp: ControlPlane,
+    namespace: str,
+    name: str,
+    predicate: Callable[[dict[str, Any]], bool],
+    what: str,
+    timeout: float = READY_TIMEOUT,
+    operator: OperatorProcess | None = None,
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    trn: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        trn = get_trn(cp, namespace, name)
+        if predicate(trn):
+            return trn
+        time.sleep(1.0)
+    tail = operator.log_text()[-4000:] if operator else ""
+    raise AssertionError(
+        f"{name} never became {what}; status: {json.dumps(trn.get('status'), indent=1)}\n"
+        f"operator log tail:\n{tail}"
+    )
+
+
+def is_ready(gen: int | None = None) -> Callable[[dict[str, Any]], bool]:
+    def check(trn: dict[str, Any]) -> bool:
+        ready = condition(trn, "Ready")
+        want_gen = gen if gen is not None else trn["metadata"]["generation"]
+        return ready.get("status") == "True" and ready.get("observedGeneration") == want_gen
+
+    return check
+
+
+def apply_sample(
+    cp: ControlPlane,
+    namespace: str,
+    s3: S3Server,
+    uri: str,
+    name: str = "resnet50",
+    replicas: int = 1,
+    model_name: str = "resnet50",
+) -> None:
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "s3-credentials", "namespace": namespace},
+        "stringData": {k: v for k, v in s3.env.items() if k.startswith("AWS_")},
+    }
+    pvc = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "models", "namespace": namespace},
+        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "5Gi"}}},
+    }
+    trn = {
+        "apiVersion": names.API_VERSION,
+        "kind": names.KIND,
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "source": {"uri": uri, "endpoint": s3.endpoint, "credentialsSecret": "s3-credentials"},
+            "model": {"name": model_name, "format": "onnx"},
+            "engine": {"maxBatchSize": 4},
+            "serving": {"release": "25.01", "replicas": replicas, "instanceCount": 1},
+            "repository": {"claimName": "models"},
+        },
+    }
+    docs = yaml.safe_dump_all([secret, pvc, trn])
+    cp.kubectl("apply", "-f", "-", input=docs)
