@@ -94,7 +94,7 @@ def _classify(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     import urllib3
-    from kubernetes import client, config
+    from kubernetes import client
     from kubernetes.client.exceptions import ApiException
     from kubernetes.config.config_exception import ConfigException
 
@@ -102,29 +102,44 @@ def _status(args: argparse.Namespace) -> int:
     from tritonresnet.status_text import describe
 
     try:
-        if args.kubeconfig:
-            config.load_kube_config(config_file=args.kubeconfig)
-        else:
-            try:
-                config.load_kube_config()
-            except ConfigException:
-                config.load_incluster_config()
+        api_client = _api_client(args.kubeconfig)
         namespace = args.namespace or _current_namespace(args.kubeconfig)
     except (ConfigException, OSError) as error:
         return _fail(f"cannot load a Kubernetes configuration: {error}")
 
-    api = client.CustomObjectsApi()
-    try:
-        trn = api.get_namespaced_custom_object(names.GROUP, names.VERSION, namespace, names.PLURAL, args.name)
-    except ApiException as error:
-        if error.status == 404:
-            return _fail(f"TritonResNet {namespace}/{args.name} not found (or its CRD is not installed)")
-        return _fail(f"cannot read TritonResNet {namespace}/{args.name}: {error.status} {error.reason}")
-    except (OSError, urllib3.exceptions.HTTPError) as error:  # refused, DNS, TLS: after urllib3's retries
-        host = client.Configuration.get_default_copy().host
-        return _fail(f"cannot reach the Kubernetes API at {host}: {error}")
+    with api_client:
+        api = client.CustomObjectsApi(api_client)
+        try:
+            trn = api.get_namespaced_custom_object(
+                names.GROUP, names.VERSION, namespace, names.PLURAL, args.name
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return _fail(f"TritonResNet {namespace}/{args.name} not found (or its CRD is not installed)")
+            return _fail(f"cannot read TritonResNet {namespace}/{args.name}: {error.status} {error.reason}")
+        except (OSError, urllib3.exceptions.HTTPError) as error:  # refused, DNS, TLS: after urllib3's retries
+            return _fail(f"cannot reach the Kubernetes API at {api_client.configuration.host}: {error}")
     print(describe(trn), end="")
     return EXIT_OK
+
+
+def _api_client(kubeconfig: str | None) -> Any:
+    """An ApiClient from ``kubeconfig`` (or the default kubeconfig, else in-cluster).
+
+    A client of its own rather than ``load_kube_config``, which would change
+    the process-wide default configuration.
+    """
+    from kubernetes import client, config
+    from kubernetes.config.config_exception import ConfigException
+
+    try:
+        return config.new_client_from_config(config_file=kubeconfig)
+    except ConfigException:
+        if kubeconfig:
+            raise
+    configuration = client.Configuration()
+    config.load_incluster_config(client_configuration=configuration)
+    return client.ApiClient(configuration)
 
 
 def _current_namespace(kubeconfig: str | None) -> str:

@@ -1,0 +1,278 @@
+"""The ``tritonresnet`` command line, and the pure parts of classify it prints from.
+
+Nothing runs here: no server, no cluster. Error paths use addresses where
+nothing listens (real connection refusals, not mocks); classification through a
+real Triton is in tests/integration/test_classify.py.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from tritonresnet import classify as cl
+from tritonresnet import cli
+from tritonresnet_builder import contract
+
+SAMPLE = Path(cl.__file__).parent / "data" / "sample.jpg"
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound and released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+# -- output formats -----------------------------------------------------------------
+
+PREDICTIONS = [
+    [cl.Prediction(0.8123, 207, "golden retriever"), cl.Prediction(0.1, 208, "Labrador retriever")],
+    [cl.Prediction(12.472842, 90, "lorikeet")],
+]
+IMAGES = [Path("dog.jpg"), Path("bird.png")]
+
+
+def test_format_predictions_prints_rank_score_index_and_label_per_image() -> None:
+    assert cli.format_predictions(IMAGES, PREDICTIONS) == (
+        "dog.jpg\n"
+        "  1. 0.8123  (index 207) golden retriever\n"
+        "  2. 0.1000  (index 208) Labrador retriever\n"
+        "bird.png\n"
+        "  1. 12.4728  (index 90) lorikeet\n"
+    )
+
+
+def test_predictions_json_keeps_full_scores_and_ranks() -> None:
+    data = json.loads(cli.predictions_json(IMAGES, PREDICTIONS))
+    assert data[0]["image"] == "dog.jpg"
+    assert data[0]["predictions"][1] == {"rank": 2, "score": 0.1, "index": 208, "label": "Labrador retriever"}
+    assert data[1]["predictions"] == [{"rank": 1, "score": 12.472842, "index": 90, "label": "lorikeet"}]
+
+
+# -- classify subcommand errors ------------------------------------------------------
+
+
+def test_classify_exits_1_and_names_the_file_when_an_image_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nope.jpg"
+    code = cli.main(["classify", str(missing), "--url", "127.0.0.1:1", "--model", "resnet"])
+    assert code == 1
+    assert f"error: no such image file: {missing}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", [[], ["--grpc"]])
+def test_classify_exits_1_with_a_clear_message_when_no_server_listens(
+    flag: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"127.0.0.1:{closed_port()}"
+    code = cli.main(["classify", str(SAMPLE), "--url", url, "--model", "resnet", "--timeout", "5", *flag])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"error: cannot reach Triton at {url} over {'grpc' if flag else 'http'}" in err
+
+
+@pytest.mark.parametrize("argv", [["classify", "x.jpg", "--model", "m"], ["classify", "x.jpg", "--url", "h:1",
+                                  "--model", "m", "--top", "0"], ["status"], []])
+def test_main_exits_2_on_bad_arguments(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+
+
+def test_python_dash_m_runs_the_same_cli() -> None:
+    done = subprocess.run([sys.executable, "-m", "tritonresnet", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0
+    for command in ("classify", "status", "operator", "build", "inspect"):
+        assert command in done.stdout
+
+
+# -- status subcommand errors --------------------------------------------------------
+
+
+def kubeconfig(path: Path, server: str, namespace: str = "") -> Path:
+    context: dict[str, Any] = {"cluster": "c", "user": "u"} | ({"namespace": namespace} if namespace else {})
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {"server": server}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "ctx", "context": context}],
+        "current-context": "ctx",
+    }))
+    return path
+
+
+def test_status_exits_1_when_the_api_server_is_unreachable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = f"http://127.0.0.1:{closed_port()}"
+    config = kubeconfig(tmp_path / "config", server)
+    assert cli.main(["status", "resnet", "-n", "vision", "--kubeconfig", str(config)]) == 1
+    assert f"error: cannot reach the Kubernetes API at {server}" in capsys.readouterr().err
+
+
+def test_status_exits_1_when_the_kubeconfig_does_not_exist(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["status", "resnet", "--kubeconfig", str(tmp_path / "missing")]) == 1
+    assert "error: cannot load a Kubernetes configuration" in capsys.readouterr().err
+
+
+def test_current_namespace_is_the_contexts_namespace_or_default(tmp_path: Path) -> None:
+    assert cli._current_namespace(str(kubeconfig(tmp_path / "a", "http://h", "vision"))) == "vision"
+    assert cli._current_namespace(str(kubeconfig(tmp_path / "b", "http://h"))) == "default"
+
+
+# -- operator subcommand ---------------------------------------------------------------
+
+
+def operator_options(*argv: str) -> dict[str, Any]:
+    return cli.operator_options(cli.argument_parser().parse_args(["operator", *argv]))
+
+
+def test_operator_defaults_to_all_namespaces_standalone_plain_logs() -> None:
+    assert operator_options() == {
+        "namespaces": None, "standalone": True, "peering": None, "liveness_endpoint": None,
+        "log_format": "plain", "verbose": False,
+    }
+
+
+def test_operator_passes_namespaces_peering_liveness_and_logging() -> None:
+    options = operator_options("-n", "a", "--namespace", "b", "--peering", "trn", "--log-format", "json",
+                               "--liveness", "http://0.0.0.0:8080/healthz", "--verbose")
+    assert options == {
+        "namespaces": ["a", "b"], "standalone": False, "peering": "trn",
+        "liveness_endpoint": "http://0.0.0.0:8080/healthz", "log_format": "json", "verbose": True,
+    }
+
+
+@pytest.mark.parametrize("argv", [["-n", "a", "-A"], ["--standalone", "--peering", "p"]])
+def test_operator_rejects_contradicting_flags(argv: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.argument_parser().parse_args(["operator", *argv])
+
+
+# -- build subcommand: the builder argv for a workstation ----------------------------------
+
+
+def manifest(model_format: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "tritonresnet.io/v1alpha1",
+        "kind": "TritonResNet",
+        "metadata": {"name": "resnet", "namespace": "vision"},
+        "spec": {
+            "source": {"uri": "s3://models/resnet50.onnx", "endpoint": "http://s3.local:9000"},
+            "model": {"name": "resnet50", "format": model_format},
+            "engine": {"maxBatchSize": 4},
+            "repository": {"claimName": "models"},
+        },
+    }
+
+
+@pytest.mark.parametrize("model_format", ["onnx", "tensorrt"])
+def test_workstation_plan_builds_then_publishes_into_the_local_repository(
+    model_format: str, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    build_argv, publish_argv = cli.workstation_plan(manifest(model_format), repo, "25.01", tmp_path)
+    build, publish = contract.parse_args(build_argv), contract.parse_args(publish_argv)
+    assert isinstance(build, contract.BuildArgs) and isinstance(publish, contract.PublishArgs)
+    assert build.repository == publish.repository == str(repo)
+    assert build.result_file == str(tmp_path / "build.json")
+    assert publish.result_file == str(tmp_path / "publish.json")
+    assert build.source.uri == "s3://models/resnet50.onnx" and build.source.endpoint == "http://s3.local:9000"
+    assert build.engine.format == model_format and build.engine.max_batch_size == 4
+    assert publish.engine_keys == (build.engine_key,)
+    assert publish.model_name == "resnet50" and publish.max_batch_size == 4
+
+
+def test_workstation_plan_keys_follow_the_release(tmp_path: Path) -> None:
+    first = cli.workstation_plan(manifest("tensorrt"), tmp_path, "25.01", tmp_path)
+    second = cli.workstation_plan(manifest("tensorrt"), tmp_path, "25.02", tmp_path)
+    assert first != second
+    assert first == cli.workstation_plan(manifest("tensorrt"), tmp_path, "25.01", tmp_path)
+
+
+def test_build_exits_1_when_the_manifest_holds_no_tritonresnet(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "other.yaml"
+    path.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
+    assert cli.main(["build", "-f", str(path), "--repository", str(tmp_path / "repo")]) == 1
+    assert "holds no TritonResNet" in capsys.readouterr().err
+
+
+# -- classify helpers the CLI prints from ------------------------------------------------
+
+
+def metadata(shape: list[Any], datatype: str = "FP32", name: str = "input") -> dict[str, Any]:
+    return {"name": "m", "inputs": [{"name": name, "datatype": datatype, "shape": shape}],
+            "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, 1000]}]}
+
+
+def test_model_io_reads_a_batching_chw_model_with_grpc_string_dims() -> None:
+    io = cl.model_io(metadata(["-1", "3", "224", "224"]), {"max_batch_size": 8})
+    assert io == cl.ModelIO("input", "FP32", "CHW", 224, 224, 8, (3, 224, 224), "output", 1000)
+
+
+def test_model_io_derives_hwc_from_the_shape_and_fills_dynamic_sides() -> None:
+    io = cl.model_io(metadata([-1, -1, -1, 3], "FP16"), {"max_batch_size": 4})
+    assert (io.layout, io.height, io.width, io.input_shape) == ("HWC", 224, 224, (224, 224, 3))
+
+
+def test_model_io_of_a_non_batching_model_keeps_its_leading_1() -> None:
+    output_meta = metadata([1, 3, 224, 224])
+    output_meta["outputs"][0]["shape"] = [1, 1000]
+    io = cl.model_io(output_meta, {})
+    assert (io.max_batch_size, io.batch_limit, io.input_shape, io.classes) == (0, 1, (1, 3, 224, 224), 1000)
+
+
+@pytest.mark.parametrize(
+    ("shape", "datatype", "message"),
+    [
+        ([-1, 1, 224, 224], "FP32", "needs 3 x H x W or H x W x 3"),
+        ([-1, 3, 16, 16], "FP32", "too small"),
+        ([-1, 3, 224, 224], "INT8", "classify can send FP32 or FP16"),
+        ([-1, 1000], "FP32", "needs 3 x H x W"),
+    ],
+)
+def test_model_io_explains_inputs_that_are_not_images(shape: list[int], datatype: str, message: str) -> None:
+    with pytest.raises(cl.ClassifyError, match=message):
+        cl.model_io(metadata(shape, datatype), {"max_batch_size": 8})
+
+
+def test_parse_classification_uses_imagenet_names_unless_the_server_has_labels() -> None:
+    assert cl.parse_classification(b"12.472842:90") == cl.Prediction(12.472842, 90, "lorikeet")
+    assert cl.parse_classification(b"10.0:1:dog") == cl.Prediction(10.0, 1, "dog")
+    assert cl.parse_classification("0.5:3", classes=10) == cl.Prediction(0.5, 3, "")
+    with pytest.raises(cl.ClassifyError, match="unexpected classification result"):
+        cl.parse_classification(b"garbage")
+
+
+@pytest.mark.parametrize(
+    ("index", "label"),
+    [(0, "tench"), (207, "golden retriever"), (281, "tabby"), (999, "toilet tissue"), (1000, "")],
+)
+def test_imagenet_label_gives_the_first_wordnet_name(index: int, label: str) -> None:
+    assert cl.imagenet_label(index) == label
+
+
+def test_batch_size_defaults_to_the_models_limit_and_refuses_more() -> None:
+    io = cl.model_io(metadata([-1, 3, 224, 224]), {"max_batch_size": 2})
+    assert cl.batch_size(io, None) == 2 and cl.batch_size(io, 1) == 1
+    with pytest.raises(cl.ClassifyError, match="more than the model's batch limit 2"):
+        cl.batch_size(io, 3)
+
+
+@pytest.mark.parametrize("url", ["localhost:8000", "http://localhost:8000/", "grpc://localhost:8000"])
+def test_host_port_accepts_pasted_urls(url: str) -> None:
+    assert cl.host_port(url) == "localhost:8000"
