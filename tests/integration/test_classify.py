@@ -10,6 +10,7 @@ same ONNX file with onnxruntime here, not from what a picture shows.
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from testground.models import ensure_models
 from testground.triton import TritonServer, free_port, start_tritonserver
 from tritonclient.grpc import model_config_pb2
 from tritonresnet import classify as cl
+from tritonresnet import cli
 from tritonresnet.preprocess import preprocess
 
 pytestmark = pytest.mark.triton
@@ -186,3 +188,21 @@ def test_classify_uses_the_servers_labels_when_the_model_has_a_label_file(
     predictions = cl.classify(images[:1], url(triton, protocol), "labelled", protocol=protocol)
     expected = onnxruntime_top("resnet18", images[:1], TOP)[0]
     assert [(p.index, p.label) for p in predictions[0]] == [(i, SERVER_LABELS[i]) for i, _ in expected]
+
+
+def test_cli_classify_prints_top5_lines_and_json_from_triton(
+    triton: TritonServer, images: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    expected = onnxruntime_top("resnet18", images[:2], TOP)
+    argv = ["classify", str(images[0]), str(images[1]), "--url", triton.http_url, "--model", "resnet18"]
+    assert cli.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == str(images[0]) and lines[6] == str(images[1])
+    index, score = expected[0][0]
+    assert lines[1] == f"  1. {score:.4f}  (index {index}) {cl.imagenet_label(index)}"
+
+    argv = ["classify", str(images[0]), "--url", triton.grpc_url, "--grpc", "--model", "renamed", "--top=3"]
+    assert cli.main([*argv, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    want = onnxruntime_top("renamed", images[:1], 3)[0]
+    assert [p["index"] for p in data[0]["predictions"]] == [index for index, _ in want]
