@@ -90,12 +90,16 @@ def constraints_of(schema: Schema) -> tuple[str, ...]:
     if schema.get("x-kubernetes-list-type") in ("set", "map"):
         found.append(f"list type {schema['x-kubernetes-list-type']}")
     for rule in schema.get("x-kubernetes-validations", ()):
-        found.append(str(rule.get("message") or f"`{rule['rule']}`"))
+        found.append(_text(str(rule["message"])) if rule.get("message") else f"`{rule['rule']}`")
+    items = schema.get("items")
+    if schema.get("type") == "array" and isinstance(items, Mapping) and items.get("type") != "object":
+        found.extend(f"each {text}" for text in constraints_of(items))
     return tuple(found)
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
+def _text(text: str) -> str:
+    """Plain text for Markdown: one line, and no ``<name>`` mistaken for an HTML tag."""
+    return " ".join(text.split()).replace("<", "&lt;").replace(">", "&gt;")
 
 
 def walk(schema: Schema, prefix: str = "", required: bool = False) -> Iterator[FieldDoc]:
@@ -107,7 +111,7 @@ def walk(schema: Schema, prefix: str = "", required: bool = False) -> Iterator[F
             required=required,
             default=json.dumps(schema["default"], sort_keys=True) if "default" in schema else "",
             constraints=constraints_of(schema),
-            description=_one_line(str(schema.get("description", ""))),
+            description=_text(str(schema.get("description", ""))),
         )
     children = schema.get("properties")
     item_prefix = prefix
@@ -128,8 +132,9 @@ def walk(schema: Schema, prefix: str = "", required: bool = False) -> Iterator[F
 
 
 def _cell(text: str) -> str:
-    """Text safe inside a Markdown table cell."""
-    return text.replace("\\", "\\\\").replace("|", "\\|") if text else ""
+    """Text safe inside a Markdown table cell: only ``|`` needs escaping, even in code spans
+    (GitHub's table parser removes the backslash before it renders the cell)."""
+    return text.replace("|", "\\|")
 
 
 def _row(field: FieldDoc, section: str) -> str:
@@ -157,13 +162,13 @@ def render_markdown(crd: Mapping[str, Any]) -> str:
         "",
     ]
     if spec.get("description"):
-        lines += [_one_line(spec["description"]), ""]
+        lines += [_text(spec["description"]), ""]
     top_required = set(spec.get("required", ()))
     for section, section_schema in spec.get("properties", {}).items():
         lines.append(f"### `spec.{section}`" + (" (required)" if section in top_required else ""))
         lines.append("")
         if section_schema.get("description"):
-            lines += [_one_line(section_schema["description"]), ""]
+            lines += [_text(section_schema["description"]), ""]
         rules = constraints_of(section_schema)
         if rules:
             lines += [f"- {rule}" for rule in rules] + [""]
@@ -172,7 +177,9 @@ def render_markdown(crd: Mapping[str, Any]) -> str:
             lines += ["| field | type | default | validation | description |", "|---|---|---|---|---|"]
             lines += [_row(f, section) for f in fields]
             lines.append("")
-    spec_rules = [str(r.get("message") or r["rule"]) for r in spec.get("x-kubernetes-validations", ())]
+    # Rules on the spec and on the whole object (e.g. ones that read metadata.name).
+    cross_rules = [*spec.get("x-kubernetes-validations", ()), *schema.get("x-kubernetes-validations", ())]
+    spec_rules = [_text(str(r.get("message") or r["rule"])) for r in cross_rules]
     if spec_rules:
         lines += ["### Rules across sections", ""] + [f"- {rule}" for rule in spec_rules] + [""]
     return "\n".join(lines).rstrip() + "\n"

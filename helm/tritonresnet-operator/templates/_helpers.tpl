@@ -50,9 +50,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{/*
 What the operator does in a namespace it serves. Keep in step with the USED
 table in tests/unit/test_rbac.py, which says which module needs each line, and
-with manifests/base/rbac.yaml. Only get/list/watch/create/patch/delete: the
-operator writes with server-side apply (PATCH), never update, and never
-touches the spec or metadata of a TritonResNet.
+with manifests/base/rbac.yaml. The operator writes with server-side apply
+(create + patch), never update, and never touches the spec or metadata of a
+TritonResNet. `get` is granted wherever `list` is: it reveals nothing more.
 */}}
 {{- define "tritonresnet-operator.rules" -}}
 - apiGroups: [tritonresnet.io]
@@ -60,7 +60,7 @@ touches the spec or metadata of a TritonResNet.
   verbs: [get, list, watch]
 - apiGroups: [tritonresnet.io]
   resources: [tritonresnets/status]
-  verbs: [get, patch]
+  verbs: [patch]
 # Children carry an owner reference with blockOwnerDeletion; clusters with the
 # OwnerReferencesPermissionEnforcement admission plugin require this to set it.
 - apiGroups: [tritonresnet.io]
@@ -84,13 +84,7 @@ touches the spec or metadata of a TritonResNet.
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
   verbs: [get, list, watch, create, patch, delete]
-- apiGroups: [discovery.k8s.io]
-  resources: [endpointslices]
-  verbs: [get, list, watch]
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
-- apiGroups: [events.k8s.io]
-  resources: [events]
-  verbs: [create, patch]
+  verbs: [create]
 {{- end -}}
