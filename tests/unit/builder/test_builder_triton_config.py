@@ -1,0 +1,84 @@
+"""Triton configs (triton_config.py), read back through Triton's own schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tritonclient.grpc import model_config_pb2 as mc
+from tritonresnet_builder import triton_config
+from tritonresnet_builder.contract import Tensor
+
+INPUTS = (Tensor("input", "FP32", (3, 224, 224)),)
+OUTPUTS = (Tensor("output", "FP32", (1000,)),)
+
+
+def config_for(fmt: str, **serving: object) -> mc.ModelConfig:
+    plans = {"8.6": "model.sm86.plan", "9.0": "model.sm90.plan"} if fmt == "tensorrt" else {}
+    config = triton_config.model_config(
+        name="resnet",
+        fmt=fmt,  # type: ignore[arg-type]
+        inputs=INPUTS,
+        outputs=OUTPUTS,
+        serving=triton_config.ServingSettings(**serving),  # type: ignore[arg-type]
+        version=7,
+        plan_files=plans,
+        default_model_filename="model.sm86.plan" if plans else "model.onnx",
+    )
+    return triton_config.parse(triton_config.render(config))
+
+
+@pytest.mark.parametrize(("fmt", "platform"), [("tensorrt", "tensorrt_plan"), ("onnx", "onnxruntime_onnx")])
+def test_model_config_round_trips_through_triton_schema_for_every_platform(fmt: str, platform: str) -> None:
+    config = config_for(fmt, max_batch_size=16, max_queue_delay_us=250, preferred_batch_sizes=(8, 4, 32),
+                        instance_count=2, instance_kind="KIND_GPU")
+    assert config.name == "resnet"
+    assert config.platform == platform
+    assert config.max_batch_size == 16
+    assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [("input", mc.TYPE_FP32, [3, 224, 224])]
+    assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [("output", mc.TYPE_FP32, [1000])]
+    assert list(config.version_policy.specific.versions) == [7]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 250
+    # sizes above max_batch_size are dropped, the rest sorted
+    assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
+    assert [(g.count, g.kind) for g in config.instance_group] == [(2, mc.ModelInstanceGroup.KIND_GPU)]
+
+
+def test_model_config_maps_compute_capabilities_to_plan_files_for_tensorrt() -> None:
+    config = config_for("tensorrt")
+    assert dict(config.cc_model_filenames) == {"8.6": "model.sm86.plan", "9.0": "model.sm90.plan"}
+    assert config.default_model_filename == "model.sm86.plan"
+    assert dict(config_for("onnx").cc_model_filenames) == {}
+    assert config_for("onnx").default_model_filename == "model.onnx"
+
+
+def test_model_config_has_no_dynamic_batching_when_batch_is_one() -> None:
+    config = config_for("onnx", max_batch_size=1)
+    assert config.max_batch_size == 1
+    assert not config.HasField("dynamic_batching")
+
+
+def test_model_config_instance_kind_defaults_to_auto() -> None:
+    assert config_for("onnx").instance_group[0].kind == mc.ModelInstanceGroup.KIND_AUTO
+
+
+@pytest.mark.parametrize(("datatype", "expected"), [("FP16", mc.TYPE_FP16), ("BYTES", mc.TYPE_STRING),
+                                                    ("INT64", mc.TYPE_INT64), ("BOOL", mc.TYPE_BOOL)])
+def test_model_config_spells_datatypes_as_triton_config_types(datatype: str, expected: int) -> None:
+    config = triton_config.model_config(
+        name="m", fmt="onnx", inputs=(Tensor("x", datatype, (2,)),), outputs=(Tensor("y", datatype, ()),),
+        serving=triton_config.ServingSettings(), version=1, default_model_filename="model.onnx",
+    )
+    parsed = triton_config.parse(triton_config.render(config))
+    assert parsed.input[0].data_type == expected
+    # a per-item scalar is served as [1] reshaped to [] (Triton wants at least one dim)
+    assert list(parsed.output[0].dims) == [1]
+    assert parsed.output[0].HasField("reshape") and list(parsed.output[0].reshape.shape) == []
+
+
+def test_write_atomic_replaces_the_file_and_leaves_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "m" / "config.pbtxt"
+    triton_config.write_atomic(target, "old")
+    triton_config.write_atomic(target, "new")
+    assert target.read_text() == "new"
+    assert [p.name for p in target.parent.iterdir()] == ["config.pbtxt"]
