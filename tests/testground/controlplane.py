@@ -450,6 +450,9 @@ def _apiserver_component(bin_dir: Path, workdir: Path, pki: Pki, port: int, etcd
         f"--service-account-signing-key-file={pki.service_account_key}",
         f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
         "--allow-privileged=true",
+        # Without a bound the apiserver waits on the controllers' open watches
+        # for more than 30 s after SIGTERM; with it, it exits in about 1 s.
+        "--shutdown-watch-termination-grace-period=1s",
     ]
     return Component("kube-apiserver", argv, workdir / "logs" / "kube-apiserver.log")
 
