@@ -21,8 +21,14 @@ def save(model: onnx.ModelProto, path: Path, *, external: bool = False) -> Path:
     model.ir_version = 8
     path.parent.mkdir(parents=True, exist_ok=True)
     if external:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=0)
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=path.name + ".data",
+            size_threshold=0,
+        )
     else:
         onnx.save_model(model, str(path))
     onnx.checker.check_model(str(path))
@@ -44,7 +50,9 @@ def classifier(
     flat = int(np.prod([d for d in image if isinstance(d, int)]))
     rng = np.random.default_rng(seed)
     weights = numpy_helper.from_array(rng.standard_normal((flat, classes)).astype(np.float32), "weights")
-    shape = numpy_helper.from_array(np.array([-1 if batch == "batch" else batch, flat], dtype=np.int64), "shape")
+    shape = numpy_helper.from_array(
+        np.array([-1 if batch == "batch" else batch, flat], dtype=np.int64), "shape"
+    )
     graph = helper.make_graph(
         [
             helper.make_node("Reshape", [input_name, "shape"], ["flat"]),
@@ -55,7 +63,9 @@ def classifier(
         [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [batch, classes])],
         [weights, shape],
     )
-    return save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]), path, external=external)
+    return save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]), path, external=external
+    )
 
 
 def identity(path: Path, *, elem: int = TensorProto.FLOAT, dims: Sequence[Dim] = ("batch", 3)) -> Path:

@@ -112,6 +112,8 @@ def test_inspect_ignores_initializers_listed_as_inputs(tmp_path: Path) -> None:
     path = onnx_graphs.classifier(tmp_path / "m.onnx")
     model = onnx.load(str(path))
     weights = next(t for t in model.graph.initializer if t.name == "weights")
-    model.graph.input.append(onnx.helper.make_tensor_value_info("weights", TensorProto.FLOAT, list(weights.dims)))
+    model.graph.input.append(
+        onnx.helper.make_tensor_value_info("weights", TensorProto.FLOAT, list(weights.dims))
+    )
     onnx.save_model(model, str(path))
     assert [t.name for t in onnx_model.inspect(path, "tensorrt").inputs] == ["input"]

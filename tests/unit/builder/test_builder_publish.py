@@ -31,14 +31,28 @@ def tree(root: Path) -> set[str]:
 
 
 def build_onnx(repo: Path, source: Path, key: str = "k1", max_batch: int = 8) -> Result:
-    args = BuildArgs(repository=str(repo), engine_key=key, source=Source(uri=str(source)),
-                     engine=EngineSettings(format="onnx", max_batch_size=max_batch), result_file="")
+    args = BuildArgs(
+        repository=str(repo),
+        engine_key=key,
+        source=Source(uri=str(source)),
+        engine=EngineSettings(format="onnx", max_batch_size=max_batch),
+        result_file="",
+    )
     return build(args)
 
 
-def publish_args(repo: Path, version_key: str, engine_keys: tuple[str, ...] = ("k1",), **kw: object) -> PublishArgs:
-    return PublishArgs(repository=str(repo), model_name="resnet", version_key=version_key, engine_keys=engine_keys,
-                       instance_kind="KIND_CPU", result_file="", **kw)  # type: ignore[arg-type]
+def publish_args(
+    repo: Path, version_key: str, engine_keys: tuple[str, ...] = ("k1",), **kw: object
+) -> PublishArgs:
+    return PublishArgs(
+        repository=str(repo),
+        model_name="resnet",
+        version_key=version_key,
+        engine_keys=engine_keys,
+        instance_kind="KIND_CPU",
+        result_file="",
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -74,7 +88,10 @@ def test_build_copies_external_data_next_to_the_model(repo: Path, tmp_path: Path
     folder = repo / ".tritonresnet" / "engines" / "k1"
     # the model keeps its relative reference, so the data file keeps its name
     assert (folder / "m.onnx.data").is_file()
-    assert result.artifact_bytes == (folder / "model.onnx").stat().st_size + (folder / "m.onnx.data").stat().st_size
+    assert (
+        result.artifact_bytes
+        == (folder / "model.onnx").stat().st_size + (folder / "m.onnx.data").stat().st_size
+    )
 
 
 def test_publish_assembles_version_with_marker_and_configs(repo: Path, tmp_path: Path) -> None:
@@ -138,9 +155,19 @@ def stand_in_tensorrt_engine(repo: Path, key: str, cc: str, inputs: tuple[Tensor
     folder.mkdir(parents=True)
     plan = f"model.sm{cc.replace('.', '')}.plan"
     (folder / plan).write_bytes(b"stand-in plan bytes, not a TensorRT engine")
-    result = Result(ok=True, phase="build", engine_key=key, source_sha256="0" * 64, inputs=inputs,
-                    outputs=(Tensor("output", "FP32", (1000,)),), format="tensorrt", artifact=plan,
-                    artifact_bytes=42, compute_capability=cc, tensorrt_version="10.8.0.43")
+    result = Result(
+        ok=True,
+        phase="build",
+        engine_key=key,
+        source_sha256="0" * 64,
+        inputs=inputs,
+        outputs=(Tensor("output", "FP32", (1000,)),),
+        format="tensorrt",
+        artifact=plan,
+        artifact_bytes=42,
+        compute_capability=cc,
+        tensorrt_version="10.8.0.43",
+    )
     (folder / ENGINE_RESULT).write_text(result.to_json())
     (folder / MODEL_INFO).write_text(json.dumps({"max_batch_size": 8, "model_max_batch": 0}))
 
@@ -151,8 +178,11 @@ def test_publish_maps_plans_by_compute_capability_with_stand_in_plan_files(repo:
     stand_in_tensorrt_engine(repo, "ampere", "8.6", inputs)
     stand_in_tensorrt_engine(repo, "hopper", "9.0", inputs)
     result = publish(publish_args(repo, "v-a", engine_keys=("hopper", "ampere")))
-    assert sorted(p.name for p in (repo / "resnet/1").iterdir()) == ["model.sm86.plan", "model.sm90.plan",
-                                                                     VERSION_MARKER]
+    assert sorted(p.name for p in (repo / "resnet/1").iterdir()) == [
+        "model.sm86.plan",
+        "model.sm90.plan",
+        VERSION_MARKER,
+    ]
     config = triton_config.parse((repo / "resnet/configs/v1.pbtxt").read_text())
     assert config.platform == "tensorrt_plan"
     assert dict(config.cc_model_filenames) == {"8.6": "model.sm86.plan", "9.0": "model.sm90.plan"}
@@ -171,8 +201,9 @@ def test_publish_refuses_engines_that_disagree_on_inputs(repo: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["../evil", "a/b", ".hidden", "..", "", "x" * 64, "name with space"])
-def test_publish_refuses_unsafe_model_names_before_touching_the_repository(repo: Path, tmp_path: Path,
-                                                                          name: str) -> None:
+def test_publish_refuses_unsafe_model_names_before_touching_the_repository(
+    repo: Path, tmp_path: Path, name: str
+) -> None:
     build_onnx(repo, onnx_graphs.classifier(tmp_path / "src" / "m.onnx"))
     before = tree(repo)
     result = run(replace(publish_args(repo, "v-a"), model_name=name))

@@ -30,12 +30,20 @@ def config_for(fmt: str, **serving: object) -> mc.ModelConfig:
 
 @pytest.mark.parametrize(("fmt", "platform"), [("tensorrt", "tensorrt_plan"), ("onnx", "onnxruntime_onnx")])
 def test_model_config_round_trips_through_triton_schema_for_every_platform(fmt: str, platform: str) -> None:
-    config = config_for(fmt, max_batch_size=16, max_queue_delay_us=250, preferred_batch_sizes=(8, 4, 32),
-                        instance_count=2, instance_kind="KIND_GPU")
+    config = config_for(
+        fmt,
+        max_batch_size=16,
+        max_queue_delay_us=250,
+        preferred_batch_sizes=(8, 4, 32),
+        instance_count=2,
+        instance_kind="KIND_GPU",
+    )
     assert config.name == "resnet"
     assert config.platform == platform
     assert config.max_batch_size == 16
-    assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [("input", mc.TYPE_FP32, [3, 224, 224])]
+    assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [
+        ("input", mc.TYPE_FP32, [3, 224, 224])
+    ]
     assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [("output", mc.TYPE_FP32, [1000])]
     assert list(config.version_policy.specific.versions) == [7]
     assert config.dynamic_batching.max_queue_delay_microseconds == 250
@@ -62,12 +70,19 @@ def test_model_config_instance_kind_defaults_to_auto() -> None:
     assert config_for("onnx").instance_group[0].kind == mc.ModelInstanceGroup.KIND_AUTO
 
 
-@pytest.mark.parametrize(("datatype", "expected"), [("FP16", mc.TYPE_FP16), ("BYTES", mc.TYPE_STRING),
-                                                    ("INT64", mc.TYPE_INT64), ("BOOL", mc.TYPE_BOOL)])
+@pytest.mark.parametrize(
+    ("datatype", "expected"),
+    [("FP16", mc.TYPE_FP16), ("BYTES", mc.TYPE_STRING), ("INT64", mc.TYPE_INT64), ("BOOL", mc.TYPE_BOOL)],
+)
 def test_model_config_spells_datatypes_as_triton_config_types(datatype: str, expected: int) -> None:
     config = triton_config.model_config(
-        name="m", fmt="onnx", inputs=(Tensor("x", datatype, (2,)),), outputs=(Tensor("y", datatype, ()),),
-        serving=triton_config.ServingSettings(), version=1, default_model_filename="model.onnx",
+        name="m",
+        fmt="onnx",
+        inputs=(Tensor("x", datatype, (2,)),),
+        outputs=(Tensor("y", datatype, ()),),
+        serving=triton_config.ServingSettings(),
+        version=1,
+        default_model_filename="model.onnx",
     )
     parsed = triton_config.parse(triton_config.render(config))
     assert parsed.input[0].data_type == expected

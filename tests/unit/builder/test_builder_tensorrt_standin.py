@@ -1,0 +1,249 @@
+"""The TensorRT build step, reached with a stand-in ``tensorrt`` module (no TensorRT or GPU here).
+
+Nothing here claims a plan was built: the stand-in records the calls
+tensorrt_engine.py makes and returns placeholder bytes, and the tests check the
+parameters of those calls. The real build runs only in the builder image on a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tritonresnet_builder import cuda_device, tensorrt_engine
+from tritonresnet_builder.contract import BuildArgs, EngineSettings, ExitCode, Source, parse_result
+from tritonresnet_builder.failures import BuilderError
+from unit.builder import onnx_graphs
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def __call__(self, name: str, *args: Any) -> None:
+        self.calls.append((name, args))
+
+    def named(self, name: str) -> list[tuple[Any, ...]]:
+        return [args for call, args in self.calls if call == name]
+
+
+def stand_in_tensorrt(
+    record: Recorder, input_shape: tuple[int, ...], saved_cache: bytes = b""
+) -> types.ModuleType:
+    """A recording stand-in for the ``tensorrt`` module: the subset tensorrt_engine.py calls."""
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = "10.8.0.43"  # type: ignore[attr-defined]
+
+    class Enum:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def __repr__(self) -> str:
+            return self.name
+
+    trt.BuilderFlag = types.SimpleNamespace(FP16=Enum("FP16"), BF16=Enum("BF16"), FP8=Enum("FP8"))  # type: ignore[attr-defined]
+    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE=Enum("WORKSPACE"))  # type: ignore[attr-defined]
+
+    class Logger:
+        WARNING = Enum("WARNING")
+
+        def __init__(self, severity: Enum) -> None:
+            record("Logger", severity)
+
+    class Dims(list):  # type: ignore[type-arg]
+        pass
+
+    class Tensor:
+        name = "input"
+        shape = Dims(input_shape)
+
+    class Network:
+        num_inputs = 1
+
+        def get_input(self, index: int) -> Tensor:
+            return Tensor()
+
+    class Parser:
+        num_errors = 0
+
+        def __init__(self, network: Network, logger: Logger) -> None:
+            record("OnnxParser")
+
+        def parse_from_file(self, path: str) -> bool:
+            record("parse_from_file", path)
+            return True
+
+    class Profile:
+        def set_shape(self, name: str, low: Dims, opt: Dims, high: Dims) -> None:
+            record("set_shape", name, list(low), list(opt), list(high))
+
+    class Cache:
+        def serialize(self) -> bytes:
+            return b"stand-in timing cache"
+
+    class Config:
+        def set_memory_pool_limit(self, pool: Enum, size: int) -> None:
+            record("set_memory_pool_limit", pool.name, size)
+
+        def set_flag(self, flag: Enum) -> None:
+            record("set_flag", flag.name)
+
+        def add_optimization_profile(self, profile: Profile) -> int:
+            record("add_optimization_profile")
+            return 0
+
+        def create_timing_cache(self, data: bytes) -> Cache:
+            record("create_timing_cache", bytes(data))
+            return Cache()
+
+        def set_timing_cache(self, cache: Cache, ignore_mismatch: bool) -> bool:
+            record("set_timing_cache", ignore_mismatch)
+            return True
+
+        def get_timing_cache(self) -> Cache:
+            return Cache()
+
+    class Builder:
+        def __init__(self, logger: Logger) -> None:
+            record("Builder")
+
+        def create_network(self, flags: int) -> Network:
+            record("create_network", flags)
+            return Network()
+
+        def create_builder_config(self) -> Config:
+            return Config()
+
+        def create_optimization_profile(self) -> Profile:
+            return Profile()
+
+        def build_serialized_network(self, network: Network, config: Config) -> bytes:
+            record("build_serialized_network")
+            return b"stand-in serialized engine"
+
+    trt.Logger, trt.Dims, trt.OnnxParser, trt.Builder = Logger, Dims, Parser, Builder  # type: ignore[attr-defined]
+    return trt
+
+
+@pytest.fixture
+def stand_in_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA driver query answers as an sm 8.6 GPU would (stand-in: there is no GPU here)."""
+    monkeypatch.setattr(cuda_device, "first_device", lambda: cuda_device.Device("stand-in GPU", "8.6"))
+
+
+def test_tensorrt_build_reaches_builder_with_stand_in_tensorrt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stand_in_gpu: None
+) -> None:
+    """A recording stand-in module is inserted as ``tensorrt``: the test checks the build
+    parameters (flags, profile, workspace, timing cache), not that a plan exists."""
+    record = Recorder()
+    monkeypatch.setitem(sys.modules, "tensorrt", stand_in_tensorrt(record, (-1, 3, 4, 4)))
+    cache_dir = tmp_path / "timing-cache"
+    cache_dir.mkdir()
+    (cache_dir / "sm86-trt10.8.0.43.cache").write_bytes(b"earlier timings")
+    model = onnx_graphs.classifier(tmp_path / "model.onnx")
+
+    built = tensorrt_engine.build_plan(
+        tensorrt_engine.PlanRequest(
+            onnx_path=model,
+            out_dir=tmp_path / "out",
+            timing_cache_dir=cache_dir,
+            precision="fp16",
+            max_batch_size=16,
+            opt_batch_size=4,
+            workspace_mib=2048,
+        )
+    )
+
+    assert record.named("create_network") == [(0,)]  # TensorRT 10: explicit batch is the only mode
+    assert record.named("parse_from_file") == [(str(model),)]
+    assert record.named("set_flag") == [("FP16",)]
+    assert record.named("set_memory_pool_limit") == [("WORKSPACE", 2048 << 20)]
+    assert record.named("set_shape") == [("input", [1, 3, 4, 4], [4, 3, 4, 4], [16, 3, 4, 4])]
+    assert record.named("add_optimization_profile") == [()]
+    assert record.named("create_timing_cache") == [(b"earlier timings",)]
+    assert record.named("set_timing_cache") == [(False,)]
+    assert (cache_dir / "sm86-trt10.8.0.43.cache").read_bytes() == b"stand-in timing cache"
+    assert (built.compute_capability, built.tensorrt_version) == ("8.6", "10.8.0.43")
+    assert built.path.name == "model.sm86.plan"
+
+
+@pytest.mark.parametrize(("precision", "flags"), [("fp32", []), ("bf16", [("BF16",)]), ("fp8", [("FP8",)])])
+def test_tensorrt_precision_flags_with_stand_in_tensorrt(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    stand_in_gpu: None,
+    precision: str,
+    flags: list[tuple[str]],
+) -> None:
+    """Stand-in ``tensorrt`` module again: only the flags set for each precision are checked."""
+    record = Recorder()
+    monkeypatch.setitem(sys.modules, "tensorrt", stand_in_tensorrt(record, (-1, 3, 4, 4)))
+    tensorrt_engine.build_plan(
+        tensorrt_engine.PlanRequest(
+            onnx_path=onnx_graphs.classifier(tmp_path / "m.onnx"),
+            out_dir=tmp_path,
+            timing_cache_dir=tmp_path / "c",
+            precision=precision,
+            max_batch_size=8,
+            opt_batch_size=4,
+            workspace_mib=64,  # type: ignore[arg-type]
+        )
+    )
+    assert record.named("set_flag") == flags
+    assert record.named("create_timing_cache") == [(b"",)]  # no cache yet: start empty
+
+
+def test_int8_is_refused_without_calibration_data() -> None:
+    with pytest.raises(BuilderError) as caught:
+        tensorrt_engine.refuse_uncalibrated("int8")
+    assert caught.value.exit_code == ExitCode.BAD_INPUT
+    assert caught.value.field == "spec.engine.precision"
+
+
+def test_build_without_tensorrt_exits_unsupported_and_writes_no_plan(tmp_path: Path) -> None:
+    """The real CLI on this machine, which has neither TensorRT nor a GPU."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    args = BuildArgs(
+        repository=str(repo),
+        engine_key="k",
+        source=Source(uri=str(onnx_graphs.classifier(tmp_path / "m.onnx"))),
+        engine=EngineSettings(format="tensorrt"),
+        result_file=str(tmp_path / "result"),
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "tritonresnet_builder", *args.to_argv()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert done.returncode == ExitCode.UNSUPPORTED, done.stderr
+    result = parse_result(done.stdout)
+    assert result.error is not None and result.error.kind in ("TensorRTMissing", "NoGpu")
+    assert "TensorRT" in result.error.message or "GPU" in result.error.message
+    assert json.loads((tmp_path / "result").read_text())["exit_code"] == ExitCode.UNSUPPORTED
+    assert list(repo.rglob("*")) == []
+
+
+def test_product_code_writes_plans_only_from_tensorrt_serialized_engines() -> None:
+    """No builder module but tensorrt_engine.py names a plan file for writing, and it writes
+    exactly what ``build_serialized_network`` returned."""
+    package = ROOT / "builder_image" / "tritonresnet_builder"
+    engine_source = (package / "tensorrt_engine.py").read_text()
+    assert "serialized = builder.build_serialized_network(network, config)" in engine_source
+    assert "_write_atomic(plan_path, memoryview(serialized))" in engine_source
+    for module in package.glob("*.py"):
+        if module.name in ("tensorrt_engine.py", "contract.py"):
+            continue
+        text = module.read_text()
+        assert '.plan"' not in text.replace('"model.plan"', ""), module.name
+        assert "build_serialized_network" not in text, module.name

@@ -1,0 +1,77 @@
+"""tensorrt_engine.py type-checks with ``mypy --strict`` against the patched stubs in builder_image/stubs.
+
+The second test plants API mistakes in a copy of the module and expects mypy to
+catch each one: proof that the stubs are really used (with no stubs, ``tensorrt``
+would be ``Any`` and every mistake would pass).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+MODULE = ROOT / "builder_image" / "tritonresnet_builder" / "tensorrt_engine.py"
+
+
+def mypy_strict(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--no-incremental",
+            "--config-file",
+            str(ROOT / "pyproject.toml"),
+            str(path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_tensorrt_engine_passes_mypy_strict_against_patched_stubs() -> None:
+    done = mypy_strict(MODULE)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Success" in done.stdout
+
+
+MISTAKES = {
+    "misspelled flag": ("trt.BuilderFlag.FP16", "trt.BuilderFlag.FP61"),
+    "misspelled method": ("profile.set_shape(", "profile.set_shapes("),
+    "wrong pool enum": ("trt.MemoryPoolType.WORKSPACE", "trt.MemoryPoolType.WORKSPACE_SIZE"),
+    "plan is IHostMemory, not bytes": (
+        "size = _write_atomic(plan_path, memoryview(serialized))",
+        "size = len(serialized.decode())",
+    ),
+    "parser method": ("parser.parse_from_file(str(onnx_path))", "parser.parse_file(str(onnx_path))"),
+    "dims from a tuple of str": ("trt.Dims([1, *rest])", "trt.Dims(['1', *rest])"),
+}
+
+
+def test_mypy_catches_planted_tensorrt_api_mistakes(tmp_path: Path) -> None:
+    source = MODULE.read_text()
+    copies = []
+    for index, (label, (good, bad)) in enumerate(MISTAKES.items()):
+        assert good in source, f"{label}: the module no longer contains {good!r}; update the test"
+        copy = tmp_path / f"planted_{index}.py"
+        copy.write_text(source.replace(good, bad, 1))
+        copies.append((label, copy))
+    # one mypy run for all copies keeps this test quick
+    done = mypy_strict(tmp_path)
+    assert done.returncode == 1, done.stdout
+    for label, copy in copies:
+        assert f"{copy.name}:" in done.stdout, f"mypy did not catch: {label}\n{done.stdout}"
+
+
+@pytest.mark.parametrize("name", ["tensorrt/__init__.pyi", "tensorrt_bindings/tensorrt.pyi"])
+def test_stubs_keep_their_license_notice(name: str) -> None:
+    text = (ROOT / "builder_image" / "stubs" / name).read_text()
+    assert "MIT License" in "".join(text.splitlines()[:4])
+    assert (ROOT / "builder_image" / "stubs" / "LICENSE").read_text().startswith("MIT License")
