@@ -23,7 +23,7 @@ from testground.binaries import ensure_binaries
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO_ROOT / "helm" / "tritonresnet-operator"
 MANIFESTS_DIR = REPO_ROOT / "manifests"
-DEFAULT_RELEASE_NAME = "tritonresnet"
+DEFAULT_RELEASE_NAME = "tritonresnet-operator"
 DEFAULT_NAMESPACE = "tritonresnet-system"
 
 
