@@ -13,6 +13,7 @@ are the evidence for the notes in ``testground/triton.py``.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,11 +66,10 @@ def write_model(
         target = folder / str(version) / "model.onnx"
         target.parent.mkdir(parents=True, exist_ok=True)
         if model.is_dir():  # the layout Triton's ONNX Runtime backend takes for external data
-            target.mkdir()
-            for file in model.iterdir():
-                os.link(file, target / file.name)
+            # Copied: onnx refuses external data files with several hard links ("hardlink attack").
+            shutil.copytree(model, target)
         else:
-            os.link(model, target)  # hard links: no 47 MB copies per test
+            os.link(model, target)  # a hard link: no 47 MB copy per test
     (folder / config_path).parent.mkdir(parents=True, exist_ok=True)
     (folder / config_path).write_text(text_format.MessageToString(config))
 

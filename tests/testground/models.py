@@ -22,7 +22,9 @@ name                layout    input / output   batch dimension
 ==================  ========  ===============  ===========================
 
 Every input is ``[N, 3, 224, 224]`` float32 and every output ``[N, 1000]``
-float32. The files are exported with the TorchScript exporter
+float32. Copy, never hard-link, the ``external_data`` files: onnx refuses an
+external data file with several links ("potential hardlink attack"). The files
+are exported with the TorchScript exporter
 (``dynamo=False``) at opset 17: the dynamo exporter stays at opset 18.
 
 ``ensure_models()`` builds them once per machine under
