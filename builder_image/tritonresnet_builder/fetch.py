@@ -192,9 +192,7 @@ def classify(exc: BaseException, uri: str) -> BuilderError:
             f"{uri}: no S3 credentials in the environment or the default chain",
             URI_FIELD,
         )
-    if isinstance(exc, boto_errors.InvalidEndpointError) or (
-        isinstance(exc, ValueError) and "endpoint" in str(exc)
-    ):
+    if isinstance(exc, ValueError) and "endpoint" in str(exc).lower():
         return bad_input(
             "InvalidEndpoint", f"S3 endpoint for {uri} is not a valid URL: {exc}", ENDPOINT_FIELD
         )
