@@ -24,6 +24,7 @@ import contextlib
 import ctypes
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -49,6 +50,7 @@ CLUSTER_NAME = "testground"
 STARTUP_TIMEOUT = 90.0  # seconds; cold start on two busy cores takes a few
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 POLL_INTERVAL = 0.1
+PORT_ATTEMPTS = 3  # free ports are picked before binding, so another process can win one
 
 
 def log(message: str) -> None:
@@ -221,16 +223,25 @@ class Component:
             os.killpg(process.pid, signal.SIGKILL)
 
 
+class PortTaken(RuntimeError):
+    """Another process took a port between our picking it and the component binding it."""
+
+    def __init__(self, component: str, message: str) -> None:
+        super().__init__(message)
+        self.component = component
+
+
 def _wait_ready(component: Component, check: Callable[[], bool], timeout: float = STARTUP_TIMEOUT) -> float:
     """Poll ``check`` until true; fail fast with the log tail if the process exits."""
     started = time.monotonic()
 
     def ready() -> bool:
         if not component.running():
-            raise RuntimeError(
-                f"{component.name} exited during start-up; last lines of {component.log_path}:\n"
-                + component.log_tail()
-            )
+            tail = component.log_tail()
+            message = f"{component.name} exited during start-up; last lines of {component.log_path}:\n{tail}"
+            if "address already in use" in tail:
+                raise PortTaken(component.name, message)
+            raise RuntimeError(message)
         return check()
 
     try:
@@ -511,7 +522,10 @@ def _start(cp: ControlPlane, component: Component) -> None:
     log(f"started {component.name} (pid {component.pid}), log {component.log_path}")
 
 
-def _bring_up(cp: ControlPlane, etcd: Component, etcd_url: str, apiserver: Component) -> None:
+def _bring_up(cp: ControlPlane) -> None:
+    etcd, etcd_url = _etcd_component(cp.bin_dir, cp.workdir)
+    port = int(cp.server.rsplit(":", 1)[1])
+    apiserver = _apiserver_component(cp.bin_dir, cp.workdir, cp.pki, port, etcd_url)
     _start(cp, etcd)
     cp.startup_seconds["etcd"] = _wait_ready(
         etcd, lambda: (http_get(f"{etcd_url}/health") or (0, ""))[0] == 200
@@ -550,6 +564,18 @@ def _bring_up(cp: ControlPlane, etcd: Component, etcd_url: str, apiserver: Compo
     cp.startup_seconds["default-serviceaccount"] = time.monotonic() - started
 
 
+def _new_control_plane(workdir: Path, bin_dir: Path, pki: Pki) -> ControlPlane:
+    """A not yet started control plane on a fresh port, with its admin kubeconfig written."""
+    server = f"https://127.0.0.1:{free_port()}"
+    kubeconfig = write_kubeconfig(
+        workdir / "kubeconfigs" / "admin.yaml",
+        kubeconfig_dict(server, pki.ca.cert.read_text(), "kubernetes-admin", client=pki.admin),
+    )
+    return ControlPlane(
+        workdir=workdir, bin_dir=bin_dir, kubeconfig=kubeconfig, server=server, ca_file=pki.ca.cert, pki=pki
+    )
+
+
 @contextlib.contextmanager
 def start_control_plane(workdir: Path, bin_dir: Path | None = None) -> Iterator[ControlPlane]:
     """Start etcd, kube-apiserver, kube-controller-manager and kube-scheduler; stop them on exit."""
@@ -558,25 +584,27 @@ def start_control_plane(workdir: Path, bin_dir: Path | None = None) -> Iterator[
     bin_dir = bin_dir or ensure_binaries(log=log)
     started = time.monotonic()
     pki = generate_pki(workdir / "pki")
-    port = free_port()
-    server = f"https://127.0.0.1:{port}"
-    kubeconfig = write_kubeconfig(
-        workdir / "kubeconfigs" / "admin.yaml",
-        kubeconfig_dict(server, pki.ca.cert.read_text(), "kubernetes-admin", client=pki.admin),
-    )
-    cp = ControlPlane(workdir=workdir, bin_dir=bin_dir, kubeconfig=kubeconfig, server=server,
-                      ca_file=pki.ca.cert, pki=pki)
-    cp.startup_seconds["pki"] = time.monotonic() - started
-    etcd, etcd_url = _etcd_component(bin_dir, workdir)
-    apiserver = _apiserver_component(bin_dir, workdir, pki, port, etcd_url)
+    pki_seconds = time.monotonic() - started
+    cp = _new_control_plane(workdir, bin_dir, pki)
     try:
-        _bring_up(cp, etcd, etcd_url, apiserver)
-        cp.startup_seconds["total"] = time.monotonic() - started
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                _bring_up(cp)
+                break
+            except PortTaken as error:
+                if attempt == PORT_ATTEMPTS:
+                    raise
+                log(f"{error.component} found its port taken by another process; trying other ports")
+                cp.stop()
+                # etcd remembers its peer URL in its data; the next one gets new ports.
+                shutil.rmtree(workdir / "etcd-data", ignore_errors=True)
+                cp = _new_control_plane(workdir, bin_dir, pki)
+        cp.startup_seconds = {"pki": pki_seconds, **cp.startup_seconds, "total": time.monotonic() - started}
         (workdir / "startup.json").write_text(json.dumps(cp.startup_seconds, indent=2))
         log(
             f"control plane ready in {cp.startup_seconds['total']:.1f} s ("
             + ", ".join(f"{k} {v:.1f} s" for k, v in cp.startup_seconds.items() if k != "total")
-            + f"); KUBECONFIG={kubeconfig}"
+            + f"); KUBECONFIG={cp.kubeconfig}"
         )
         yield cp
     finally:
@@ -593,6 +621,8 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt  # SIGTERM tears down like Ctrl-C
 
     signal.signal(signal.SIGTERM, interrupt)
+    # A shell starting us in the background ignores SIGINT for us; take it back.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with start_control_plane(args.workdir) as cp:
             print(cp.kubeconfig, flush=True)
