@@ -261,6 +261,8 @@ class KubectlError(subprocess.CalledProcessError):
 
 @dataclass
 class ControlPlane:
+    """A running control plane: where it is, how to reach it as admin, and its processes."""
+
     workdir: Path
     bin_dir: Path
     kubeconfig: Path
