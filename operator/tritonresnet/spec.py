@@ -37,13 +37,14 @@ from tritonresnet.settings import RELEASE_RE
 
 #: s3://bucket/key (bucket named by S3's rules) or an absolute local path.
 SOURCE_URI_RE = re.compile(r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/\S+|/\S+)$")
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-ENDPOINT_RE = re.compile(r"^https?://\S+$")
+#: Optional fields accept "" (the issue's sample writes them out empty).
+SHA256_RE = re.compile(r"^([0-9a-f]{64})?$")
+ENDPOINT_RE = re.compile(r"^(https?://\S+)?$")
 REGION_RE = re.compile(r"^[a-z0-9-]{0,32}$")
-#: A Secret's name: a DNS subdomain.
-SECRET_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
-#: A PVC's name: a DNS subdomain.
-CLAIM_NAME_RE = SECRET_NAME_RE
+#: A PVC's (or storage class's) name: a DNS subdomain.
+CLAIM_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+#: A Secret's name, or "" for none.
+SECRET_NAME_RE = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?)?$")
 #: A target's name shows up in status and in child labels: a short DNS label.
 TARGET_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$")
 #: A relative folder inside the claim; no component may start with a dot (no ``..``).
