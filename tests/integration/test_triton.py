@@ -130,6 +130,10 @@ def model_repository(onnx_models: OnnxModels, tmp_path_factory: pytest.TempPathF
         config = onnx_config(name, spec.input_name, spec.output_name)
         write_model(repository, config, onnx_models.path(name))
     write_model(repository, onnx_config("fixed_batch", max_batch_size=0), onnx_models.path("fixed_batch"))
+    batched = onnx_config("batched")
+    # A long queue delay so that concurrent requests reliably meet in one execution.
+    batched.dynamic_batching.max_queue_delay_microseconds = 500_000
+    write_model(repository, batched, onnx_models.path("resnet18"))
     return repository
 
 
@@ -193,6 +197,29 @@ def test_tritonserver_serves_fixed_batch_model_without_batching_with_onnxruntime
     result = classify_http(triton, loaded, "input", "output", batch)
     assert result.shape == (TOP_K,)
     assert class_indexes(result[np.newaxis]) == onnxruntime_top_k(onnx_models.onnx_file(loaded), batch)
+
+
+@pytest.mark.parametrize("loaded", ["batched"], indirect=True)
+def test_dynamic_batching_answers_each_request_with_its_own_rows_with_onnxruntime_standin(
+    triton: TritonServer, loaded: str, onnx_models: OnnxModels
+) -> None:
+    """Concurrent requests run as one batch in the stand-in and each gets its own top-5 back."""
+    batch = images(3)
+    expected = onnxruntime_top_k(onnx_models.onnx_file("resnet18"), batch)
+    client = tritonclient.http.InferenceServerClient(triton.http_url, concurrency=3)
+    try:
+        pending = []
+        for row in range(3):
+            request = tritonclient.http.InferInput("input", [1, 3, 224, 224], "FP32")
+            request.set_data_from_numpy(batch[row : row + 1])
+            output = tritonclient.http.InferRequestedOutput("output", class_count=TOP_K)
+            pending.append(client.async_infer(loaded, [request], outputs=[output]))
+        answers = [class_indexes(p.get_result().as_numpy("output"))[0] for p in pending]
+        (stats,) = client.get_inference_statistics(loaded)["model_stats"]
+    finally:
+        client.close()
+    assert answers == expected
+    assert (stats["inference_count"], stats["execution_count"]) == (3, 1)
 
 
 def test_tritonserver_explicit_load_of_missing_model_fails(triton: TritonServer) -> None:
