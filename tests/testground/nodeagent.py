@@ -13,6 +13,12 @@ keeps them Ready and runs the pods bound to them as local processes:
 Volumes become local folders and every argument or env value under a
 ``mountPath`` (and the ``terminationMessagePath``) is rewritten to its folder.
 The agent is also the provisioner of the default StorageClass ``testground``.
+
+Each pod gets its own loopback address (127.0.X.Y) as its IP, so pods can all
+listen on the same ports. The API server refuses loopback addresses in
+EndpointSlices, so a Service's endpoints stay empty here (the controller-manager
+logs "may not be in the loopback range"): reach pods by their ``podIP``, as the
+operator does.
 The details live in ``nodeagent_nodes`` (objects), ``nodeagent_pods`` (pure
 rules), ``nodeagent_runtime`` (processes, probes, status) and
 ``nodeagent_daemon`` (the process); this module is the API tests use::
@@ -88,6 +94,7 @@ __all__ = [
     "UNKNOWN_IMAGE_REASON",
     "NodeAgent",
     "NodeSpec",
+    "claim_volume_path",
     "start_node_agent",
 ]
 
@@ -241,22 +248,28 @@ class NodeAgent:
 
     def volume_path(self, namespace: str, claim: str) -> Path:
         """The local folder behind a bound PersistentVolumeClaim (raises if it is not bound)."""
-        kube = Kube(str(self.kubeconfig))
-        try:
-            pvc = kube.get(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{claim}")
-            name = pvc.get("spec", {}).get("volumeName")
-            if not name:
-                raise LookupError(f"claim {namespace}/{claim} is not bound")
-            path = volume_path_of(kube.get(f"/api/v1/persistentvolumes/{name}"))
-        finally:
-            kube.api.close()
-        if path is None:
-            raise LookupError(f"volume {name} of claim {namespace}/{claim} has no local path")
-        return Path(path)
+        return claim_volume_path(self.kubeconfig, namespace, claim)
 
     def rss_bytes(self) -> int:
         """Resident memory of the agent process itself (not of its pods)."""
         return _rss_bytes(self.pid) if self.pid is not None else 0
+
+
+def claim_volume_path(kubeconfig: Path, namespace: str, claim: str) -> Path:
+    """The local folder behind a bound PersistentVolumeClaim, found through the API
+    (so a test needs only the cluster, not the agent). Raises LookupError when unbound."""
+    kube = Kube(str(kubeconfig))
+    try:
+        pvc = kube.get(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{claim}")
+        name = pvc.get("spec", {}).get("volumeName")
+        if not name:
+            raise LookupError(f"claim {namespace}/{claim} is not bound")
+        path = volume_path_of(kube.get(f"/api/v1/persistentvolumes/{name}"))
+    finally:
+        kube.api.close()
+    if path is None:
+        raise LookupError(f"volume {name} of claim {namespace}/{claim} has no local path")
+    return Path(path)
 
 
 @contextlib.contextmanager

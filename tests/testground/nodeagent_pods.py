@@ -22,7 +22,9 @@ CONFIG_ERROR_REASON = "CreateContainerConfigError"
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
 #: A kubelet keeps at most this much of a termination message.
 MAX_TERMINATION_MESSAGE_BYTES = 4096
+#: With FallbackToLogsOnError a kubelet takes the log's last 80 lines, at most 2 KiB of them.
 FALLBACK_LOG_LINES = 80
+FALLBACK_LOG_BYTES = 2048
 
 BUILDER_REPOSITORY = "tritonresnet-builder"
 TRITON_REPOSITORY = "tritonserver"
@@ -216,11 +218,10 @@ def termination_message(
         try:
             with log_file.open("rb") as handle:
                 handle.seek(log_offset)
-                message = b"\n".join(handle.read().splitlines()[-FALLBACK_LOG_LINES:])
+                tail = b"\n".join(handle.read().splitlines()[-FALLBACK_LOG_LINES:])
         except OSError:
-            message = b""
-    # A kubelet keeps the tail when it truncates file contents read from logs,
-    # and the head of the message file; keeping the head for both is simpler.
+            tail = b""
+        return tail[-FALLBACK_LOG_BYTES:].decode("utf-8", "replace")
     return message[:MAX_TERMINATION_MESSAGE_BYTES].decode("utf-8", "replace")
 
 
