@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tritonresnet_builder import triton_config
@@ -42,7 +43,7 @@ def build_onnx(repo: Path, source: Path, key: str = "k1", max_batch: int = 8) ->
 
 
 def publish_args(
-    repo: Path, version_key: str, engine_keys: tuple[str, ...] = ("k1",), **kw: object
+    repo: Path, version_key: str, engine_keys: tuple[str, ...] = ("k1",), **kw: Any
 ) -> PublishArgs:
     return PublishArgs(
         repository=str(repo),
@@ -52,7 +53,7 @@ def publish_args(
         instance_kind="KIND_CPU",
         result_file="",
         **kw,
-    )  # type: ignore[arg-type]
+    )
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from tritonresnet_builder import cuda_device, tensorrt_engine
-from tritonresnet_builder.contract import BuildArgs, EngineSettings, ExitCode, Source, parse_result
+from tritonresnet_builder.contract import BuildArgs, EngineSettings, ExitCode, Precision, Source, parse_result
 from tritonresnet_builder.failures import BuilderError
 from unit.builder import onnx_graphs
 
@@ -180,7 +180,7 @@ def test_tensorrt_precision_flags_with_stand_in_tensorrt(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     stand_in_gpu: None,
-    precision: str,
+    precision: Precision,
     flags: list[tuple[str]],
 ) -> None:
     """Stand-in ``tensorrt`` module again: only the flags set for each precision are checked."""
@@ -194,7 +194,7 @@ def test_tensorrt_precision_flags_with_stand_in_tensorrt(
             precision=precision,
             max_batch_size=8,
             opt_batch_size=4,
-            workspace_mib=64,  # type: ignore[arg-type]
+            workspace_mib=64,
         )
     )
     assert record.named("set_flag") == flags
