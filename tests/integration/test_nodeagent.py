@@ -51,6 +51,16 @@ def kube(cluster: ControlPlane) -> Iterator[Kube]:
     client.api.close()
 
 
+def phase_is(kube: Kube, namespace: str, name: str, *phases: str) -> Callable[[], dict[str, Any] | None]:
+    """A probe for wait_for: the pod once its phase is one of ``phases``."""
+
+    def probe() -> dict[str, Any] | None:
+        found = kube.get(pod_path(namespace, name))
+        return found if found["status"].get("phase") in phases else None
+
+    return probe
+
+
 def wait_for(what: str, probe: Callable[[], Any], timeout: float = TIMEOUT) -> Any:
     """Poll ``probe`` until it returns something truthy; return that."""
     deadline = time.monotonic() + timeout
@@ -310,9 +320,7 @@ def test_fallback_to_logs_on_error_gives_the_log_tail_as_message(
     apply(cluster, pod("bad-flags", namespace, spec))
     terminal = wait_for(
         "the pod to fail",
-        lambda: (
-            (found := kube.get(pod_path(namespace, "bad-flags")))["status"].get("phase") == "Failed" and found
-        ),
+        phase_is(kube, namespace, "bad-flags", "Failed"),
     )
     terminated = terminal["status"]["containerStatuses"][0]["state"]["terminated"]
     assert terminated["exitCode"] != 0
@@ -453,3 +461,96 @@ def test_triton_deployment_becomes_available_and_serves_from_its_volume(
         "the pod to go away", lambda: not kube.get(pod_path(namespace), labelSelector="app=triton")["items"]
     )
     assert not process_alive(pid)
+
+
+# -- the operator image runs as its pod's ServiceAccount -----------------------------
+
+
+def test_operator_image_runs_with_its_service_account_not_admin(
+    cluster: ControlPlane, kube: Kube, namespace: str
+) -> None:
+    """The default ServiceAccount has no rights, so the API server refuses the call (403);
+    with the agent's admin credentials the answer would be 404 (no such object)."""
+    spec = {
+        "restartPolicy": "Never",
+        "containers": [
+            {
+                "name": "operator",
+                "image": "registry.example/tritonresnet-operator:0.1.0",
+                "args": ["status", "anything", f"--namespace={namespace}"],
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+            }
+        ],
+    }
+    apply(cluster, pod("who-am-i", namespace, spec))
+    terminal = wait_for(
+        "the pod to finish",
+        phase_is(kube, namespace, "who-am-i", "Succeeded", "Failed"),
+    )
+    terminated = terminal["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert terminated["exitCode"] != 0
+    assert "403" in terminated["message"]
+
+
+# -- restarts --------------------------------------------------------------------------
+
+
+def test_on_failure_pod_is_restarted_and_counts_restarts(
+    cluster: ControlPlane, kube: Kube, namespace: str
+) -> None:
+    spec = {
+        "restartPolicy": "OnFailure",
+        "containers": [{"name": "builder", "image": BUILDER_IMAGE, "args": ["no-such-command"]}],
+    }
+    apply(cluster, pod("crashy", namespace, spec))
+
+    def restarted_twice() -> dict[str, Any] | None:
+        statuses = kube.get(pod_path(namespace, "crashy"))["status"].get("containerStatuses") or []
+        return statuses[0] if statuses and statuses[0]["restartCount"] >= 2 else None
+
+    status = wait_for("two restarts", restarted_twice)
+    assert status["lastState"]["terminated"]["exitCode"] != 0
+    assert kube.get(pod_path(namespace, "crashy"))["status"]["phase"] in ("Pending", "Running")
+
+
+@pytest.mark.triton
+def test_agent_restart_keeps_nodes_and_fails_never_pods_it_lost(
+    cluster: ControlPlane, kube: Kube, namespace: str, tmp_path: Path
+) -> None:
+    """A second agent (own nodes, own workdir) is killed like a crash and started again:
+    its node stays Ready and a restartPolicy=Never pod whose process died with it is Failed."""
+    from testground.nodeagent import NodeSpec, start_node_agent
+
+    node = NodeSpec(name=f"spare-{uuid.uuid4().hex[:6]}")
+    spec = {
+        "restartPolicy": "Never",
+        "nodeName": node.name,
+        "containers": [
+            {
+                "name": "triton",
+                "image": TRITON_IMAGE,
+                "command": ["tritonserver"],
+                "args": ["--model-repository=/models"],
+                "volumeMounts": [{"name": "models", "mountPath": "/models"}],
+            }
+        ],
+        "volumes": [{"name": "models", "emptyDir": {}}],
+    }
+    with start_node_agent(cluster, tmp_path / "agent", nodes=[node]) as agent:
+        apply(cluster, pod("lost", namespace, spec))
+        running = wait_for(
+            "the pod to run",
+            phase_is(kube, namespace, "lost", "Running"),
+        )
+        pid = pid_of(running["status"]["containerStatuses"][0])
+        agent.kill()
+        agent.start()  # kills the groups the crashed agent left, then takes the pod over
+        failed = wait_for(
+            "the pod to be marked Failed",
+            phase_is(kube, namespace, "lost", "Failed"),
+        )
+        terminated = failed["status"]["containerStatuses"][0]["state"]["terminated"]
+        assert terminated["reason"] == "NodeAgentRestarted"
+        assert not process_alive(pid)
+        assert condition(kube.get(f"/api/v1/nodes/{node.name}"), "Ready")["status"] == "True"
+    kube.delete(f"/api/v1/nodes/{node.name}")
