@@ -67,6 +67,8 @@ BACKOFF_CAP = 20.0
 #: A container that ran this long gets its back-off reset.
 BACKOFF_RESET_AFTER = 60.0
 TICK = 0.25
+#: Grace given to pod processes when the agent itself stops.
+AGENT_STOP_GRACE_SECONDS = 5.0
 #: Exit code and reason recorded for a container whose process the agent lost
 #: because the agent itself restarted (its process groups die with it).
 LOST_EXIT_CODE = 137
@@ -811,7 +813,8 @@ class PodWorker(threading.Thread):
         except Exception:
             log.exception("%s/%s: pod worker failed", self.namespace, self.pod_name)
         finally:
-            self._stop_all(2.0)
+            # Triton needs ~4 s to exit cleanly; killed sooner its stubs leave /dev/shm regions.
+            self._stop_all(AGENT_STOP_GRACE_SECONDS)
             if self.pod_ip:
                 self.context.ips.release(self.pod_ip)
             self.finished = True
