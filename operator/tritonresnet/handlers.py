@@ -212,6 +212,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # We post our own events (with reasons a human can grep) and keep no
     # kopf state on the objects; a stalled watch is restarted after a minute.
     settings.posting.enabled = False
+    # One line per watch event ("Handler 'watch-pods' succeeded") drowns what matters.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.watching.server_timeout = 60
     settings.watching.client_timeout = 90
     settings.watching.connect_timeout = 10

@@ -95,7 +95,7 @@ class Kube:
             query_params=query or [],
             header_params={"Content-Type": content_type, "Accept": "application/json"},
             body=body,
-            response_type="object",
+            response_types_map={200: "object", 201: "object", 202: "object"},
             auth_settings=["BearerToken"],
             _return_http_data_only=True,
             _preload_content=True,

@@ -4,6 +4,7 @@ Each component's module owns its logic; this module only wires them into
 pytest so there is one list of what a test can ask for:
 
 * ``control_plane``  session: etcd, kube-apiserver, controller-manager, scheduler
+* ``node_agent``     session: the emulated nodes' kubelet (a process), see testground.nodeagent
 * ``cluster``        session: the control plane plus emulated GPU nodes and storage
 * ``namespace``      function: a fresh namespace in ``cluster``, deleted afterwards
 * ``s3``             session: moto's standalone server on loopback with a bucket
@@ -30,10 +31,16 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
 
 
 @pytest.fixture(scope="session")
-def cluster(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+def node_agent(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeAgent]:
+    """The emulated GPU nodes' kubelet, as its own process (tests may kill and restart it)."""
+    with start_node_agent(control_plane, tmp_path_factory.mktemp("nodes")) as agent:
+        yield agent
+
+
+@pytest.fixture(scope="session")
+def cluster(control_plane: ControlPlane, node_agent: NodeAgent) -> ControlPlane:
     """The control plane with emulated GPU nodes (and their storage) running."""
-    with start_node_agent(control_plane, tmp_path_factory.mktemp("nodes")):
-        yield control_plane
+    return control_plane
 
 
 @pytest.fixture
@@ -56,5 +63,3 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 def onnx_models() -> OnnxModels:
     return ensure_models()
 
-
-__all__ = ["NodeAgent", "OnnxModels", "S3Server"]
