@@ -76,6 +76,14 @@ def check_endpoint(endpoint: str, expected: Expected, timeout: float = 10.0) -> 
                 return EndpointCheck(
                     endpoint, False, f"model {expected.model} version {version} is not ready"
                 )
+            # Triton falls back to config.pbtxt when the pinned configs/v<N>.pbtxt is
+            # missing, and would still report ready: check the policy it really loaded.
+            config = triton.get_model_config(expected.model, version)
+            pinned = ((config.get("version_policy") or {}).get("specific") or {}).get("versions") or []
+            if [int(v) for v in pinned] != [expected.version]:
+                return EndpointCheck(
+                    endpoint, False, f"Triton loaded a config serving versions {pinned}, not [{version}]"
+                )
             meta = triton.get_model_metadata(expected.model, version)
             problem = _metadata_mismatch(
                 "inputs", expected.inputs, meta["inputs"], expected.batched

@@ -790,12 +790,28 @@ class PodWorker(threading.Thread):
             },
         )
 
+    def _pre_stop_sleep(self) -> float:
+        """The longest ``lifecycle.preStop.sleep`` of the pod's containers (the only hook emulated)."""
+        seconds = [
+            float((((c.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}).get("seconds") or 0)
+            for c in self.pod["spec"].get("containers") or ()
+        ]
+        return max(seconds, default=0.0)
+
     def _terminate_for_deletion(self) -> None:
-        grace = float(
-            self.pod["metadata"].get("deletionGracePeriodSeconds")
-            or self.pod["spec"].get("terminationGracePeriodSeconds", 30)
+        grace = min(
+            float(
+                self.pod["metadata"].get("deletionGracePeriodSeconds")
+                or self.pod["spec"].get("terminationGracePeriodSeconds", 30)
+            ),
+            MAX_GRACE_SECONDS,
         )
-        self._stop_all(grace)
+        # As a kubelet does: the preStop hook runs first and counts against the
+        # grace period. It is what lets endpoints drop a pod before it stops.
+        pre_stop = min(self._pre_stop_sleep(), grace)
+        if pre_stop > 0:
+            time.sleep(pre_stop)
+        self._stop_all(max(grace - pre_stop, 1.0))
         if self.gone:
             return
         # As a kubelet does: the final status (a pod killed before it finished
