@@ -158,7 +158,9 @@ class PublishArgs:
 
 def argument_parser() -> argparse.ArgumentParser:
     """The builder's argv grammar; :func:`parse_args` is its inverse of ``to_argv``."""
-    parser = argparse.ArgumentParser(prog="tritonresnet-builder", description="tritonresnet builder (" + CONTRACT + ")")
+    parser = argparse.ArgumentParser(
+        prog="tritonresnet-builder", description="tritonresnet builder (" + CONTRACT + ")"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     build = sub.add_parser("build", help="fetch, validate and build one engine")
@@ -184,7 +186,9 @@ def argument_parser() -> argparse.ArgumentParser:
     publish.add_argument("--max-queue-delay-us", type=int, default=100)
     publish.add_argument("--preferred-batch-size", type=int, action="append", default=[], dest="preferred")
     publish.add_argument("--instance-count", type=int, default=1)
-    publish.add_argument("--instance-kind", choices=("KIND_AUTO", "KIND_GPU", "KIND_CPU"), default="KIND_AUTO")
+    publish.add_argument(
+        "--instance-kind", choices=("KIND_AUTO", "KIND_GPU", "KIND_CPU"), default="KIND_AUTO"
+    )
     publish.add_argument("--keep-versions", type=int, default=3)
     publish.add_argument("--protect-version", type=int, action="append", default=[], dest="protect")
     publish.add_argument("--result-file", default=TERMINATION_LOG)
@@ -338,7 +342,12 @@ class Result:
     contract: str = CONTRACT
 
     def to_json(self) -> str:
-        data = {k: v for k, v in asdict(self).items() if v not in ("", (), [], {}, None) or k in ("ok", "phase")}
+        # Unset fields (empty or zero) are left out: the message must stay small.
+        data = {
+            k: v
+            for k, v in asdict(self).items()
+            if k in ("ok", "phase") or v not in ("", (), [], {}, None, 0)
+        }
         text = json.dumps(data, separators=(",", ":"), sort_keys=True)
         if len(text.encode()) > MAX_RESULT_BYTES:
             # Never let the kubelet cut the JSON in half: drop the bulky parts.
@@ -365,8 +374,10 @@ def parse_result(text: str) -> Result:
     except json.JSONDecodeError as exc:
         raise ContractError(f"builder result is not JSON: {line[:200]!r}") from exc
     if not isinstance(data, dict) or data.get("contract") != CONTRACT:
-        raise ContractError(f"builder result has contract {data.get('contract') if isinstance(data, dict) else None!r}, "
-                            f"expected {CONTRACT!r}")
+        raise ContractError(
+            f"builder result has contract {data.get('contract') if isinstance(data, dict) else None!r}, "
+            f"expected {CONTRACT!r}"
+        )
     error = data.get("error")
     return Result(
         ok=bool(data["ok"]),
