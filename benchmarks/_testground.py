@@ -182,7 +182,7 @@ def verb_resource(event: AuditEvent) -> str:
 # -- apiserver metrics ------------------------------------------------------------------
 
 
-_SAMPLE = re.compile(r'^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)')
+_SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
@@ -283,7 +283,10 @@ class Recorder:
             w = watch.Watch()
             try:
                 stream = w.stream(
-                    fn, **args, resource_version=version or None, timeout_seconds=30,
+                    fn,
+                    **args,
+                    resource_version=version or None,
+                    timeout_seconds=30,
                     allow_watch_bookmarks=False,
                 )
                 ready.set()

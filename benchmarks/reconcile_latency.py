@@ -112,8 +112,12 @@ STEPS: tuple[tuple[str, str, str, str], ...] = (
     ("build pod Succeeded -> build Job Complete", "build_pod_done", "build_job_complete", "Job controller"),
     ("build Job Complete -> publish Job created", "build_job_complete", "publish_job", "operator"),
     ("build pod Succeeded -> publish Job created", "build_pod_done", "publish_job", "both"),
-    ("publish pod Succeeded -> publish Job Complete", "publish_pod_done", "publish_job_complete",
-     "Job controller"),
+    (
+        "publish pod Succeeded -> publish Job Complete",
+        "publish_pod_done",
+        "publish_job_complete",
+        "Job controller",
+    ),
     ("publish Job Complete -> Deployment created", "publish_job_complete", "deployment", "operator"),
     ("publish pod Succeeded -> Deployment created", "publish_pod_done", "deployment", "both"),
     ("Deployment Available -> Ready=True", "available", "ready", "operator"),
@@ -155,7 +159,11 @@ def run(ground: Ground, count: int, served: int, timeout: float) -> str:
     served_names = {f"r{i:03d}" for i in range(served)}
     manifests = [
         trn_manifest(
-            NAMESPACE, f"r{i:03d}", f"m{i:03d}", ground.model_uri, ground.s3,
+            NAMESPACE,
+            f"r{i:03d}",
+            f"m{i:03d}",
+            ground.model_uri,
+            ground.s3,
             replicas=1 if f"r{i:03d}" in served_names else 0,
         )
         for i in range(count)
