@@ -268,152 +268,218 @@ def _events(
 
 
 def plan(observed: Observed, settings: Settings) -> Plan:
+    """Everything the operator should do for one TritonResNet, given what exists."""
     resource = observed.resource
     meta = resource["metadata"]
     old_status = resource.get("status") or {}
-    gen = int(meta.get("generation") or 0)
-    now = observed.now
-
     try:
         spec = parse_spec(resource)
     except SpecError as exc:
-        failed = _failed_status(resource, "InvalidSpec", str(exc), now)
-        return Plan([], [], failed, _events(old_status.get("conditions"), failed["conditions"]))
-
+        return _refused(resource, "InvalidSpec", str(exc), observed.now)
     conflict = find_conflict(resource, spec, observed.peers)
     if conflict:
         message = (
             f"model {spec.model.name!r} on this repository is already served by "
             f"TritonResNet {conflict!r}; choose another spec.model.name or repository"
         )
-        failed = _failed_status(resource, "ModelNameConflict", message, now)
-        return Plan([], [], failed, _events(old_status.get("conditions"), failed["conditions"]))
+        return _refused(resource, "ModelNameConflict", message, observed.now)
 
     progress = _Progress()
+    pvc = render.models_pvc(meta, spec)
+    if pvc is not None:
+        progress.children.append(pvc)
+    deployment = observed.children.get(("Deployment", names.deployment_name(meta["name"])))
+    served = served_from_deployment(deployment)
+    engines = _engines(observed, spec, settings, served, progress)
+    deploy = engines.published or served  # the published version if there is one, else keep what serves
+    rollout = _serving(observed, spec, settings, deploy, deployment, progress)
+    verification = _verification(observed, spec, deploy, rollout)
+    status = _status(resource, spec, engines, served, rollout, verification, observed.now)
+
+    apply = [
+        with_applied_hash(child)
+        for child in progress.children
+        if not is_current(child, observed.children.get((child["kind"], child["metadata"]["name"])))
+    ]
+    events = _events(old_status.get("conditions"), status["conditions"])
+    return Plan(apply, progress.delete, status, events, verification.request)
+
+
+def _refused(resource: Mapping[str, Any], reason: str, message: str, now: str) -> Plan:
+    failed = _failed_status(resource, reason, message, now)
+    return Plan(
+        [], [], failed, _events((resource.get("status") or {}).get("conditions"), failed["conditions"])
+    )
+
+
+@dataclass(frozen=True)
+class _Engines:
+    """Where the builds and the publish for the current spec stand."""
+
+    version_key: str
+    target_count: int
+    targets: list[dict[str, Any]]
+    published: Served | None
+    failure: str = ""
+    waiting_for_node: str = ""
+
+
+def _engines(
+    observed: Observed, spec: TritonResNetSpec, settings: Settings, served: Served | None, progress: _Progress
+) -> _Engines:
+    """Build Jobs per target, then the publish Job; obsolete unfinished Jobs go."""
+    name = observed.resource["metadata"]["name"]
+    old_status = observed.resource.get("status") or {}
     targets = spec.build_targets()
     release = spec.release_or(settings.default_release)
     engine_keys = {t.name: names.engine_key(spec, t, release) for t in targets}
     version_key = names.version_key(spec, sorted(engine_keys.values()))
-    deployment = observed.children.get(("Deployment", names.deployment_name(meta["name"])))
-    served = served_from_deployment(deployment)
 
-    pvc = render.models_pvc(meta, spec)
-    if pvc is not None:
-        progress.children.append(pvc)
-
-    # 1. Engines and the published version for the current spec.
-    published = _published(old_status, version_key, served)
-    target_status: list[dict[str, Any]] = []
-    build_failure = ""
-    waiting_for_node = ""
-    if published is None:
-        target_status, build_failure, waiting_for_node, all_built = _builds(
-            observed, spec, settings, targets, engine_keys, progress
-        )
-        if all_built and not build_failure:
-            published, publish_failure, publish_wait = _publish(
-                observed, spec, settings, sorted(engine_keys.values()), version_key, served, progress
-            )
-            build_failure = build_failure or publish_failure
-            waiting_for_node = waiting_for_node or publish_wait
-    else:
-        target_status = [dict(t) for t in old_status.get("targets") or ()]
-
-    # Obsolete unfinished Jobs (an older spec's builds) would only burn GPUs.
-    current_jobs = {names.build_job_name(meta["name"], k) for k in engine_keys.values()}
-    current_jobs.add(names.publish_job_name(meta["name"], version_key))
+    # An older spec's unfinished builds would only burn GPUs.
+    current = {names.build_job_name(name, k) for k in engine_keys.values()}
+    current.add(names.publish_job_name(name, version_key))
     for job_name, job in observed.jobs.items():
-        if job_name not in current_jobs and not _finished(job):
+        if job_name not in current and not _finished(job):
             progress.delete.append(("batch/v1", "Job", job_name))
 
-    # 2. Serving: the published version if there is one, else keep what serves.
-    deploy = published or served
-    verify_request: VerifyRequest | None = None
-    rollout = _Rollout()
+    published = _published(old_status, version_key, served)
+    if published is not None:
+        kept = [dict(t) for t in old_status.get("targets") or ()]
+        return _Engines(version_key, len(targets), kept, published)
+    target_status, failure, waiting, all_built = _builds(
+        observed, spec, settings, targets, engine_keys, progress
+    )
+    if all_built and not failure:
+        published, failure, waiting = _publish(
+            observed, spec, settings, sorted(engine_keys.values()), version_key, served, progress
+        )
+    return _Engines(version_key, len(targets), target_status, published, failure, waiting)
+
+
+def _serving(
+    observed: Observed,
+    spec: TritonResNetSpec,
+    settings: Settings,
+    deploy: Served | None,
+    deployment: Mapping[str, Any] | None,
+    progress: _Progress,
+) -> _Rollout:
+    """The Service always; the Deployment and its PDB once a version exists; the HPA when asked for."""
+    resource = observed.resource
+    meta = resource["metadata"]
     progress.children.append(render.service(meta))
+    rollout = _Rollout()
     if deploy is not None:
-        progress.children.append(_deployment(resource, spec, settings, deploy))
-        progress.children.append(render.pod_disruption_budget(meta))
-        rollout = _rollout(observed, deployment, progress.children[-2], deploy, spec)
+        desired = _deployment(resource, spec, settings, deploy)
+        progress.children += [desired, render.pod_disruption_budget(meta)]
+        rollout = _rollout(observed, deployment, desired, deploy, spec)
     hpa = render.hpa(meta, spec)
     hpa_name = names.hpa_name(meta["name"])
     if hpa is not None:
         progress.children.append(hpa)
     elif ("HorizontalPodAutoscaler", hpa_name) in observed.children:
         progress.delete.append(("autoscaling/v2", "HorizontalPodAutoscaler", hpa_name))
+    return rollout
 
-    # 3. Verification of every ready endpoint at the deployed version.
-    verified, verify_message = False, ""
-    if deploy is not None and rollout.complete:
-        if not rollout.endpoints:
-            verified = spec.serving.replicas == 0
-            verify_message = "scaled to zero" if verified else "no ready endpoints yet"
-        else:
-            checks = [observed.verification.get(e) for e in rollout.endpoints]
-            expected = Expected(spec.model.name, deploy.version, deploy.inputs, deploy.outputs)
-            if any(ch is None for ch in checks):
-                verify_request = VerifyRequest(rollout.endpoints, expected)
-                verify_message = f"verifying {len(rollout.endpoints)} endpoint(s)"
-            else:
-                bad = [ch for ch in checks if ch is not None and not ch.ok]
-                verified = not bad
-                verify_message = (
-                    "; ".join(f"{ch.endpoint}: {ch.message}" for ch in bad)
-                    or f"{len(checks)} endpoint(s) answered at version {deploy.version}"
-                )
 
-    # 4. Conditions, phase, status.
-    current_served = served is not None and served.version_key == version_key
-    serving_current = deploy is not None and published is not None and deploy.version_key == version_key
-    ready = serving_current and rollout.complete and verified
+@dataclass(frozen=True)
+class _Verification:
+    verified: bool = False
+    message: str = ""
+    request: VerifyRequest | None = None
+    failed: bool = False  #: checks ran and at least one endpoint failed
 
-    if published is not None:
-        engine = Condition(
+
+def _verification(
+    observed: Observed, spec: TritonResNetSpec, deploy: Served | None, rollout: _Rollout
+) -> _Verification:
+    """Every ready endpoint checked at the deployed version, or a request to check them."""
+    if deploy is None or not rollout.complete:
+        return _Verification()
+    if not rollout.endpoints:
+        if spec.serving.replicas == 0:
+            return _Verification(True, "scaled to zero")
+        return _Verification(False, "no ready endpoints yet")
+    checks = [observed.verification.get(e) for e in rollout.endpoints]
+    if any(ch is None for ch in checks):
+        expected = Expected(spec.model.name, deploy.version, deploy.inputs, deploy.outputs)
+        return _Verification(
+            False, f"verifying {len(checks)} endpoint(s)", VerifyRequest(rollout.endpoints, expected)
+        )
+    bad = [ch for ch in checks if ch is not None and not ch.ok]
+    if bad:
+        return _Verification(False, "; ".join(f"{ch.endpoint}: {ch.message}" for ch in bad), failed=True)
+    return _Verification(True, f"{len(checks)} endpoint(s) answered at version {deploy.version}")
+
+
+def _engine_condition(engines: _Engines) -> Condition:
+    if engines.published is not None:
+        return Condition(
             c.ENGINE_BUILT,
             "True",
             "Published",
-            f"version {published.version} published from {len(targets)} target(s)",
+            f"version {engines.published.version} published from {engines.target_count} target(s)",
         )
-    elif build_failure:
-        engine = Condition(c.ENGINE_BUILT, "False", "BuildFailed", build_failure)
-    elif waiting_for_node:
-        engine = Condition(c.ENGINE_BUILT, "False", "WaitingForNode", waiting_for_node)
-    else:
-        engine = Condition(c.ENGINE_BUILT, "False", "Building", f"building {len(targets)} target(s)")
+    if engines.failure:
+        return Condition(c.ENGINE_BUILT, "False", "BuildFailed", engines.failure)
+    if engines.waiting_for_node:
+        return Condition(c.ENGINE_BUILT, "False", "WaitingForNode", engines.waiting_for_node)
+    return Condition(c.ENGINE_BUILT, "False", "Building", f"building {engines.target_count} target(s)")
 
-    if deploy is None:
-        available = Condition(c.AVAILABLE, "False", "NoVersionYet", "no model version has been published yet")
-    else:
-        available = rollout.available
 
-    old_version_note = (
-        f"; version {served.version} keeps serving" if served is not None and not current_served else ""
-    )
+def _summary(
+    engines: _Engines, served: Served | None, rollout: _Rollout, verification: _Verification, ready: bool
+) -> tuple[str, str, str]:
+    """(phase, reason, message): the one-line story a human reads first."""
+    published = engines.published
+    old = [v for v in rollout.serving_versions if published is None or v != published.version]
+    keeps_serving = f"; version {', '.join(map(str, old))} keeps serving" if old else ""
+    something_serves = bool(rollout.serving_versions) or served is not None
     if ready:
-        phase, reason, message = c.PHASE_READY, "Verified", verify_message
-    elif build_failure:
-        phase = c.DEGRADED if served else c.FAILED
-        reason, message = "BuildFailed", build_failure + old_version_note
-    elif rollout.stuck:
-        phase = c.DEGRADED if served else c.FAILED
-        reason, message = "RolloutStuck", rollout.stuck + old_version_note
-    elif rollout.complete and verify_message and not verify_request and not verified:
-        phase, reason, message = c.DEGRADED, "VerificationFailed", verify_message
-    elif published is None:
-        phase = c.PENDING if waiting_for_node else c.BUILDING
-        reason = "WaitingForNode" if waiting_for_node else "Building"
-        message = (waiting_for_node or engine.message) + old_version_note
-    else:
-        phase = c.PENDING if rollout.waiting_for_node else c.DEPLOYING
-        reason = "WaitingForNode" if rollout.waiting_for_node else "Deploying"
-        message = (
-            rollout.waiting_for_node
-            or verify_message
-            or rollout.message
-            or f"rolling out version {published.version}"
-        )
+        return c.PHASE_READY, "Verified", verification.message
+    if engines.failure:
+        return (c.DEGRADED if something_serves else c.FAILED), "BuildFailed", engines.failure + keeps_serving
+    if rollout.stuck:
+        return (c.DEGRADED if old else c.FAILED), "RolloutStuck", rollout.stuck + keeps_serving
+    if verification.failed:
+        return c.DEGRADED, "VerificationFailed", verification.message
+    if published is None:
+        if engines.waiting_for_node:
+            return c.PENDING, "WaitingForNode", engines.waiting_for_node + keeps_serving
+        return c.BUILDING, "Building", f"building {engines.target_count} target(s)" + keeps_serving
+    if rollout.waiting_for_node:
+        return c.PENDING, "WaitingForNode", rollout.waiting_for_node
+    message = verification.message or rollout.message or f"rolling out version {published.version}"
+    return c.DEPLOYING, "Deploying", message
 
+
+def _status(
+    resource: Mapping[str, Any],
+    spec: TritonResNetSpec,
+    engines: _Engines,
+    served: Served | None,
+    rollout: _Rollout,
+    verification: _Verification,
+    now: str,
+) -> dict[str, Any]:
+    meta = resource["metadata"]
+    old_status = resource.get("status") or {}
+    gen = int(meta.get("generation") or 0)
+    published = engines.published
+    ready = (
+        published is not None
+        and served is not None
+        and served.version_key == engines.version_key
+        and rollout.complete
+        and verification.verified
+    )
+    phase, reason, message = _summary(engines, served, rollout, verification, ready)
     stalled = reason in ("BuildFailed", "RolloutStuck", "VerificationFailed")
+    available = (
+        rollout.available
+        if served is not None
+        else Condition(c.AVAILABLE, "False", "NoVersionYet", "no model version has been published yet")
+    )
     conds = [
         Condition(c.READY, "True" if ready else "False", reason, message),
         Condition(c.RECONCILING, "False" if ready or stalled else "True", reason, "" if ready else message),
@@ -423,19 +489,20 @@ def plan(observed: Observed, settings: Settings) -> Plan:
             reason if stalled else "Progressing",
             message if stalled else "",
         ),
-        engine,
+        _engine_condition(engines),
         available,
     ]
     status: dict[str, Any] = {
         "observedGeneration": gen,
         "phase": phase,
         "message": message,
-        "versionKey": version_key,
-        "targets": target_status,
+        "versionKey": engines.version_key,
+        "targets": engines.targets,
         "replicas": rollout.replicas,
         "readyReplicas": rollout.ready_replicas,
         "selector": names.selector(meta["name"]),
-        "endpoints": list(rollout.endpoints) if verified else [],
+        "servingVersions": list(rollout.serving_versions),
+        "endpoints": list(rollout.endpoints) if verification.verified else [],
         "conditions": c.merge_conditions(old_status.get("conditions"), conds, gen, now),
     }
     if published is not None:
@@ -448,19 +515,7 @@ def plan(observed: Observed, settings: Settings) -> Plan:
     if served is not None:
         status["modelVersion"] = served.version
         status["servingVersionKey"] = served.version_key
-
-    apply = []
-    for child in progress.children:
-        kind, name = child["kind"], child["metadata"]["name"]
-        if not is_current(child, observed.children.get((kind, name))):
-            apply.append(with_applied_hash(child))
-    return Plan(
-        apply,
-        progress.delete,
-        status,
-        _events(old_status.get("conditions"), status["conditions"]),
-        verify_request,
-    )
+    return status
 
 
 def _finished(job: Mapping[str, Any]) -> bool:
@@ -594,6 +649,7 @@ class _Rollout:
     stuck: str = ""
     waiting_for_node: str = ""
     message: str = ""
+    serving_versions: tuple[int, ...] = ()  #: model versions on ready Triton pods
 
 
 def _rollout(
@@ -655,7 +711,16 @@ def _rollout(
         and int(st.get("availableReplicas") or 0) == want
         and len(endpoints) == want
     )
+    serving = sorted(
+        {
+            int(v)
+            for p in triton
+            if (_condition(p, "Ready") or {}).get("status") == "True"
+            and str(v := (p["metadata"].get("labels") or {}).get(names.LABEL_MODEL_VERSION, "")).isdigit()
+        }
+    )
     return _Rollout(
+        serving_versions=tuple(serving),
         complete=complete,
         available=available,
         replicas=replicas,
