@@ -47,7 +47,7 @@ def wait_ready(operator: OperatorProcess, namespace: str, name: str, timeout: fl
     while time.monotonic() < deadline:
         trn = get_trn(operator.cp, namespace, name)
         status = trn.get("status") or {}
-        line = f"{status.get('phase', 'Pending')}: {status.get('message', '')}"
+        line = f"{status.get('phase', 'Pending')}: {status.get('message') or 'waiting for the operator'}"
         if line != last:
             say(line)
             last = line
