@@ -47,6 +47,9 @@ _MANAGED = {names.LABEL_MANAGED_BY: names.MANAGER}
 #: Reconcile workers; each pass is mostly waiting on the API server.
 WORKERS = 4
 
+# Seconds the workers wait after start-up before the first pass.
+CACHE_WARMUP_SECONDS = 2.0
+
 # A failed endpoint check is retried after this long; a good one is kept
 # until the endpoint or the version changes.
 _FAILED_CHECK_TTL = 10.0
@@ -112,6 +115,9 @@ class Runtime:
         asyncio.get_running_loop().call_later(delay, self.enqueue, key)
 
     async def worker(self) -> None:
+        # Let the first listing of every watched kind fill the cache before the
+        # first pass, so a restarted operator sees its Jobs before it plans.
+        await asyncio.sleep(CACHE_WARMUP_SECONDS)
         while True:
             key = await self.queue.get()
             self.pending.discard(key)
