@@ -361,11 +361,26 @@ def prepare_namespace(cp: ControlPlane, namespace: str, s3: S3Server) -> None:
     cp.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([secret, pvc]))
 
 
-def apply_all(cp: ControlPlane, manifests: Sequence[Mapping[str, Any]], chunk: int = 100) -> None:
-    """Create the resources with kubectl, ``chunk`` per call (one call for a few hundred is slow to start)."""
-    for start in range(0, len(manifests), chunk):
-        docs = yaml.safe_dump_all(list(manifests[start : start + chunk]))
-        cp.kubectl("create", "-f", "-", input=docs, timeout=300)
+def apply_all(cp: ControlPlane, manifests: Sequence[Mapping[str, Any]], threads: int = 4) -> None:
+    """Create the resources from a few threads, as a GitOps tool syncing a folder would.
+
+    (``kubectl create -f`` sends them one after another: 100 took 40 s on two busy cores.)
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kubernetes import client
+
+    with cp.api_client() as api:
+        custom = client.CustomObjectsApi(api)
+
+        def create(manifest: Mapping[str, Any]) -> None:
+            namespace = manifest["metadata"]["namespace"]
+            custom.create_namespaced_custom_object(
+                names.GROUP, names.VERSION, namespace, names.PLURAL, dict(manifest)
+            )
+
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(create, manifests))
 
 
 def list_trns(cp: ControlPlane, namespace: str) -> list[dict[str, Any]]:
