@@ -10,6 +10,7 @@ is ``helm template`` with those values, parsed into dicts.
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -27,8 +28,8 @@ DEFAULT_RELEASE_NAME = "tritonresnet-operator"
 DEFAULT_NAMESPACE = "tritonresnet-system"
 
 
-def _run(argv: list[str]) -> str:
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+def _run(argv: list[str], cwd: Path | None = None) -> str:
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=cwd)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}):\n{result.stderr}{result.stdout}")
     return result.stdout
@@ -99,6 +100,16 @@ def helm_install(
         if wait:
             argv.append("--wait")
         return _helm(*argv)
+
+
+def run_documented(command: str, *extra: str) -> str:
+    """Run one command as the README writes it (``helm ...`` or ``kubectl ...``, paths relative
+    to the repository root) with the test ground's binaries, plus ``extra`` arguments such as
+    ``--kubeconfig``; returns its output, raises on failure."""
+    tool, *args = shlex.split(command)
+    if tool not in ("helm", "kubectl"):
+        raise ValueError(f"not a helm or kubectl command: {command!r}")
+    return _run([str(ensure_binaries() / tool), *args, *extra], cwd=REPO_ROOT)
 
 
 def helm_uninstall(kubeconfig: Path, *, namespace: str = DEFAULT_NAMESPACE,
