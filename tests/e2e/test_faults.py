@@ -44,7 +44,7 @@ from testground.operator_run import (
 from testground.s3 import S3Server, start_s3
 from tritonresnet import names
 from tritonresnet.classify import classify
-from tritonresnet_builder.contract import VERSION_MARKER
+from tritonresnet_builder.contract import VERSION_MARKER, pinned_config_name
 
 pytestmark = [pytest.mark.cluster, pytest.mark.triton, pytest.mark.slow]
 
@@ -527,8 +527,12 @@ def test_builder_killed_mid_publish_shows_no_partial_version_and_publishes_once(
 
     repository = node_agent.volume_path(namespace, "models")
     model_dir = repository / MODEL
-    assert not [p for p in model_dir.iterdir() if p.name.isdigit()] if model_dir.is_dir() else True
+    wait_until(lambda: not process_groups_with("publish", f"--version-key={version_key}"), "the kill")
+    # What Triton could see right after the kill: no version folder at all.
+    assert not model_dir.is_dir() or not [p for p in model_dir.iterdir() if p.name.isdigit()]
     assert list((repository / ".tritonresnet").rglob(f"publish~{MODEL}~*")), "no staging left by the kill"
+    pinned = model_dir / "configs" / f"{pinned_config_name(1)}.pbtxt"
+    assert pinned.is_file() == (point == "pinned-config"), "killed elsewhere than at the pause point"
 
     trn = wait_ready(operator, namespace)
     assert_status_complete(trn)
