@@ -12,20 +12,23 @@ nothing.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
 import kopf
 from kubernetes import client, config
+from kubernetes.client.rest import ApiException
 
 from tritonresnet import names
-from tritonresnet.kube import Kube, now_rfc3339
-from tritonresnet.reconcile import Observed, plan
+from tritonresnet.kube import Kube, api_error_message, namespace_terminating, now_rfc3339
+from tritonresnet.reconcile import Observed, plan, with_apply_failures
 from tritonresnet.settings import Settings
 from tritonresnet.verify import EndpointCheck, check_endpoints
 
@@ -44,8 +47,12 @@ CHILD_RESOURCES: tuple[tuple[str, str, str, str], ...] = (
     ("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim"),
 )
 _MANAGED = {names.LABEL_MANAGED_BY: names.MANAGER}
-#: Reconcile workers; each pass is mostly waiting on the API server.
-WORKERS = 4
+#: Reconcile workers; each pass is mostly waiting on the API server, so
+#: more workers than cores shorten the queue when many resources change at once.
+WORKERS = 8
+
+# A pass whose child apply was refused is retried after this long.
+_APPLY_RETRY_SECONDS = 15.0
 
 # Seconds the workers wait after start-up before the first pass.
 CACHE_WARMUP_SECONDS = 2.0
@@ -70,7 +77,14 @@ class Runtime:
         # (namespace, owner name) -> {(kind, name): object}
         self.children: dict[Key, dict[tuple[str, str], dict[str, Any]]] = defaultdict(dict)
         self.checks: dict[Key, dict[tuple[str, int], tuple[EndpointCheck, float]]] = defaultdict(dict)
-        self.queue: asyncio.Queue[Key] = asyncio.Queue()
+        # (priority, arrival, key): a resource whose spec was never reconciled goes
+        # before the re-passes that the operator's own writes trigger.
+        self.queue: asyncio.PriorityQueue[tuple[int, int, Key]] = asyncio.PriorityQueue()
+        self.arrivals = itertools.count()
+        # Reconcile passes block on HTTP; they get their own threads, and events
+        # (best effort) are posted from another pool, off the reconcile path.
+        self.passes = ThreadPoolExecutor(WORKERS, thread_name_prefix="reconcile")
+        self.events = ThreadPoolExecutor(2, thread_name_prefix="events")
         self.pending: set[Key] = set()
         self.running: set[Key] = set()
         self.dirty: set[Key] = set()
@@ -109,7 +123,12 @@ class Runtime:
             self.dirty.add(key)
         elif key not in self.pending:
             self.pending.add(key)
-            self.queue.put_nowait(key)
+            self.queue.put_nowait((self._priority(key), next(self.arrivals), key))
+
+    def _priority(self, key: Key) -> int:
+        resource = self.resources.get(key) or {}
+        seen = (resource.get("status") or {}).get("observedGeneration")
+        return 0 if seen != (resource.get("metadata") or {}).get("generation") else 1
 
     def enqueue_later(self, key: Key, delay: float) -> None:
         asyncio.get_running_loop().call_later(delay, self.enqueue, key)
@@ -118,15 +137,21 @@ class Runtime:
         # Let the first listing of every watched kind fill the cache before the
         # first pass, so a restarted operator sees its Jobs before it plans.
         await asyncio.sleep(CACHE_WARMUP_SECONDS)
+        loop = asyncio.get_running_loop()
         while True:
-            key = await self.queue.get()
+            _, _, key = await self.queue.get()
             self.pending.discard(key)
             self.running.add(key)
             try:
-                retry = await asyncio.to_thread(self.reconcile, key)
-            except Exception:  # a failed pass is retried; the next one starts from the cluster again
-                log.exception("reconcile of %s/%s failed; retrying in 5 s", *key)
-                retry = 5.0
+                retry = await loop.run_in_executor(self.passes, self.reconcile, key)
+            except Exception as exc:  # a failed pass is retried; the next one starts from the cluster again
+                if namespace_terminating(exc):
+                    # Its children's deletions wake the resource until its own deletion arrives.
+                    log.info("namespace %s is being deleted; not reconciling %s", key[0], key[1])
+                    retry = None
+                else:
+                    log.exception("reconcile of %s/%s failed; retrying in 5 s", *key)
+                    retry = 5.0
             finally:
                 self.running.discard(key)
             if key in self.dirty:
@@ -180,16 +205,30 @@ class Runtime:
             known = {ch.endpoint: ch for ch in checks}
             result = plan(replace(self.observed(key, known)), self.settings)
 
+        refused = []
         for obj in result.apply:
-            applied = self.kube.apply(obj)
+            try:
+                applied = self.kube.apply(obj)
+            except ApiException as exc:
+                if namespace_terminating(exc):
+                    raise
+                # Keep going: one refused child must not hide the others or the status.
+                refused.append(f"{obj['kind']} {obj['metadata']['name']}: {api_error_message(exc)}")
+                continue
             self.children[key][(obj["kind"], obj["metadata"]["name"])] = dict(applied)
         for api_version, kind, name in result.delete:
             self.kube.delete(api_version, kind, key[0], name)
-        self._write_status(key, resource, result.status)
-        for type_, reason, message in result.events:
-            self.kube.post_event(resource, type_, reason, message)
+        status, events = result.status, result.events
+        if refused:
+            status, events = with_apply_failures(resource, result, refused, now_rfc3339())
+            log.warning("reconcile of %s/%s: %s", *key, status["message"])
+        self._write_status(key, resource, status)
+        for type_, reason, message in events:
+            self.events.submit(self.kube.post_event, resource, type_, reason, message)
 
-        ready = result.status.get("phase") == "Ready"
+        if refused:
+            return _APPLY_RETRY_SECONDS
+        ready = status.get("phase") == "Ready"
         failed_checks = any(not ch.ok for ch, _ in self.checks[key].values())
         return _FAILED_CHECK_TTL if (not ready and failed_checks) else None
 
@@ -235,6 +274,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     for task in memo.get("tasks", ()):
         task.cancel()
+    runtime = memo.get("runtime")
+    if runtime is not None:
+        runtime.passes.shutdown(wait=False, cancel_futures=True)
+        runtime.events.shutdown(wait=False, cancel_futures=True)
 
 
 @kopf.on.event(names.GROUP, names.VERSION, names.PLURAL)

@@ -69,6 +69,27 @@ def object_path(api_version: str, kind: str, namespace: str, name: str = "") -> 
     return f"{path}/{name}" if name else path
 
 
+def api_error_message(exc: ApiException) -> str:
+    """The API server's own words for a refused request (its Status ``message``), else the HTTP reason."""
+    try:
+        body = json.loads(exc.body or "{}")
+    except (TypeError, ValueError):
+        body = {}
+    message = body.get("message") if isinstance(body, dict) else None
+    return f"{exc.status}: {message or exc.reason}"
+
+
+def namespace_terminating(exc: BaseException) -> bool:
+    """The namespace is being deleted: nothing can be created in it any more, and retrying is noise."""
+    if not isinstance(exc, ApiException) or exc.status != 403:
+        return False
+    try:
+        causes = (json.loads(exc.body or "{}").get("details") or {}).get("causes") or ()
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return any(cause.get("reason") == "NamespaceTerminating" for cause in causes)
+
+
 def now_rfc3339() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -170,6 +191,8 @@ class Kube:
         try:
             self.core.create_namespaced_event(meta["namespace"], body)
         except ApiException as exc:  # an event is best effort; never fail a reconcile for it
+            if namespace_terminating(exc):
+                return  # nobody will read it; the namespace is going away
             log.warning(
                 "could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], exc.reason
             )

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tritonresnet_builder.contract import ContractError, Result, Tensor, parse_result
@@ -41,6 +41,9 @@ TRITON_HTTP_PORT = 8000
 MODEL_VERSION_ANNOTATION = "tritonresnet.io/model-version"
 VERSION_KEY_ANNOTATION = "tritonresnet.io/version-key"
 MODEL_IO_ANNOTATION = "tritonresnet.io/model-io"
+# The NGC release the served version was built for: its plans only load in
+# that release's Triton, so the image follows the version, not the spec.
+RELEASE_ANNOTATION = "tritonresnet.io/release"
 
 # Container waiting reasons that mean a pod will not start without a change.
 _STUCK_REASONS = frozenset(
@@ -64,6 +67,7 @@ _WARNING_REASONS = frozenset(
         "PublishFailed",
         "RolloutStuck",
         "VerificationFailed",
+        "ApplyFailed",
     }
 )
 
@@ -106,6 +110,7 @@ class Served:
     version_key: str
     inputs: tuple[Tensor, ...]
     outputs: tuple[Tensor, ...]
+    release: str = ""  #: empty: the current spec's release
 
 
 # -- reading what exists ------------------------------------------------------------------
@@ -130,6 +135,7 @@ def served_from_deployment(deployment: Mapping[str, Any] | None) -> Served | Non
             ann[VERSION_KEY_ANNOTATION],
             _tensors(io["inputs"]),
             _tensors(io["outputs"]),
+            str(ann.get(RELEASE_ANNOTATION) or ""),
         )
     except (KeyError, ValueError, TypeError):
         return None
@@ -291,7 +297,11 @@ def plan(observed: Observed, settings: Settings) -> Plan:
     deployment = observed.children.get(("Deployment", names.deployment_name(meta["name"])))
     served = served_from_deployment(deployment)
     engines = _engines(observed, spec, settings, served, progress)
-    deploy = engines.published or served  # the published version if there is one, else keep what serves
+    # The published version if there is one, else keep what serves, with the
+    # release it was built for (a new release's image waits for its engines).
+    deploy = engines.published or served
+    if deploy is not None and not deploy.release:
+        deploy = replace(deploy, release=render.release(spec, settings))
     rollout = _serving(observed, spec, settings, deploy, deployment, progress)
     verification = _verification(observed, spec, deploy, rollout)
     status = _status(resource, spec, engines, served, rollout, verification, observed.now)
@@ -303,6 +313,39 @@ def plan(observed: Observed, settings: Settings) -> Plan:
     ]
     events = _events(old_status.get("conditions"), status["conditions"])
     return Plan(apply, progress.delete, status, events, verification.request)
+
+
+def with_apply_failures(
+    resource: Mapping[str, Any], done: Plan, failures: Sequence[str], now: str
+) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
+    """The status and events to write when the API server refused some of ``done.apply``.
+
+    What was applied stays applied and the rest is retried; meanwhile the user
+    sees why in ``Ready``/``Stalled`` (reason ``ApplyFailed``) instead of a
+    status that silently stops moving.
+    """
+    old = resource.get("status") or {}
+    gen = int(resource["metadata"].get("generation") or 0)
+    message = "the API server refused " + "; ".join(failures)
+    conds = [
+        Condition(c.READY, "False", "ApplyFailed", message),
+        Condition(c.RECONCILING, "False", "ApplyFailed", ""),
+        Condition(c.STALLED, "True", "ApplyFailed", message),
+    ]
+    planned = done.status.get("conditions") or []
+    replaced = {cond.type for cond in conds}
+    kept = [
+        Condition(x["type"], x["status"], x["reason"], x["message"])
+        for x in planned
+        if x["type"] not in replaced
+    ]
+    status = dict(done.status)
+    status.update(
+        phase=c.DEGRADED if status.get("servingVersions") else c.FAILED,
+        message=message,
+        conditions=c.merge_conditions(planned, conds + kept, gen, now),
+    )
+    return status, _events(old.get("conditions"), status["conditions"])
 
 
 def _refused(resource: Mapping[str, Any], reason: str, message: str, now: str) -> Plan:
@@ -344,8 +387,8 @@ def _engines(
 
     published = _published(old_status, version_key, served)
     if published is not None:
-        kept = [dict(t) for t in old_status.get("targets") or ()]
-        return _Engines(version_key, len(targets), kept, published)
+        built = _published_targets(name, old_status, targets, engine_keys)
+        return _Engines(version_key, len(targets), built, published)
     target_status, failure, waiting, all_built = _builds(
         observed, spec, settings, targets, engine_keys, progress
     )
@@ -533,6 +576,35 @@ def _published(old_status: Mapping[str, Any], version_key: str, served: Served |
     return None
 
 
+def _target_entry(cr_name: str, target: Any, key: str) -> dict[str, Any]:
+    return {
+        "name": target.name,
+        "nodeSelector": dict(target.node_selector),
+        "engineKey": key,
+        "job": names.build_job_name(cr_name, key),
+    }
+
+
+def _published_targets(
+    cr_name: str, old_status: Mapping[str, Any], targets: Sequence[Any], engine_keys: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    """The targets of a published version: as recorded when they were built, else rebuilt from the keys.
+
+    Recorded entries of other keys (an abandoned spec's builds) are dropped, so
+    status.targets always describes the current spec.
+    """
+    recorded = {t.get("engineKey"): t for t in old_status.get("targets") or ()}
+    out = []
+    for target in targets:
+        key = engine_keys[target.name]
+        old = recorded.get(key)
+        if old and old.get("state") == "Built":
+            out.append(dict(old))
+        else:
+            out.append(_target_entry(cr_name, target, key) | {"state": "Built", "message": "published"})
+    return out
+
+
 def _builds(
     observed: Observed,
     spec: TritonResNetSpec,
@@ -545,21 +617,17 @@ def _builds(
     resource = observed.resource
     name = resource["metadata"]["name"]
     recorded = {t.get("engineKey"): t for t in (resource.get("status") or {}).get("targets") or ()}
-    out, failures, waiting, all_built = [], [], [], True
+    out: list[dict[str, Any]] = []
+    failures: list[str] = []
+    waiting: list[str] = []
     for target in targets:
         key = engine_keys[target.name]
         job_name = names.build_job_name(name, key)
-        entry: dict[str, Any] = {
-            "name": target.name,
-            "nodeSelector": dict(target.node_selector),
-            "engineKey": key,
-            "job": job_name,
-        }
+        entry = _target_entry(name, target, key)
         old = recorded.get(key)
         if old and old.get("state") == "Built":
             out.append(dict(old))
             continue
-        all_built = False
         job = observed.jobs.get(job_name)
         if job is None:
             progress.children.append(render.build_job(resource["metadata"], spec, target, key, settings))
@@ -578,7 +646,6 @@ def _builds(
                     sourceSha256=r.source_sha256,
                     message=f"built {r.artifact or r.format}",
                 )
-                all_built = all_built  # stays False for this pass only if another target is unfinished
             elif outcome.state == "Failed":
                 failures.append(f"target {target.name}: {outcome.message}")
             elif outcome.state == "Unschedulable":
@@ -621,12 +688,14 @@ def _deployment(
     resource: Mapping[str, Any], spec: TritonResNetSpec, settings: Settings, deploy: Served
 ) -> dict[str, Any]:
     """The Triton Deployment, annotated with what it serves so the cluster remembers it."""
-    obj = render.triton_deployment(resource["metadata"], spec, deploy.version, settings)
+    serving = replace(spec, serving=replace(spec.serving, release=deploy.release))
+    obj = render.triton_deployment(resource["metadata"], serving, deploy.version, settings)
     meta = dict(obj["metadata"])
     meta["annotations"] = {
         **(meta.get("annotations") or {}),
         MODEL_VERSION_ANNOTATION: str(deploy.version),
         VERSION_KEY_ANNOTATION: deploy.version_key,
+        RELEASE_ANNOTATION: deploy.release,
         MODEL_IO_ANNOTATION: json.dumps(
             {"inputs": _tensor_dicts(deploy.inputs), "outputs": _tensor_dicts(deploy.outputs)},
             sort_keys=True,

@@ -655,18 +655,14 @@ def test_release_that_never_runs_degrades_keeps_old_version_serving_and_recovers
 ) -> None:
     """spec.serving.release set to one no registry has (its Triton pods wait on an image no
     node runs): Degraded with the reason, version 1 keeps answering, and reverting the
-    release brings Ready back.
-
-    Two operator defects show up on the way and are reported as the expected failure
-    until fixed (every other assertion still holds): the Deployment switches to the new
-    image before the new release's engine is published, and the targets in status stay
-    those of the abandoned release after the revert.
+    release brings Ready back. The new release's image arrives only with the version built
+    for it (plans load only in their own release's Triton), and after the revert the
+    status describes the current engines, not the abandoned release's.
     """
     cp = operator.cp
     apply_sample(cp, namespace, s3, upload_model(s3, onnx_models, namespace))
     ready = wait_ready(operator, namespace)
     old_endpoint = ready["status"]["endpoints"][0]
-    defects = []
 
     with missing_release_policy(cp, namespace):
         patch_spec(cp, namespace, {"serving": {"release": MISSING_RELEASE}})
@@ -689,11 +685,9 @@ def test_release_that_never_runs_degrades_keeps_old_version_serving_and_recovers
         assert by_endpoint[old_endpoint]["metadata"]["labels"][names.LABEL_MODEL_VERSION] == "1"
         stuck = [p for p in triton if "release-not-in-registry" in p["spec"]["containers"][0]["image"]]
         assert stuck, "no pod of the new release"
-        if stuck[0]["metadata"]["labels"][names.LABEL_MODEL_VERSION] == "1":
-            defects.append(
-                "the Deployment took the new release's image at version 1, before the new "
-                "release's engine was published (reconcile.plan renders the served version with the new spec)"
-            )
+        assert stuck[0]["metadata"]["labels"][names.LABEL_MODEL_VERSION] == "2", (
+            "the new release's image must arrive with the version built for it"
+        )
 
         patch_spec(cp, namespace, {"serving": {"release": "25.01"}})
         recovered = wait_ready(operator, namespace)
@@ -702,13 +696,7 @@ def test_release_that_never_runs_degrades_keeps_old_version_serving_and_recovers
     assert_status_complete(recovered, check_targets=False)
     assert answers(recovered["status"]["endpoints"][0])
     first_targets = [(t["engineKey"], t["state"]) for t in ready["status"]["targets"]]
-    if [(t["engineKey"], t["state"]) for t in recovered["status"]["targets"]] != first_targets:
-        defects.append(
-            f"status.targets after the revert are {recovered['status']['targets']}, not the "
-            f"current engine {first_targets} (reconcile.plan copies the old status' targets)"
-        )
-    if defects:
-        pytest.xfail("; ".join(defects))
+    assert [(t["engineKey"], t["state"]) for t in recovered["status"]["targets"]] == first_targets
 
 
 # -- 6. two resources, one model name, one volume ----------------------------------------------

@@ -20,6 +20,7 @@ from tritonresnet.reconcile import (
     Observed,
     Plan,
     plan,
+    with_apply_failures,
 )
 from tritonresnet.settings import Settings
 from tritonresnet.verify import EndpointCheck
@@ -410,3 +411,80 @@ def test_scaled_to_zero_is_ready_without_endpoints(replicas: int) -> None:
     p = plan(world(cr2, objects2, []), SETTINGS)
     assert condition(p, c.READY)["status"] == "True"
     assert p.status["endpoints"] == []
+
+
+def _with_spec(cr: dict[str, Any], generation: int, **serving: Any) -> dict[str, Any]:
+    return {
+        **cr,
+        "spec": {**cr["spec"], "serving": {**cr["spec"]["serving"], **serving}},
+        "metadata": {**cr["metadata"], "generation": generation},
+    }
+
+
+def _triton_image(obj: dict[str, Any]) -> str:
+    return str(obj["spec"]["template"]["spec"]["containers"][0]["image"])
+
+
+def test_new_release_leaves_the_served_version_on_its_own_release_until_the_new_one_is_published() -> None:
+    """Plans load only in the Triton of the release they were built with: the image follows the version."""
+    cr, objects, pods, _ = lifecycle_to_ready()
+    served = next(o for o in objects if o["kind"] == "Deployment")
+    assert "25.01" in _triton_image(served)
+
+    upgraded = _with_spec(cr, 2, release="25.02")
+    p = plan(world(upgraded, objects, pods), SETTINGS)
+    assert not any(o["kind"] == "Deployment" for o in p.apply), "image switched before the new engines exist"
+    assert p.status["phase"] == c.BUILDING and p.status["modelVersion"] == 1
+
+    scaled = _with_spec(upgraded, 3, replicas=2)
+    p = plan(world(scaled, objects, pods), SETTINGS)
+    dep = next(o for o in p.apply if o["kind"] == "Deployment")
+    assert dep["spec"]["replicas"] == 2, "other serving changes still apply at once"
+    assert "25.01" in _triton_image(dep) and "25.02" not in _triton_image(dep)
+    assert dep["metadata"]["annotations"]["tritonresnet.io/release"] == "25.01"
+
+    # The new release's engine and version 2 are published: now the image moves, with the version.
+    scaled, objects = step(scaled, objects, p)
+    build = next(o for o in p.apply if o["kind"] == "Job")
+    build, build_pod = finished(build, build_result(build["metadata"]["labels"][names.LABEL_ENGINE_KEY]))
+    objects = [o for o in objects if o["metadata"]["name"] != build["metadata"]["name"]] + [build]
+    p = plan(world(scaled, objects, [*pods, build_pod]), SETTINGS)
+    scaled, objects = step(scaled, objects, p)
+    pub = next(o for o in p.apply if o["kind"] == "Job")
+    pub, pub_pod = finished(pub, publish_result(2, p.status["versionKey"]))
+    objects = [o for o in objects if o["metadata"]["name"] != pub["metadata"]["name"]] + [pub]
+    p = plan(world(scaled, objects, [*pods, build_pod, pub_pod]), SETTINGS)
+    dep = next(o for o in p.apply if o["kind"] == "Deployment")
+    assert "25.02" in _triton_image(dep)
+    assert dep["spec"]["template"]["metadata"]["labels"][names.LABEL_MODEL_VERSION] == "2"
+
+
+def test_reverted_spec_reports_the_targets_of_the_current_engines_not_the_abandoned_ones() -> None:
+    cr, objects, pods, ready = lifecycle_to_ready()
+    first = [(t["engineKey"], t["state"]) for t in ready.status["targets"]]
+    upgraded = _with_spec(cr, 2, release="25.02")
+    p = plan(world(upgraded, objects, pods), SETTINGS)
+    assert [t["engineKey"] for t in p.status["targets"]] != [k for k, _ in first]
+    upgraded, objects = step(upgraded, objects, p)
+
+    reverted = _with_spec(upgraded, 3, release="25.01")
+    p = plan(world(reverted, objects, pods), SETTINGS)
+    assert [(t["engineKey"], t["state"]) for t in p.status["targets"]] == first
+    assert p.status["published"]["version"] == 1
+
+
+def test_refused_child_apply_is_reported_with_the_api_servers_message_and_keeps_other_conditions() -> None:
+    cr = resource()
+    p = plan(world(cr), SETTINGS)
+    refused = ['Service resnet50: 500: failed to allocate a serviceIP for Service "resnet50": range is full']
+    status, events = with_apply_failures(cr, p, refused, NOW)
+    ready = c.find(status["conditions"], c.READY)
+    stalled = c.find(status["conditions"], c.STALLED)
+    assert ready is not None and stalled is not None
+    assert (ready["status"], ready["reason"]) == ("False", "ApplyFailed")
+    assert "range is full" in ready["message"] and "Service resnet50" in status["message"]
+    assert stalled["status"] == "True"
+    assert [x["type"] for x in status["conditions"]] == list(c.CONDITION_ORDER)
+    assert status["phase"] == c.FAILED
+    assert ("Warning", "ApplyFailed") in [(t, r) for t, r, _ in events]
+    assert status["versionKey"] == p.status["versionKey"], "the rest of the planned status is kept"
