@@ -10,14 +10,13 @@ token of the Deployment's ServiceAccount, never as admin. A sample then goes
 from apply to Ready, and the operator's log must hold no ``Forbidden``.
 
 Why the operator runs as a local process and not as the Deployment's pod:
-the test ground's node agent runs an operator image as ``python -m
-tritonresnet <command[1:]> <args>``, ignoring the image's entry point; the
-chart (like a real cluster) relies on ``ENTRYPOINT ["tritonresnet",
-"operator"]`` and sets only args, so under the agent the pod would run
-``tritonresnet --all-namespaces ...`` and exit with a usage error. The
-installs therefore keep the Deployment at zero replicas (``--set
-replicas=0`` for Helm, ``kubectl scale --replicas=0`` after ``apply -k``),
-so no second copy can ever start next to the one under test.
+the test reads every line of the operator's log and kills it between
+installs at known moments; a local process started from the installed
+Deployment's container (entry point, args, env, ServiceAccount token) is the
+same program with the same rights, and its log is the test's. The installs
+therefore keep the Deployment at zero replicas (``--set replicas=0`` for
+Helm, ``kubectl scale --replicas=0`` after ``apply -k``), so no second copy
+can ever start next to the one under test.
 
 One operator at a time: a standalone kopf operator per namespace is the
 design, and the session-wide ``operator`` fixture (admin, all namespaces)
@@ -70,8 +69,12 @@ INSTALL_COMMANDS: dict[str, str] = {
     "kustomize": "kubectl apply --server-side -k manifests/base",
     "wait": "kubectl -n {namespace} wait trn/{name} --for=condition=Ready --timeout=15m",
 }
-README_DEFAULTS = {"release": "tritonresnet-operator", "operator_namespace": "tritonresnet-system",
-                   "namespace": "vision", "name": "resnet50"}
+README_DEFAULTS = {
+    "release": "tritonresnet-operator",
+    "operator_namespace": "tritonresnet-system",
+    "namespace": "vision",
+    "name": "resnet50",
+}
 
 KUSTOMIZE_NAMESPACE = "tritonresnet-system"
 KUSTOMIZE_DEPLOYMENT = "tritonresnet-operator"
@@ -187,14 +190,18 @@ def serve_sample_as_installed_operator(
     kubeconfig = cp.service_account_kubeconfig(operator_namespace, account, path=workdir / "sa.kubeconfig")
     whoami = cp.kubectl("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}", kubeconfig=kubeconfig)
     assert whoami.stdout == f"system:serviceaccount:{operator_namespace}:{account}"
-    secrets = cp.kubectl("auth", "can-i", "get", "secrets", "-n", namespace,
-                         kubeconfig=kubeconfig, check=False)
+    secrets = cp.kubectl(
+        "auth", "can-i", "get", "secrets", "-n", namespace, kubeconfig=kubeconfig, check=False
+    )
     assert secrets.stdout.strip() == "no"  # not admin
 
     # A cluster-wide operator would also act on earlier tests' resources in namespaces still
     # being deleted, where the API server refuses every create (403, "being terminated").
-    wait_until(lambda: not cp.kubectl("get", "trn", "--all-namespaces", "-o", "name").stdout.strip(),
-               "earlier tests' TritonResNets to be gone", timeout=180)
+    wait_until(
+        lambda: not cp.kubectl("get", "trn", "--all-namespaces", "-o", "name").stdout.strip(),
+        "earlier tests' TritonResNets to be gone",
+        timeout=180,
+    )
     operator = DeploymentOperator(cp, workdir, kubeconfig, container)
     operator.start()
     try:
@@ -203,8 +210,9 @@ def serve_sample_as_installed_operator(
         uri = s3.upload(onnx_models.path("resnet18"), f"{namespace}/resnet18/model.onnx")
         apply_sample(cp, namespace, s3, uri, name=SAMPLE)
         trn = wait_for(cp, namespace, SAMPLE, is_ready(), "Ready", operator=operator)
-        run_documented(INSTALL_COMMANDS["wait"].format(namespace=namespace, name=SAMPLE),
-                       f"--kubeconfig={cp.kubeconfig}")
+        run_documented(
+            INSTALL_COMMANDS["wait"].format(namespace=namespace, name=SAMPLE), f"--kubeconfig={cp.kubeconfig}"
+        )
     finally:
         operator.kill(signal.SIGTERM)
     status = trn["status"]
@@ -221,9 +229,11 @@ def refusals(log: str) -> list[str]:
 
 
 #: What a namespaced install may still grant cluster-wide: kopf's read-only discovery.
-DISCOVERY_GRANTS = {(group, resource, verb) for group, resource in
-                    (("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces"))
-                    for verb in ("list", "watch")}
+DISCOVERY_GRANTS = {
+    (group, resource, verb)
+    for group, resource in (("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces"))
+    for verb in ("list", "watch")
+}
 
 
 def cluster_grants(cp: ControlPlane, release: str) -> set[tuple[str, str, str]]:
@@ -254,8 +264,9 @@ def test_helm_chart_operator_as_its_service_account_takes_a_sample_to_ready(
     cp = sole_operator
     unique = uuid.uuid4().hex[:6]
     release, operator_namespace = f"trn-{unique}", f"trn-op-{unique}"
-    command = INSTALL_COMMANDS[scope].format(release=release, operator_namespace=operator_namespace,
-                                             namespace=namespace)
+    command = INSTALL_COMMANDS[scope].format(
+        release=release, operator_namespace=operator_namespace, namespace=namespace
+    )
     notes = run_documented(command, f"--kubeconfig={cp.kubeconfig}", "--set", "replicas=0")
     try:
         assert "kubectl -n vision get trn" in notes  # NOTES.txt says what to apply next
@@ -285,17 +296,27 @@ def kustomize_base(sole_operator: ControlPlane) -> Iterator[ControlPlane]:
     run_documented(INSTALL_COMMANDS["kustomize"], f"--kubeconfig={cp.kubeconfig}")
     try:
         cp.kubectl("scale", f"deployment/{KUSTOMIZE_DEPLOYMENT}", "-n", KUSTOMIZE_NAMESPACE, "--replicas=0")
-        selector = ",".join(f"{k}={v}" for k, v in installed_deployment(cp, KUSTOMIZE_NAMESPACE)["spec"]
-                            ["selector"]["matchLabels"].items())
+        selector = ",".join(
+            f"{k}={v}"
+            for k, v in installed_deployment(cp, KUSTOMIZE_NAMESPACE)["spec"]["selector"][
+                "matchLabels"
+            ].items()
+        )
         wait_until(
-            lambda: not cp.kubectl("get", "pods", "-n", KUSTOMIZE_NAMESPACE, "-l", selector, "-o", "name")
-            .stdout.strip(),
+            lambda: (
+                not cp.kubectl(
+                    "get", "pods", "-n", KUSTOMIZE_NAMESPACE, "-l", selector, "-o", "name"
+                ).stdout.strip()
+            ),
             "the operator pod to go away",
         )
         yield cp
     finally:
-        rest = [obj for obj in render_kustomize(MANIFESTS_DIR / "base")
-                if obj["kind"] != "CustomResourceDefinition"]
+        rest = [
+            obj
+            for obj in render_kustomize(MANIFESTS_DIR / "base")
+            if obj["kind"] != "CustomResourceDefinition"
+        ]
         cp.kubectl("delete", "--ignore-not-found", "-f", "-", input=to_yaml(rest), check=False)
         cp.delete_namespace(KUSTOMIZE_NAMESPACE, wait=True)
 

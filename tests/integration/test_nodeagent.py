@@ -477,6 +477,8 @@ def test_operator_image_runs_with_its_service_account_not_admin(
             {
                 "name": "operator",
                 "image": "registry.example/tritonresnet-operator:0.1.0",
+                # command replaces the image's ENTRYPOINT (tritonresnet operator).
+                "command": ["tritonresnet"],
                 "args": ["status", "anything", f"--namespace={namespace}"],
                 "terminationMessagePolicy": "FallbackToLogsOnError",
             }

@@ -7,7 +7,8 @@ keeps them Ready and runs the pods bound to them as local processes:
 
 * ``.../tritonresnet-builder:*``  -> ``python -m tritonresnet_builder <args>`` from this checkout
 * ``.../tritonserver:*``          -> the real ``tritonserver`` from nvidia-pytriton, bound to the pod's IP
-* ``.../tritonresnet-operator:*`` -> ``python -m tritonresnet <args>`` with the pod's ServiceAccount token
+* ``.../tritonresnet-operator:*`` -> ``python -m tritonresnet operator <args>`` (the image's entry point;
+  a ``command`` replaces it) with the pod's ServiceAccount token
 * anything else stays Pending, waiting with reason ``ImageNotKnownToTestGround``.
 
 Volumes become local folders and every argument or env value under a

@@ -57,6 +57,23 @@ def image_kind(image: str) -> str | None:
     }.get(last)
 
 
+#: What each image's ENTRYPOINT puts after the program name (operator/Dockerfile:
+#: ``ENTRYPOINT ["tritonresnet", "operator"]``; builder_image/Dockerfile:
+#: ``ENTRYPOINT ["tritonresnet-builder"]``). Triton pods always set ``command``.
+IMAGE_ENTRYPOINT_ARGS: dict[str, tuple[str, ...]] = {"operator": ("operator",), "builder": (), "triton": ()}
+
+
+def program_args(kind: str, command: Sequence[str], args: Sequence[str]) -> list[str]:
+    """The arguments the image's program gets, as a container runtime would pass them.
+
+    As in Kubernetes, ``command`` replaces the image's ENTRYPOINT (its first
+    word names the program, the rest are leading arguments) and ``args``
+    follow; with no ``command`` the ENTRYPOINT's own arguments come first.
+    """
+    lead = list(command[1:]) if command else list(IMAGE_ENTRYPOINT_ARGS[kind])
+    return lead + list(args)
+
+
 def unknown_image_message(image: str) -> str:
     return (
         f"image {image!r} is not known to the test ground: it runs only images whose repository ends in "

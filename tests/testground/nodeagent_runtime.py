@@ -49,6 +49,7 @@ from testground.nodeagent_pods import (
     image_kind,
     image_repository,
     pod_phase,
+    program_args,
     python_command,
     state_dict,
     terminated_reason,
@@ -521,9 +522,8 @@ class PodWorker(threading.Thread):
         kind = image_kind(image)
         if kind is None:
             return None
-        # An explicit command naming the entry point may carry leading arguments.
         command = [expand(part, env) for part in run.spec.get("command") or []]
-        args = command[1:] + [expand(arg, env) for arg in run.spec.get("args") or []]
+        args = program_args(kind, command, [expand(arg, env) for arg in run.spec.get("args") or []])
         if kind == "builder":
             return python_command("tritonresnet_builder", args)
         if kind == "operator":

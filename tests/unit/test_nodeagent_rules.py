@@ -30,6 +30,7 @@ from testground.nodeagent_pods import (
     image_kind,
     image_repository,
     pod_phase,
+    program_args,
     python_command,
     resource_field_value,
     state_dict,
@@ -90,8 +91,27 @@ def test_image_kind_is_none_for_images_the_test_ground_cannot_run(image: str) ->
 
 def test_python_command_runs_the_module_with_this_interpreter() -> None:
     assert python_command("tritonresnet", ["operator", "--standalone"]) == [
-        sys.executable, "-m", "tritonresnet", "operator", "--standalone",
+        sys.executable,
+        "-m",
+        "tritonresnet",
+        "operator",
+        "--standalone",
     ]
+
+
+def test_operator_image_without_command_runs_its_entrypoint_then_the_pods_args() -> None:
+    """The chart sets only args and relies on ENTRYPOINT ["tritonresnet", "operator"]."""
+    assert program_args("operator", [], ["--all-namespaces", "--standalone"]) == [
+        "operator",
+        "--all-namespaces",
+        "--standalone",
+    ]
+
+
+def test_command_replaces_the_entrypoint_and_its_first_word_names_the_program() -> None:
+    assert program_args("operator", ["tritonresnet", "status"], ["r1"]) == ["status", "r1"]
+    assert program_args("builder", [], ["build", "--x"]) == ["build", "--x"]
+    assert program_args("triton", ["tritonserver"], ["--model-repository=/m"]) == ["--model-repository=/m"]
 
 
 def test_with_bind_addresses_adds_the_pod_ip_only_where_no_address_was_given() -> None:
@@ -131,8 +151,13 @@ def test_expand_does_not_expand_a_value_twice() -> None:
 # -- container environment -------------------------------------------------------------
 
 POD: dict[str, Any] = {
-    "metadata": {"name": "p", "namespace": "ns", "uid": "u-1", "labels": {"app": "triton"},
-                 "annotations": {"note": "hi"}},
+    "metadata": {
+        "name": "p",
+        "namespace": "ns",
+        "uid": "u-1",
+        "labels": {"app": "triton"},
+        "annotations": {"note": "hi"},
+    },
     "spec": {"nodeName": "gpu-a10g-0", "serviceAccountName": "sa"},
     "status": {"podIP": "127.0.1.2", "hostIP": "127.0.0.1"},
 }
@@ -158,47 +183,69 @@ def env_of(container: Mapping[str, Any]) -> dict[str, str]:
 
 
 def test_container_env_takes_env_from_first_and_env_overrides_it() -> None:
-    env = env_of({
-        "envFrom": [{"configMapRef": {"name": "opts"}}, {"secretRef": {"name": "creds"}, "prefix": "S3_"}],
-        "env": [{"name": "MODE", "value": "explicit"}],
-    })
-    assert env == {"LEVEL": "debug", "MODE": "explicit", "S3_AWS_ACCESS_KEY_ID": "id",
-                   "S3_AWS_SECRET_ACCESS_KEY": "secret"}
+    env = env_of(
+        {
+            "envFrom": [
+                {"configMapRef": {"name": "opts"}},
+                {"secretRef": {"name": "creds"}, "prefix": "S3_"},
+            ],
+            "env": [{"name": "MODE", "value": "explicit"}],
+        }
+    )
+    assert env == {
+        "LEVEL": "debug",
+        "MODE": "explicit",
+        "S3_AWS_ACCESS_KEY_ID": "id",
+        "S3_AWS_SECRET_ACCESS_KEY": "secret",
+    }
 
 
 def test_container_env_expands_only_variables_defined_before() -> None:
-    env = env_of({"env": [
-        {"name": "EARLY", "value": "$(LATE)-$(LEVEL)"},
-        {"name": "LATE", "value": "x"},
-        {"name": "BOTH", "value": "$(LATE)$(LATE)"},
-    ], "envFrom": [{"configMapRef": {"name": "opts"}}]})
+    env = env_of(
+        {
+            "env": [
+                {"name": "EARLY", "value": "$(LATE)-$(LEVEL)"},
+                {"name": "LATE", "value": "x"},
+                {"name": "BOTH", "value": "$(LATE)$(LATE)"},
+            ],
+            "envFrom": [{"configMapRef": {"name": "opts"}}],
+        }
+    )
     assert env["EARLY"] == "$(LATE)-debug"
     assert env["BOTH"] == "xx"
 
 
 def test_container_env_reads_secret_config_map_field_and_resource_references() -> None:
-    env = env_of({
-        "resources": {"limits": {"nvidia.com/gpu": "1", "memory": "2Gi"}},
-        "env": [
-            {"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "AWS_ACCESS_KEY_ID"}}},
-            {"name": "LEVEL", "valueFrom": {"configMapKeyRef": {"name": "opts", "key": "LEVEL"}}},
-            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-            {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
-            {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory"}}},
-        ],
-    })
+    env = env_of(
+        {
+            "resources": {"limits": {"nvidia.com/gpu": "1", "memory": "2Gi"}},
+            "env": [
+                {"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "AWS_ACCESS_KEY_ID"}}},
+                {"name": "LEVEL", "valueFrom": {"configMapKeyRef": {"name": "opts", "key": "LEVEL"}}},
+                {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+                {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory"}}},
+            ],
+        }
+    )
     assert env == {"KEY": "id", "LEVEL": "debug", "POD_IP": "127.0.1.2", "APP": "triton", "MEM": "2Gi"}
 
 
 @pytest.mark.parametrize(
     ("container", "message"),
     [
-        ({"env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k"}}}]},
-         'secret "nope" key "k" not found'),
-        ({"env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "k"}}}]},
-         'secret "creds" key "k" not found'),
-        ({"env": [{"name": "K", "valueFrom": {"configMapKeyRef": {"name": "opts", "key": "k"}}}]},
-         'configmap "opts" key "k" not found'),
+        (
+            {"env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k"}}}]},
+            'secret "nope" key "k" not found',
+        ),
+        (
+            {"env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "k"}}}]},
+            'secret "creds" key "k" not found',
+        ),
+        (
+            {"env": [{"name": "K", "valueFrom": {"configMapKeyRef": {"name": "opts", "key": "k"}}}]},
+            'configmap "opts" key "k" not found',
+        ),
         ({"envFrom": [{"secretRef": {"name": "nope"}}]}, 'secret "nope" not found'),
         ({"envFrom": [{"configMapRef": {"name": "nope"}}]}, 'configMap "nope" not found'),
     ],
@@ -210,14 +257,19 @@ def test_container_env_refuses_a_missing_required_reference(container: dict[str,
 
 
 def test_container_env_skips_missing_optional_references() -> None:
-    env = env_of({
-        "envFrom": [{"secretRef": {"name": "nope", "optional": True}}],
-        "env": [
-            {"name": "A", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k", "optional": True}}},
-            {"name": "B", "valueFrom": {"configMapKeyRef": {"name": "opts", "key": "k", "optional": True}}},
-            {"name": "C", "value": "kept"},
-        ],
-    })
+    env = env_of(
+        {
+            "envFrom": [{"secretRef": {"name": "nope", "optional": True}}],
+            "env": [
+                {"name": "A", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k", "optional": True}}},
+                {
+                    "name": "B",
+                    "valueFrom": {"configMapKeyRef": {"name": "opts", "key": "k", "optional": True}},
+                },
+                {"name": "C", "value": "kept"},
+            ],
+        }
+    )
     assert env == {"C": "kept"}
 
 
@@ -327,8 +379,10 @@ def test_termination_message_fallback_keeps_at_most_the_last_2_kib(tmp_path: Pat
     assert out.endswith("y" * 100 + "49")
 
 
-@pytest.mark.parametrize(("exit_code", "oom", "reason"), [(0, False, "Completed"), (1, False, "Error"),
-                                                           (137, True, "OOMKilled"), (0, True, "OOMKilled")])
+@pytest.mark.parametrize(
+    ("exit_code", "oom", "reason"),
+    [(0, False, "Completed"), (1, False, "Error"), (137, True, "OOMKilled"), (0, True, "OOMKilled")],
+)
 def test_terminated_reason(exit_code: int, oom: bool, reason: str) -> None:
     assert terminated_reason(exit_code, oom) == reason
 
@@ -336,14 +390,24 @@ def test_terminated_reason(exit_code: int, oom: bool, reason: str) -> None:
 def test_condition_carries_a_reason_only_when_false() -> None:
     since = "2026-01-01T00:00:00Z"
     assert condition("Ready", True, since, "ContainersNotReady") == {
-        "type": "Ready", "status": "True", "lastTransitionTime": since}
+        "type": "Ready",
+        "status": "True",
+        "lastTransitionTime": since,
+    }
     assert condition("Ready", False, since, "ContainersNotReady") == {
-        "type": "Ready", "status": "False", "lastTransitionTime": since, "reason": "ContainersNotReady"}
+        "type": "Ready",
+        "status": "False",
+        "lastTransitionTime": since,
+        "reason": "ContainersNotReady",
+    }
 
 
 def test_state_dict_nulls_the_other_states_so_a_merge_patch_removes_them() -> None:
     assert state_dict({"running": {"startedAt": "t"}}) == {
-        "waiting": None, "running": {"startedAt": "t"}, "terminated": None}
+        "waiting": None,
+        "running": {"startedAt": "t"},
+        "terminated": None,
+    }
     assert state_dict(None) == {"waiting": None, "running": None, "terminated": None}
 
 
@@ -363,6 +427,7 @@ def test_state_dict_nulls_the_other_states_so_a_merge_patch_removes_them() -> No
         ("Never", ["waiting", "terminated"], [None, 0], "Pending"),
     ],
 )
-def test_pod_phase_follows_the_restart_policy(policy: str, states: list[str], codes: list[int | None],
-                                              phase: str) -> None:
+def test_pod_phase_follows_the_restart_policy(
+    policy: str, states: list[str], codes: list[int | None], phase: str
+) -> None:
     assert pod_phase(policy, states, codes) == phase
