@@ -298,14 +298,22 @@ def argument_parser() -> argparse.ArgumentParser:
 
     operator = sub.add_parser("operator", help="run the operator")
     scope = operator.add_mutually_exclusive_group()
-    scope.add_argument("-n", "--namespace", action="append", dest="namespaces", metavar="NS",
-                       help="watch this namespace (repeatable; default: all namespaces)")
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        dest="namespaces",
+        metavar="NS",
+        help="watch this namespace (repeatable; default: all namespaces)",
+    )
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch the whole cluster")
     peering = operator.add_mutually_exclusive_group()
     peering.add_argument("--standalone", action="store_true", help="no peering (the default)")
     peering.add_argument("--peering", metavar="NAME", help="coordinate replicas through this peering object")
     operator.add_argument("--log-format", choices=("plain", "json"), default="plain")
-    operator.add_argument("--liveness", metavar="URL", help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz")
+    operator.add_argument(
+        "--liveness", metavar="URL", help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz"
+    )
     operator.add_argument("--verbose", action="store_true")
     operator.set_defaults(handler=_operator)
 

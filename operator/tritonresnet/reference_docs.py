@@ -80,9 +80,14 @@ def constraints_of(schema: Schema) -> tuple[str, ...]:
     for key, word in (("minimum", "≥"), ("maximum", "≤")):
         if key in schema:
             found.append(f"{word} {schema[key]}")
-    for key, word in (("minLength", "length ≥"), ("maxLength", "length ≤"),
-                      ("minItems", "items ≥"), ("maxItems", "items ≤"),
-                      ("minProperties", "entries ≥"), ("maxProperties", "entries ≤")):
+    for key, word in (
+        ("minLength", "length ≥"),
+        ("maxLength", "length ≤"),
+        ("minItems", "items ≥"),
+        ("maxItems", "items ≤"),
+        ("minProperties", "entries ≥"),
+        ("maxProperties", "entries ≤"),
+    ):
         if key in schema:
             found.append(f"{word} {schema[key]}")
     if "pattern" in schema:
@@ -138,12 +143,14 @@ def _cell(text: str) -> str:
 
 
 def _row(field: FieldDoc, section: str) -> str:
-    name = field.path[len(section) + 1:] if field.path != section else field.path
+    name = field.path[len(section) + 1 :] if field.path != section else field.path
     flags = " **required**" if field.required else ""
     default = f"`{field.default}`" if field.default else ""
     constraints = "; ".join(field.constraints)
-    return (f"| `{_cell(name)}`{flags} | {_cell(field.type)} | {_cell(default)} "
-            f"| {_cell(constraints)} | {_cell(field.description)} |")
+    return (
+        f"| `{_cell(name)}`{flags} | {_cell(field.type)} | {_cell(default)} "
+        f"| {_cell(constraints)} | {_cell(field.description)} |"
+    )
 
 
 def render_markdown(crd: Mapping[str, Any]) -> str:
@@ -196,10 +203,14 @@ def replace_block(document: str, rendered: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tritonresnet.reference_docs", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--crd", type=Path, default=DEFAULT_CRD,
-                        help="the CRD YAML (default: crds/ of this checkout)")
+    parser = argparse.ArgumentParser(
+        prog="python -m tritonresnet.reference_docs",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--crd", type=Path, default=DEFAULT_CRD, help="the CRD YAML (default: crds/ of this checkout)"
+    )
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--write", type=Path, metavar="FILE", help="replace the marked block in FILE")
     action.add_argument("--check", type=Path, metavar="FILE", help="exit 1 if FILE's block is out of date")
@@ -211,8 +222,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check:
         current = args.check.read_text()
         if replace_block(current, rendered) != current:
-            print(f"{args.check}: the configuration reference is out of date; run "
-                  f"python -m tritonresnet.reference_docs --write {args.check}", file=sys.stderr)
+            print(
+                f"{args.check}: the configuration reference is out of date; run "
+                f"python -m tritonresnet.reference_docs --write {args.check}",
+                file=sys.stderr,
+            )
             return 1
         return 0
     sys.stdout.write(rendered)

@@ -85,8 +85,14 @@ def _model(status: Mapping[str, Any]) -> list[str]:
         lines.append(_field("Published", f"version {published['version']} (not serving yet)"))
     if status.get("servingVersion"):
         lines.append(_field("Triton", f"release {status['servingVersion']}"))
-    keys = [(label, status.get(field)) for label, field in
-            (("engine", "engineKey"), ("version", "versionKey"), ("serving", "servingVersionKey"))]
+    keys = [
+        (label, status.get(field))
+        for label, field in (
+            ("engine", "engineKey"),
+            ("version", "versionKey"),
+            ("serving", "servingVersionKey"),
+        )
+    ]
     shown = ", ".join(f"{label} {value}" for label, value in keys if value)
     if shown:
         lines.append(_field("Keys", shown))

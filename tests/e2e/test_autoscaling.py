@@ -113,9 +113,12 @@ def test_hpa_targets_the_resource_and_kubectl_scale_reaches_the_deployment(
     assert trn["spec"]["serving"]["replicas"] == 2
     # ... and the operator carries it to the Deployment and reports both pods ready.
     trn = wait_for(
-        cp, namespace, NAME,
+        cp,
+        namespace,
+        NAME,
         lambda t: is_ready()(t) and (t.get("status") or {}).get("readyReplicas") == 2,
-        "Ready with 2 ready replicas", operator=operator,
+        "Ready with 2 ready replicas",
+        operator=operator,
     )
     deployment = get_or_none(cp, namespace, "deployment", names.deployment_name(NAME))
     assert deployment is not None
@@ -130,8 +133,16 @@ def test_hpa_targets_the_resource_and_kubectl_scale_reaches_the_deployment(
     assert scale["status"]["selector"] == trn["status"]["selector"]
 
     # Removing autoscaling from the spec removes the HPA; the replica count stays.
-    cp.kubectl("patch", "trn", NAME, "-n", namespace, "--type=json",
-               "-p", json.dumps([{"op": "remove", "path": "/spec/serving/autoscaling"}]))
+    cp.kubectl(
+        "patch",
+        "trn",
+        NAME,
+        "-n",
+        namespace,
+        "--type=json",
+        "-p",
+        json.dumps([{"op": "remove", "path": "/spec/serving/autoscaling"}]),
+    )
     eventually(
         lambda: True if get_or_none(cp, namespace, "hpa", hpa_name) is None else None,
         "the HPA to be deleted",

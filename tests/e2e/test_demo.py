@@ -22,7 +22,11 @@ def test_demo_runs_from_nothing_to_a_labelled_top_five(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(TESTS)}
     proc = subprocess.run(
         [sys.executable, "-m", "testground.demo", "--workdir", str(tmp_path / "demo")],
-        cwd=TESTS, env=env, capture_output=True, text=True, timeout=900,
+        cwd=TESTS,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     out = proc.stdout
     assert proc.returncode == 0, f"demo failed ({proc.returncode}):\n{out[-3000:]}\n{proc.stderr[-3000:]}"

@@ -244,9 +244,7 @@ def fresh_clone(folder: Path) -> Path:
 
 
 @pytest.fixture
-def newcomer(
-    sole_operator: ControlPlane, s3: S3Server, onnx_models: OnnxModels, tmp_path: Path
-) -> Newcomer:
+def newcomer(sole_operator: ControlPlane, s3: S3Server, onnx_models: OnnxModels, tmp_path: Path) -> Newcomer:
     cp = sole_operator
     model = onnx_models.path("resnet18")
     workdir = fresh_clone(tmp_path / "tritonresnet")
@@ -295,7 +293,11 @@ def clean_up(cp: ControlPlane, env: dict[str, str]) -> None:
     helm = cp.bin_dir / "helm"
     subprocess.run(
         [str(helm), "uninstall", HELM_RELEASE, "-n", "tritonresnet-system", "--ignore-not-found", "--wait"],
-        env=env, capture_output=True, text=True, timeout=120, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     for namespace in README_NAMESPACES:
         cp.kubectl("delete", "namespace", namespace, "--ignore-not-found", "--timeout=120s", check=False)

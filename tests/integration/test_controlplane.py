@@ -69,9 +69,7 @@ def _range_crd() -> dict[str, Any]:
                     "name": "v1",
                     "served": True,
                     "storage": True,
-                    "schema": {
-                        "openAPIV3Schema": {"type": "object", "properties": {"spec": spec_schema}}
-                    },
+                    "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": spec_schema}}},
                 }
             ],
         },
@@ -153,7 +151,9 @@ def test_rbac_denies_a_service_account_until_a_role_binding_allows_it(
                 {
                     "metadata": {"name": "reader-reads-pods"},
                     "roleRef": {
-                        "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-reader"
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "Role",
+                        "name": "pod-reader",
                     },
                     "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": own_namespace}],
                 },
@@ -238,8 +238,11 @@ def test_controllers_and_scheduler_act_without_any_node(
             conditions = pod.status.conditions or []
             return any(c.type == "PodScheduled" and c.reason == "Unschedulable" for c in conditions)
 
-        wait_for(lambda: len(pods()) == 2 and all(unschedulable(p) for p in pods()), 60,
-                 "two pods the scheduler cannot place")
+        wait_for(
+            lambda: len(pods()) == 2 and all(unschedulable(p) for p in pods()),
+            60,
+            "two pods the scheduler cannot place",
+        )
         replica_sets = apps.list_namespaced_replica_set(own_namespace).items
         assert [rs.metadata.owner_references[0].name for rs in replica_sets] == ["web"]
         wait_for(

@@ -99,54 +99,102 @@ BAD_SPECS: list[tuple[str, Callable[[Spec], None], tuple[str, ...]]] = [
     ("secret-name-invalid", _set("source.credentialsSecret", "S3_Creds"), ("spec.source.credentialsSecret",)),
     ("format-not-in-enum", _set("model.format", "pytorch"), ("spec.model.format", "Unsupported value")),
     ("model-name-with-slash", _set("model.name", "vision/resnet50"), ("spec.model.name",)),
-    ("precision-not-in-enum", _set("engine.precision", "fp64"),
-     ("spec.engine.precision", "Unsupported value")),
+    (
+        "precision-not-in-enum",
+        _set("engine.precision", "fp64"),
+        ("spec.engine.precision", "Unsupported value"),
+    ),
     ("precision-int8-refused", _set("engine.precision", "int8"), ("spec.engine.precision", "calibration")),
     ("max-batch-zero", _set("engine.maxBatchSize", 0), ("spec.engine.maxBatchSize",)),
     ("max-batch-1000", _set("engine.maxBatchSize", 1000), ("spec.engine.maxBatchSize",)),
     ("max-batch-not-integer", _set("engine.maxBatchSize", "eight"), ("spec.engine.maxBatchSize",)),
-    ("opt-batch-over-max", _all(_set("engine.maxBatchSize", 4), _set("engine.optBatchSize", 8)),
-     ("spec.engine.optBatchSize", "optBatchSize must be at most maxBatchSize")),
+    (
+        "opt-batch-over-max",
+        _all(_set("engine.maxBatchSize", 4), _set("engine.optBatchSize", 8)),
+        ("spec.engine.optBatchSize", "optBatchSize must be at most maxBatchSize"),
+    ),
     ("workspace-too-small", _set("engine.workspaceMiB", 16), ("spec.engine.workspaceMiB",)),
-    ("targets-with-onnx", _all(_set("model.format", "onnx"),
-                               _set("engine.targets", [{"nodeSelector": {"gpu": "a10g"}}])),
-     ("spec.engine.targets", "only applies to format tensorrt")),
-    ("target-names-duplicate", _set("engine.targets", [{"name": "a", "nodeSelector": {"gpu": "a10g"}},
-                                                       {"name": "a", "nodeSelector": {"gpu": "t4"}}]),
-     ("spec.engine.targets", "target names must be unique")),
-    ("toleration-bad-effect", _set("serving.tolerations", [{"key": "gpu", "effect": "Sometimes"}]),
-     ("spec.serving.tolerations[0].effect", "Unsupported value")),
+    (
+        "targets-with-onnx",
+        _all(_set("model.format", "onnx"), _set("engine.targets", [{"nodeSelector": {"gpu": "a10g"}}])),
+        ("spec.engine.targets", "only applies to format tensorrt"),
+    ),
+    (
+        "target-names-duplicate",
+        _set(
+            "engine.targets",
+            [{"name": "a", "nodeSelector": {"gpu": "a10g"}}, {"name": "a", "nodeSelector": {"gpu": "t4"}}],
+        ),
+        ("spec.engine.targets", "target names must be unique"),
+    ),
+    (
+        "toleration-bad-effect",
+        _set("serving.tolerations", [{"key": "gpu", "effect": "Sometimes"}]),
+        ("spec.serving.tolerations[0].effect", "Unsupported value"),
+    ),
     ("replicas-negative", _set("serving.replicas", -1), ("spec.serving.replicas",)),
     ("release-bad-pattern", _set("serving.release", "25.1"), ("spec.serving.release",)),
-    ("resource-not-a-quantity", _set("serving.resources", {"limits": {"memory": "lots"}}),
-     ("spec.serving.resources.limits.memory",)),
-    ("preferred-batch-over-max", _all(_set("engine.maxBatchSize", 8),
-                                      _set("serving.dynamicBatching", {"preferredBatchSizes": [4, 16]})),
-     ("spec.serving.dynamicBatching.preferredBatchSizes", "at most engine.maxBatchSize")),
-    ("autoscaling-min-over-max", _set("serving.autoscaling", {"minReplicas": 5, "maxReplicas": 2,
-                                                             "metric": {"type": "queueTime"}}),
-     ("spec.serving.autoscaling.minReplicas", "must be at most maxReplicas")),
-    ("autoscaling-missing-max", _set("serving.autoscaling", {"minReplicas": 2}),
-     ("spec.serving.autoscaling.maxReplicas", "Required value")),
-    ("autoscaling-cpu-without-request", _set("serving.autoscaling", {"maxReplicas": 4}),
-     ("spec.serving.resources", "needs resources.requests.cpu")),
-    ("autoscaling-metric-mismatch", _set("serving.autoscaling", {"maxReplicas": 4, "metric": {
-        "type": "queueTime", "targetAverageUtilization": 50}}),
-     ("spec.serving.autoscaling.metric", "targetQueueTimeMicroseconds for type queueTime")),
-    ("repository-claim-and-create", _set("repository.create", {"size": "10Gi"}),
-     ("spec.repository", "set exactly one of claimName")),
-    ("repository-neither", _set("repository", {"subPath": "x"}),
-     ("spec.repository", "set exactly one of claimName")),
+    (
+        "resource-not-a-quantity",
+        _set("serving.resources", {"limits": {"memory": "lots"}}),
+        ("spec.serving.resources.limits.memory",),
+    ),
+    (
+        "preferred-batch-over-max",
+        _all(
+            _set("engine.maxBatchSize", 8), _set("serving.dynamicBatching", {"preferredBatchSizes": [4, 16]})
+        ),
+        ("spec.serving.dynamicBatching.preferredBatchSizes", "at most engine.maxBatchSize"),
+    ),
+    (
+        "autoscaling-min-over-max",
+        _set("serving.autoscaling", {"minReplicas": 5, "maxReplicas": 2, "metric": {"type": "queueTime"}}),
+        ("spec.serving.autoscaling.minReplicas", "must be at most maxReplicas"),
+    ),
+    (
+        "autoscaling-missing-max",
+        _set("serving.autoscaling", {"minReplicas": 2}),
+        ("spec.serving.autoscaling.maxReplicas", "Required value"),
+    ),
+    (
+        "autoscaling-cpu-without-request",
+        _set("serving.autoscaling", {"maxReplicas": 4}),
+        ("spec.serving.resources", "needs resources.requests.cpu"),
+    ),
+    (
+        "autoscaling-metric-mismatch",
+        _set(
+            "serving.autoscaling",
+            {"maxReplicas": 4, "metric": {"type": "queueTime", "targetAverageUtilization": 50}},
+        ),
+        ("spec.serving.autoscaling.metric", "targetQueueTimeMicroseconds for type queueTime"),
+    ),
+    (
+        "repository-claim-and-create",
+        _set("repository.create", {"size": "10Gi"}),
+        ("spec.repository", "set exactly one of claimName"),
+    ),
+    (
+        "repository-neither",
+        _set("repository", {"subPath": "x"}),
+        ("spec.repository", "set exactly one of claimName"),
+    ),
     ("repository-subpath-traversal", _set("repository.subPath", "../other"), ("spec.repository.subPath",)),
-    ("repository-access-mode", _set("repository", {"create": {"accessModes": ["ReadWriteSometimes"]}}),
-     ("spec.repository.create.accessModes[0]", "Unsupported value")),
+    (
+        "repository-access-mode",
+        _set("repository", {"create": {"accessModes": ["ReadWriteSometimes"]}}),
+        ("spec.repository.create.accessModes[0]", "Unsupported value"),
+    ),
     ("unknown-field-typo", _set("source.url", "s3://models/x.onnx"), ("spec.source.url", "unknown field")),
 ]
 
 
 @pytest.mark.parametrize(("case", "mutate", "expected"), BAD_SPECS, ids=[c[0] for c in BAD_SPECS])
 def test_crd_rejects_bad_spec_at_apply_time(
-    control_plane: ControlPlane, crd_namespace: str, case: str, mutate: Callable[[Spec], None],
+    control_plane: ControlPlane,
+    crd_namespace: str,
+    case: str,
+    mutate: Callable[[Spec], None],
     expected: tuple[str, ...],
 ) -> None:
     obj = good_resource(f"bad-{case}", crd_namespace)
@@ -172,24 +220,47 @@ def test_crd_rejects_default_model_name_from_a_long_metadata_name(
 
 # (case id, the stored spec's mutation, the update's mutation, texts of the refusal)
 IMMUTABLE: list[tuple[str, Callable[[Spec], None], Callable[[Spec], None], tuple[str, ...]]] = [
-    ("model-name", _set("model.name", "resnet50_a"), _set("model.name", "resnet50_b"),
-     ("spec.model.name", "model.name cannot be changed")),
-    ("repository-claim", lambda spec: None, _set("repository.claimName", "other-models"),
-     ("spec.repository", "cannot be changed")),
-    ("repository-subpath", _set("repository.subPath", "a"), _set("repository.subPath", "b"),
-     ("spec.repository", "cannot be changed")),
-    ("repository-claim-to-create", lambda spec: None, _set("repository", {"create": {"size": "5Gi"}}),
-     ("spec.repository", "cannot be changed")),
-    ("create-access-modes", _set("repository", {"create": {"accessModes": ["ReadWriteMany"]}}),
-     _set("repository.create.accessModes", ["ReadWriteOnce"]),
-     ("spec.repository.create", "cannot be changed")),
+    (
+        "model-name",
+        _set("model.name", "resnet50_a"),
+        _set("model.name", "resnet50_b"),
+        ("spec.model.name", "model.name cannot be changed"),
+    ),
+    (
+        "repository-claim",
+        lambda spec: None,
+        _set("repository.claimName", "other-models"),
+        ("spec.repository", "cannot be changed"),
+    ),
+    (
+        "repository-subpath",
+        _set("repository.subPath", "a"),
+        _set("repository.subPath", "b"),
+        ("spec.repository", "cannot be changed"),
+    ),
+    (
+        "repository-claim-to-create",
+        lambda spec: None,
+        _set("repository", {"create": {"size": "5Gi"}}),
+        ("spec.repository", "cannot be changed"),
+    ),
+    (
+        "create-access-modes",
+        _set("repository", {"create": {"accessModes": ["ReadWriteMany"]}}),
+        _set("repository.create.accessModes", ["ReadWriteOnce"]),
+        ("spec.repository.create", "cannot be changed"),
+    ),
 ]
 
 
 @pytest.mark.parametrize(("case", "before", "after", "expected"), IMMUTABLE, ids=[c[0] for c in IMMUTABLE])
 def test_crd_rejects_changing_immutable_fields(
-    control_plane: ControlPlane, crd_namespace: str, case: str,
-    before: Callable[[Spec], None], after: Callable[[Spec], None], expected: tuple[str, ...],
+    control_plane: ControlPlane,
+    crd_namespace: str,
+    case: str,
+    before: Callable[[Spec], None],
+    after: Callable[[Spec], None],
+    expected: tuple[str, ...],
 ) -> None:
     obj = good_resource(f"immutable-{case}", crd_namespace)
     before(obj["spec"])
@@ -215,8 +286,13 @@ def test_crd_accepts_a_minimal_spec_and_applies_defaults(
     assert code == 0, output
     spec = get_json(control_plane, crd_namespace, "defaults")["spec"]
     assert spec["model"] == {"format": "tensorrt"}
-    assert spec["engine"] == {"precision": "fp16", "maxBatchSize": 8, "optBatchSize": 0,
-                              "workspaceMiB": 4096, "buildTimeoutSeconds": 3600}
+    assert spec["engine"] == {
+        "precision": "fp16",
+        "maxBatchSize": 8,
+        "optBatchSize": 0,
+        "workspaceMiB": 4096,
+        "buildTimeoutSeconds": 3600,
+    }
     assert spec["serving"]["replicas"] == 1
     assert spec["serving"]["resources"] == {"limits": {"nvidia.com/gpu": 1}}
     assert spec["serving"]["dynamicBatching"] == {"maxQueueDelayMicroseconds": 100}

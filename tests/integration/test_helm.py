@@ -37,10 +37,16 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "namespaced": {"watchNamespaces": ["vision", "audio"]},
     "peering": {"replicas": 2},
     "everything": {
-        "watchNamespaces": ["vision"], "replicas": 3, "imagePullSecrets": [{"name": "pull"}],
-        "operator": {"builderRegistry": "registry.internal/ml", "defaultRelease": "24.12",
-                     "logFormat": "plain"},
-        "podAnnotations": {"prometheus.io/scrape": "true"}, "nodeSelector": {"role": "system"},
+        "watchNamespaces": ["vision"],
+        "replicas": 3,
+        "imagePullSecrets": [{"name": "pull"}],
+        "operator": {
+            "builderRegistry": "registry.internal/ml",
+            "defaultRelease": "24.12",
+            "logFormat": "plain",
+        },
+        "podAnnotations": {"prometheus.io/scrape": "true"},
+        "nodeSelector": {"role": "system"},
         "tolerations": [{"key": "system", "operator": "Exists"}],
     },
 }
@@ -57,7 +63,7 @@ def test_helm_template_renders_the_operator(values: dict[str, Any]) -> None:
     objects = render_chart(values)
     kinds = {obj["kind"] for obj in objects}
     assert {"CustomResourceDefinition", "ServiceAccount", "Deployment", "ClusterRole"} <= kinds
-    assert (TRN in {crd["metadata"]["name"] for crd in of_kind(objects, "CustomResourceDefinition")})
+    assert TRN in {crd["metadata"]["name"] for crd in of_kind(objects, "CustomResourceDefinition")}
 
 
 def test_helm_lint_fails_on_values_the_schema_refuses() -> None:
@@ -170,8 +176,9 @@ def sample_overlay(crd_installed: ControlPlane) -> Iterator[list[dict[str, Any]]
     finally:
         # Everything but the CRD, which the rest of the session shares.
         rest = [obj for obj in objects if obj["kind"] != "CustomResourceDefinition"]
-        cp.kubectl("delete", "--ignore-not-found", "--wait=false", "-f", "-", input=to_yaml(rest),
-                   check=False)
+        cp.kubectl(
+            "delete", "--ignore-not-found", "--wait=false", "-f", "-", input=to_yaml(rest), check=False
+        )
 
 
 @pytest.mark.cluster
@@ -184,8 +191,15 @@ def test_kustomize_sample_overlay_applies_and_its_service_account_is_least_privi
     env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["TRITONRESNET_DEFAULT_RELEASE"] == "25.01"
     (resource,) = of_kind(sample_overlay, "TritonResNet")
-    stored = cp.kubectl("get", "trn", resource["metadata"]["name"], "-n", resource["metadata"]["namespace"],
-                        "-o", "jsonpath={.spec.engine.maxBatchSize}").stdout
+    stored = cp.kubectl(
+        "get",
+        "trn",
+        resource["metadata"]["name"],
+        "-n",
+        resource["metadata"]["namespace"],
+        "-o",
+        "jsonpath={.spec.engine.maxBatchSize}",
+    ).stdout
     assert stored == "8"
     namespace, name = operator_service_account(sample_overlay)
     kubeconfig = cp.service_account_kubeconfig(namespace, name)

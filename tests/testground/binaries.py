@@ -52,9 +52,7 @@ def _go_env() -> dict[str, str]:
 
 
 def _go(args: list[str], cwd: Path) -> str:
-    proc = subprocess.run(
-        ["go", *args], cwd=cwd, env=_go_env(), check=True, capture_output=True, text=True
-    )
+    proc = subprocess.run(["go", *args], cwd=cwd, env=_go_env(), check=True, capture_output=True, text=True)
     return proc.stdout
 
 
@@ -146,7 +144,9 @@ def build(target: Path, log=print) -> None:  # type: ignore[no-untyped-def]
             partial = target / f".{binary}.partial"
             subprocess.run(
                 ["go", "build", "-trimpath", f"-ldflags={ldflags}", "-o", str(partial), package],
-                cwd=work / module, env=_go_env(), check=True,
+                cwd=work / module,
+                env=_go_env(),
+                check=True,
             )
             partial.rename(target / binary)
             log(f"testground: built {binary} in {time.monotonic() - started:.0f} s")
@@ -173,8 +173,12 @@ def ensure_binaries(log=print) -> Path:  # type: ignore[no-untyped-def]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--regenerate", action="store_true", help="rewrite tools/*/go.mod from the pinned releases")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--regenerate", action="store_true", help="rewrite tools/*/go.mod from the pinned releases"
+    )
     args = parser.parse_args(argv)
     if args.regenerate:
         regenerate()

@@ -70,8 +70,15 @@ def render_chart(
 ) -> list[dict[str, Any]]:
     """``helm template`` of the chart: its CRDs (first, as Helm installs them) and templates."""
     with tempfile.TemporaryDirectory(prefix="chart-values-") as tmp:
-        argv = ["template", release, str(CHART_DIR), "--namespace", namespace,
-                "--values", str(_values_file(values or {}, Path(tmp)))]
+        argv = [
+            "template",
+            release,
+            str(CHART_DIR),
+            "--namespace",
+            namespace,
+            "--values",
+            str(_values_file(values or {}, Path(tmp))),
+        ]
         if include_crds:
             argv.append("--include-crds")
         objects = parse_objects(_helm(*argv))
@@ -95,8 +102,18 @@ def helm_install(
     """``helm install`` into a real cluster, the way the README does it; returns Helm's
     output, NOTES.txt included."""
     with tempfile.TemporaryDirectory(prefix="chart-values-") as tmp:
-        argv = ["install", release, str(CHART_DIR), "--namespace", namespace, "--create-namespace",
-                "--kubeconfig", str(kubeconfig), "--values", str(_values_file(values or {}, Path(tmp)))]
+        argv = [
+            "install",
+            release,
+            str(CHART_DIR),
+            "--namespace",
+            namespace,
+            "--create-namespace",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--values",
+            str(_values_file(values or {}, Path(tmp))),
+        ]
         if wait:
             argv.append("--wait")
         return _helm(*argv)
@@ -112,8 +129,9 @@ def run_documented(command: str, *extra: str) -> str:
     return _run([str(ensure_binaries() / tool), *args, *extra], cwd=REPO_ROOT)
 
 
-def helm_uninstall(kubeconfig: Path, *, namespace: str = DEFAULT_NAMESPACE,
-                   release: str = DEFAULT_RELEASE_NAME) -> str:
+def helm_uninstall(
+    kubeconfig: Path, *, namespace: str = DEFAULT_NAMESPACE, release: str = DEFAULT_RELEASE_NAME
+) -> str:
     return _helm("uninstall", release, "--namespace", namespace, "--kubeconfig", str(kubeconfig))
 
 

@@ -331,8 +331,10 @@ class ControlPlane:
         with self.api_client() as api:
             client.CoreV1Api(api).create_namespace(body)
         wait_for(
-            lambda: self._exists(f"/api/v1/namespaces/{name}/serviceaccounts/default")
-            and self._exists(f"/api/v1/namespaces/{name}/configmaps/kube-root-ca.crt"),
+            lambda: (
+                self._exists(f"/api/v1/namespaces/{name}/serviceaccounts/default")
+                and self._exists(f"/api/v1/namespaces/{name}/configmaps/kube-root-ca.crt")
+            ),
             60,
             f"the default ServiceAccount in namespace {name}",
         )
@@ -349,8 +351,12 @@ class ControlPlane:
                 if error.status != 404:
                     raise
         if wait:
-            wait_for(lambda: not self._exists(f"/api/v1/namespaces/{name}"), timeout,
-                     f"namespace {name} to be deleted", interval=0.25)
+            wait_for(
+                lambda: not self._exists(f"/api/v1/namespaces/{name}"),
+                timeout,
+                f"namespace {name} to be deleted",
+                interval=0.25,
+            )
 
     def _exists(self, path: str) -> bool:
         answer = self._admin_get(path)

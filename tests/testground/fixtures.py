@@ -62,4 +62,3 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 @pytest.fixture(scope="session")
 def onnx_models() -> OnnxModels:
     return ensure_models()
-

@@ -80,8 +80,15 @@ def test_classify_exits_1_with_a_clear_message_when_no_server_listens(
     assert f"error: cannot reach Triton at {url} over {'grpc' if flag else 'http'}" in err
 
 
-@pytest.mark.parametrize("argv", [["classify", "x.jpg", "--model", "m"], ["classify", "x.jpg", "--url", "h:1",
-                                  "--model", "m", "--top", "0"], ["status"], []])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["classify", "x.jpg", "--model", "m"],
+        ["classify", "x.jpg", "--url", "h:1", "--model", "m", "--top", "0"],
+        ["status"],
+        [],
+    ],
+)
 def test_main_exits_2_on_bad_arguments(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         cli.main(argv)
@@ -100,14 +107,18 @@ def test_python_dash_m_runs_the_same_cli() -> None:
 
 def kubeconfig(path: Path, server: str, namespace: str = "") -> Path:
     context: dict[str, Any] = {"cluster": "c", "user": "u"} | ({"namespace": namespace} if namespace else {})
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "c", "cluster": {"server": server}}],
-        "users": [{"name": "u", "user": {"token": "t"}}],
-        "contexts": [{"name": "ctx", "context": context}],
-        "current-context": "ctx",
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": server}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "ctx", "context": context}],
+                "current-context": "ctx",
+            }
+        )
+    )
     return path
 
 
@@ -141,17 +152,36 @@ def operator_options(*argv: str) -> dict[str, Any]:
 
 def test_operator_defaults_to_all_namespaces_standalone_plain_logs() -> None:
     assert operator_options() == {
-        "namespaces": None, "standalone": True, "peering": None, "liveness_endpoint": None,
-        "log_format": "plain", "verbose": False,
+        "namespaces": None,
+        "standalone": True,
+        "peering": None,
+        "liveness_endpoint": None,
+        "log_format": "plain",
+        "verbose": False,
     }
 
 
 def test_operator_passes_namespaces_peering_liveness_and_logging() -> None:
-    options = operator_options("-n", "a", "--namespace", "b", "--peering", "trn", "--log-format", "json",
-                               "--liveness", "http://0.0.0.0:8080/healthz", "--verbose")
+    options = operator_options(
+        "-n",
+        "a",
+        "--namespace",
+        "b",
+        "--peering",
+        "trn",
+        "--log-format",
+        "json",
+        "--liveness",
+        "http://0.0.0.0:8080/healthz",
+        "--verbose",
+    )
     assert options == {
-        "namespaces": ["a", "b"], "standalone": False, "peering": "trn",
-        "liveness_endpoint": "http://0.0.0.0:8080/healthz", "log_format": "json", "verbose": True,
+        "namespaces": ["a", "b"],
+        "standalone": False,
+        "peering": "trn",
+        "liveness_endpoint": "http://0.0.0.0:8080/healthz",
+        "log_format": "json",
+        "verbose": True,
     }
 
 
@@ -215,8 +245,11 @@ def test_build_exits_1_when_the_manifest_holds_no_tritonresnet(
 
 
 def metadata(shape: list[Any], datatype: str = "FP32", name: str = "input") -> dict[str, Any]:
-    return {"name": "m", "inputs": [{"name": name, "datatype": datatype, "shape": shape}],
-            "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, 1000]}]}
+    return {
+        "name": "m",
+        "inputs": [{"name": name, "datatype": datatype, "shape": shape}],
+        "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, 1000]}],
+    }
 
 
 def test_model_io_reads_a_batching_chw_model_with_grpc_string_dims() -> None:

@@ -55,8 +55,9 @@ def operator_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
 # -- CRD copies ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("copy_dir", [CHART_DIR / "crds", MANIFESTS_DIR / "base" / "crds"],
-                         ids=["helm-chart", "kustomize-base"])
+@pytest.mark.parametrize(
+    "copy_dir", [CHART_DIR / "crds", MANIFESTS_DIR / "base" / "crds"], ids=["helm-chart", "kustomize-base"]
+)
 def test_crd_copies_are_byte_identical_to_crds_folder(copy_dir: Path) -> None:
     sources = sorted(CRDS_DIR.glob("*.yaml"))
     assert sources, "crds/ holds no CRD"
@@ -124,20 +125,25 @@ def test_default_values_match_values_schema() -> None:
     jsonschema.validate(yaml.safe_load((CHART_DIR / "values.yaml").read_text()), schema)
 
 
-@pytest.mark.parametrize("bad", [
-    {"replicas": "two"},
-    {"watchNamespaces": "vision"},
-    {"watchNamespaces": ["Not_A_Namespace"]},
-    {"operator": {"logFormat": "xml"}},
-    {"operator": {"defaultRelease": "25.1"}},
-    {"image": {"repository": "x", "pullPolicy": "Sometimes"}},
-    {"replica": 1},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"replicas": "two"},
+        {"watchNamespaces": "vision"},
+        {"watchNamespaces": ["Not_A_Namespace"]},
+        {"operator": {"logFormat": "xml"}},
+        {"operator": {"defaultRelease": "25.1"}},
+        {"image": {"repository": "x", "pullPolicy": "Sometimes"}},
+        {"replica": 1},
+    ],
+)
 def test_values_schema_rejects_bad_values(bad: dict[str, Any]) -> None:
     schema = json.loads((CHART_DIR / "values.schema.json").read_text())
     values = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
-    merged = {**values, **{k: {**values[k], **v} if isinstance(v, dict) and k in values else v
-                           for k, v in bad.items()}}
+    merged = {
+        **values,
+        **{k: {**values[k], **v} if isinstance(v, dict) and k in values else v for k, v in bad.items()},
+    }
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(merged, schema)
 
@@ -187,9 +193,13 @@ def test_chart_namespaced_passes_namespaces_and_peers_per_namespace() -> None:
 
 def test_chart_passes_operator_options_as_settings_env() -> None:
     values = {
-        "operator": {"builderRegistry": "registry.internal/ml", "defaultRelease": "24.12",
-                     "tritonImage": "registry.internal/tritonserver", "logFormat": "plain",
-                     "workloadImagePullSecrets": ["pull-a", "pull-b"]},
+        "operator": {
+            "builderRegistry": "registry.internal/ml",
+            "defaultRelease": "24.12",
+            "tritonImage": "registry.internal/tritonserver",
+            "logFormat": "plain",
+            "workloadImagePullSecrets": ["pull-a", "pull-b"],
+        },
         "imagePullSecrets": [{"name": "operator-pull"}],
         "podAnnotations": {"prometheus.io/scrape": "true"},
         "image": {"repository": "registry.internal/tritonresnet-operator", "tag": "0.1.0-rc1"},
@@ -268,8 +278,15 @@ def test_argocd_health_script_reads_kstatus_fields_and_returns_known_states() ->
     # behaviour test below runs it when lupa is installed.
     lua = (ARGOCD_DIR / "health-tritonresnet.lua").read_text()
     assert set(re.findall(r'hs\.status = "(\w+)"', lua)) == {"Healthy", "Progressing", "Degraded"}
-    for needle in ("observedGeneration", "metadata.generation", '"Ready"', '"Reconciling"',
-                   '"Stalled"', '"Degraded"', '"Failed"'):
+    for needle in (
+        "observedGeneration",
+        "metadata.generation",
+        '"Ready"',
+        '"Reconciling"',
+        '"Stalled"',
+        '"Degraded"',
+        '"Failed"',
+    ):
         assert needle in lua, needle
     assert lua.count("return hs") >= 5
     # Balanced blocks: every function/if/for opens one `end`.
@@ -288,22 +305,28 @@ def _health(obj: dict[str, Any]) -> dict[str, str]:
 
 
 def _trn(generation: int, observed: int | None, phase: str, **conditions: str) -> dict[str, Any]:
-    status: dict[str, Any] = {"phase": phase, "conditions": [
-        {"type": t, "status": s, "message": f"{t} is {s}", "observedGeneration": generation}
-        for t, s in conditions.items()
-    ]}
+    status: dict[str, Any] = {
+        "phase": phase,
+        "conditions": [
+            {"type": t, "status": s, "message": f"{t} is {s}", "observedGeneration": generation}
+            for t, s in conditions.items()
+        ],
+    }
     if observed is not None:
         status["observedGeneration"] = observed
     return {"metadata": {"generation": generation}, "status": status}
 
 
-@pytest.mark.parametrize(("obj", "expected"), [
-    ({"metadata": {"generation": 1}}, "Progressing"),
-    (_trn(2, 1, "Ready", Ready="True"), "Progressing"),
-    (_trn(2, 2, "Ready", Ready="True", Reconciling="False", Stalled="False"), "Healthy"),
-    (_trn(2, 2, "Building", Ready="False", Reconciling="True"), "Progressing"),
-    (_trn(2, 2, "Failed", Ready="False", Stalled="True"), "Degraded"),
-    (_trn(2, 2, "Degraded", Ready="False", Degraded="True"), "Degraded"),
-])
+@pytest.mark.parametrize(
+    ("obj", "expected"),
+    [
+        ({"metadata": {"generation": 1}}, "Progressing"),
+        (_trn(2, 1, "Ready", Ready="True"), "Progressing"),
+        (_trn(2, 2, "Ready", Ready="True", Reconciling="False", Stalled="False"), "Healthy"),
+        (_trn(2, 2, "Building", Ready="False", Reconciling="True"), "Progressing"),
+        (_trn(2, 2, "Failed", Ready="False", Stalled="True"), "Degraded"),
+        (_trn(2, 2, "Degraded", Ready="False", Degraded="True"), "Degraded"),
+    ],
+)
 def test_argocd_health_script_behaviour(obj: dict[str, Any], expected: str) -> None:
     assert _health(obj)["status"] == expected

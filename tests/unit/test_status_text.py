@@ -47,10 +47,22 @@ def ready_resource() -> dict[str, Any]:
             "readyReplicas": 2,
             "endpoints": ["10.0.0.7:8001", "10.0.0.8:8001"],
             "conditions": [
-                {"type": "Ready", "status": "True", "reason": "Verified", "message": "2 endpoints answer",
-                 "observedGeneration": 3, "lastTransitionTime": "2025-03-01T11:55:00Z"},
-                {"type": "Stalled", "status": "False", "reason": "Progressing", "message": "",
-                 "observedGeneration": 3, "lastTransitionTime": "2025-02-27T12:00:00Z"},
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "Verified",
+                    "message": "2 endpoints answer",
+                    "observedGeneration": 3,
+                    "lastTransitionTime": "2025-03-01T11:55:00Z",
+                },
+                {
+                    "type": "Stalled",
+                    "status": "False",
+                    "reason": "Progressing",
+                    "message": "",
+                    "observedGeneration": 3,
+                    "lastTransitionTime": "2025-02-27T12:00:00Z",
+                },
             ],
         },
     }
@@ -70,9 +82,14 @@ def test_describe_ready_resource_names_phase_version_replicas_and_endpoints() ->
 def test_describe_lists_each_target_with_its_plan_details() -> None:
     text = describe(ready_resource(), now=NOW)
     assert "  a100: Built\n" in text
-    for detail in ("nodes nvidia.com/gpu.product=NVIDIA-A100-SXM4-40GB", "compute capability 8.0",
-                   "TensorRT 10.3.0", "engine key 0123456789abcdef", "Job resnet50-build-0123456789",
-                   "artifact model.plan (50.0 MiB)"):
+    for detail in (
+        "nodes nvidia.com/gpu.product=NVIDIA-A100-SXM4-40GB",
+        "compute capability 8.0",
+        "TensorRT 10.3.0",
+        "engine key 0123456789abcdef",
+        "Job resnet50-build-0123456789",
+        "artifact model.plan (50.0 MiB)",
+    ):
         assert f"    {detail}\n" in text
 
 
