@@ -517,25 +517,32 @@ class PodWorker(threading.Thread):
 
     # -- starting and stopping processes
 
-    def _command(self, run: ContainerRun, env: dict[str, str]) -> list[str] | None:
+    def _command(
+        self, run: ContainerRun, env: Mapping[str, str], paths: PathMap
+    ) -> tuple[list[str], dict[str, str]] | None:
+        """Argv of the local program and the host-side variables it needs on top of the pod's env.
+
+        ``env`` is the container's view (for ``$(VAR)``); the pod's arguments are
+        rewritten to local folders here, once. What the test ground adds (the
+        interpreter, the backends folder, library paths, a kubeconfig) is a
+        path of this machine already and is never rewritten: a checkout under
+        a folder that a pod mounts (``/tmp``, say) must not be mistaken for it.
+        """
         image = str(run.spec.get("image", ""))
         kind = image_kind(image)
         if kind is None:
             return None
         command = [expand(part, env) for part in run.spec.get("command") or []]
         args = program_args(kind, command, [expand(arg, env) for arg in run.spec.get("args") or []])
+        args = [paths.rewrite(arg) for arg in args]
         if kind == "builder":
-            return python_command("tritonresnet_builder", args)
+            return python_command("tritonresnet_builder", args), {}
         if kind == "operator":
-            env["KUBECONFIG"] = str(
-                self.context.service_account_kubeconfig(self.pod, self.dir / "kubeconfig")
-            )
-            return python_command("tritonresnet", args)
+            kubeconfig = self.context.service_account_kubeconfig(self.pod, self.dir / "kubeconfig")
+            return python_command("tritonresnet", args), {"KUBECONFIG": str(kubeconfig)}
         from testground.triton import tritonserver_command
 
-        argv, extra_env = tritonserver_command(with_bind_addresses(args, self.pod_ip))
-        env.update(extra_env)
-        return argv
+        return tritonserver_command(with_bind_addresses(args, self.pod_ip))
 
     def _start(self, run: ContainerRun) -> None:
         image = str(run.spec.get("image", ""))
@@ -548,16 +555,17 @@ class PodWorker(threading.Thread):
             return
         base = {key: os.environ[key] for key in INHERITED_ENV if key in os.environ}
         try:
-            env = base | container_env(self.pod, run.spec, self.context.secret, self.context.config_map)
-            paths = self._path_map(run, env)
-            command = self._command(run, env)
+            pod_env = container_env(self.pod, run.spec, self.context.secret, self.context.config_map)
+            paths = self._path_map(run, base | pod_env)
+            started = self._command(run, base | pod_env, paths)
         except ContainerConfigError as error:
             run.state, run.waiting_reason, run.waiting_message = "waiting", CONFIG_ERROR_REASON, str(error)
             run.restart_at = time.monotonic() + 2.0
             return
-        assert command is not None
-        argv = [command[0], *(paths.rewrite(arg) for arg in command[1:])]
-        env = {key: paths.rewrite(value) for key, value in env.items()}
+        assert started is not None
+        argv, host_env = started
+        # Only the pod's own values are container paths; the inherited ones are this machine's.
+        env = base | {key: paths.rewrite(value) for key, value in pod_env.items()} | host_env
         workdir = paths.local(run.spec["workingDir"]) if run.spec.get("workingDir") else None
         cwd = Path(workdir or self.dir / "cwd" / run.name)
         cwd.mkdir(parents=True, exist_ok=True)
