@@ -43,7 +43,8 @@ import yaml
 from testground.binaries import ensure_binaries
 from testground.pki import CertPair, Pki, generate_pki
 
-SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
+# Room for 65k Services: every TritonResNet owns one, and the benchmarks make 500.
+SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/16"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 CLUSTER_NAME = "testground"
 

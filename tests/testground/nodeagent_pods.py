@@ -219,6 +219,18 @@ class PathMap:
         return value
 
 
+def process_env(
+    inherited: Mapping[str, str], pod_env: Mapping[str, str], paths: PathMap, host_env: Mapping[str, str]
+) -> dict[str, str]:
+    """The local process's environment: this machine's inherited variables, the pod's own
+    (container paths rewritten to local folders, once), then what the test ground adds.
+
+    Only the pod's values are container paths: a checkout under a folder that a
+    pod mounts (``/tmp``, say) must keep its interpreter and library paths.
+    """
+    return dict(inherited) | {key: paths.rewrite(value) for key, value in pod_env.items()} | dict(host_env)
+
+
 def termination_message(
     message_file: Path,
     log_file: Path,

@@ -49,6 +49,7 @@ from testground.nodeagent_pods import (
     image_kind,
     image_repository,
     pod_phase,
+    process_env,
     program_args,
     python_command,
     state_dict,
@@ -564,8 +565,7 @@ class PodWorker(threading.Thread):
             return
         assert started is not None
         argv, host_env = started
-        # Only the pod's own values are container paths; the inherited ones are this machine's.
-        env = base | {key: paths.rewrite(value) for key, value in pod_env.items()} | host_env
+        env = process_env(base, pod_env, paths, host_env)
         workdir = paths.local(run.spec["workingDir"]) if run.spec.get("workingDir") else None
         cwd = Path(workdir or self.dir / "cwd" / run.name)
         cwd.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ from testground.nodeagent_pods import (
     image_kind,
     image_repository,
     pod_phase,
+    process_env,
     program_args,
     python_command,
     resource_field_value,
@@ -112,6 +113,25 @@ def test_command_replaces_the_entrypoint_and_its_first_word_names_the_program() 
     assert program_args("operator", ["tritonresnet", "status"], ["r1"]) == ["status", "r1"]
     assert program_args("builder", [], ["build", "--x"]) == ["build", "--x"]
     assert program_args("triton", ["tritonserver"], ["--model-repository=/m"]) == ["--model-repository=/m"]
+
+
+def test_only_the_pods_own_env_is_rewritten_so_a_checkout_under_a_mounted_folder_keeps_its_paths() -> None:
+    """CI clones under /tmp and Triton pods mount /tmp: the library path of the checkout's
+    venv must not become a folder of the pod's /tmp volume."""
+    paths = PathMap.of({"/tmp": "/agent/volumes/tmp", "/models": "/agent/volumes/models"})
+    env = process_env(
+        {"PATH": "/tmp/clone/.venv/bin:/usr/bin", "HOME": "/root"},
+        {"HOME": "/tmp", "REPO": "/models/resnet50", "NAME": "resnet50"},
+        paths,
+        {"LD_LIBRARY_PATH": "/tmp/clone/.venv/lib/nvidia_pytriton.libs"},
+    )
+    assert env == {
+        "PATH": "/tmp/clone/.venv/bin:/usr/bin",
+        "HOME": "/agent/volumes/tmp",
+        "REPO": "/agent/volumes/models/resnet50",
+        "NAME": "resnet50",
+        "LD_LIBRARY_PATH": "/tmp/clone/.venv/lib/nvidia_pytriton.libs",
+    }
 
 
 def test_with_bind_addresses_adds_the_pod_ip_only_where_no_address_was_given() -> None:
