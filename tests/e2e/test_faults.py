@@ -791,3 +791,75 @@ def test_secret_values_appear_in_no_status_event_or_log(
     for value in (*good.values(), *bad.values()):
         leaks = [where for where, text in texts.items() if value in text]
         assert not leaks, f"{value[:12]}... appears in {leaks}"
+
+
+# -- 8. the API server refuses a child ------------------------------------------------------------
+
+
+def test_child_refused_by_a_resource_quota_is_reported_and_applied_once_the_quota_lifts(
+    operator: OperatorProcess, namespace: str, s3: S3Server, onnx_models: OnnxModels
+) -> None:
+    """A ResourceQuota allowing no Service makes the API server refuse the operator's Service:
+    the status says so (ApplyFailed, the API server's words) while the build goes on, and
+    once the quota is gone the next retry applies it and the resource becomes Ready."""
+    cp = operator.cp
+    quota = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "no-services", "namespace": namespace},
+        "spec": {"hard": {"services": "0"}},
+    }
+    cp.kubectl("apply", "-f", "-", input=json.dumps(quota))
+    apply_sample(cp, namespace, s3, upload_model(s3, onnx_models, namespace))
+    refused = wait_for(
+        cp,
+        namespace,
+        NAME,
+        lambda t: (condition(t, "Ready") or {}).get("reason") == "ApplyFailed",
+        "ApplyFailed",
+        timeout=120,
+        operator=operator,
+    )
+    ready = condition(refused, "Ready")
+    assert ready["status"] == "False" and "no-services" in ready["message"], ready
+    assert f"Service {names.service_name(NAME)}" in ready["message"], ready
+    assert condition(refused, "Stalled")["status"] == "True"
+    assert refused["status"]["observedGeneration"] == refused["metadata"]["generation"]
+    assert component_jobs(cp, namespace, "build"), "the other children must still be applied"
+    warnings = [
+        e
+        for e in items(cp, "events", namespace)
+        if e["involvedObject"]["name"] == NAME and e["reason"] == "ApplyFailed"
+    ]
+    assert warnings and warnings[0]["type"] == "Warning"
+
+    cp.kubectl("delete", "resourcequota", "no-services", "-n", namespace)
+    trn = wait_ready(operator, namespace)
+    assert_status_complete(trn)
+    assert_one_job_per_key(cp, namespace)
+    assert items(cp, "services", namespace, f"{names.LABEL_INSTANCE}={names.label_value(NAME)}")
+
+
+# -- 9. a namespace deleted with everything in it --------------------------------------------------
+
+
+def test_namespace_deleted_with_a_served_resource_in_it_causes_no_retry_storm(
+    operator: OperatorProcess, s3: S3Server, onnx_models: OnnxModels
+) -> None:
+    """The namespace controller deletes the children before the TritonResNet; each deletion
+    wakes the resource, and the API server refuses new content in a terminating namespace.
+    The operator must take that as the end, not retry with a traceback every 5 s."""
+    cp = operator.cp
+    namespace = f"t-gone-{uuid.uuid4().hex[:6]}"
+    cp.create_namespace(namespace)
+    try:
+        apply_sample(cp, namespace, s3, upload_model(s3, onnx_models, namespace))
+        wait_ready(operator, namespace)
+        log_before = len(operator.log_text())
+        cp.delete_namespace(namespace, wait=True, timeout=180)
+        time.sleep(8)  # past the old 5 s retry, so a storm would show
+    finally:
+        cp.delete_namespace(namespace)
+    log = operator.log_text()[log_before:]
+    assert operator.proc is not None and operator.proc.poll() is None
+    assert "Traceback" not in log and "retrying in 5 s" not in log, log[-3000:]
