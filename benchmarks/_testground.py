@@ -61,8 +61,7 @@ AUDIT_POLICY: dict[str, Any] = {
     "omitStages": ["RequestReceived", "ResponseStarted"],
     "rules": [{"level": "Metadata"}],
 }
-CLK_TCK = 100
-SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/16"  # os.sysconf("SC_CLK_TCK") on Linux
+CLK_TCK = 100  # os.sysconf("SC_CLK_TCK") on Linux
 
 
 def log(message: str) -> None:
@@ -74,7 +73,7 @@ def log(message: str) -> None:
 
 @contextlib.contextmanager
 def _audited_apiserver(audit_log: Path, policy: Path) -> Iterator[None]:
-    """Start the test ground's apiserver with an audit log and room for 65k Services.
+    """Start the test ground's apiserver with an audit log.
 
     ``testground.controlplane`` has no hook for extra apiserver flags, so
     the function that builds its command line is wrapped for the duration
@@ -94,15 +93,10 @@ def _audited_apiserver(audit_log: Path, policy: Path) -> Iterator[None]:
         return component
 
     controlplane._apiserver_component = with_audit
-    # The test ground's /24 service range holds 254 ClusterIPs; the operator makes one
-    # Service per resource, so 500 resources need a wider range.
-    range_before = controlplane.SERVICE_CLUSTER_IP_RANGE
-    controlplane.SERVICE_CLUSTER_IP_RANGE = SERVICE_CLUSTER_IP_RANGE
     try:
         yield
     finally:
         controlplane._apiserver_component = original
-        controlplane.SERVICE_CLUSTER_IP_RANGE = range_before
 
 
 @dataclass(frozen=True)
