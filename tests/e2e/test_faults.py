@@ -838,28 +838,3 @@ def test_child_refused_by_a_resource_quota_is_reported_and_applied_once_the_quot
     assert_status_complete(trn)
     assert_one_job_per_key(cp, namespace)
     assert items(cp, "services", namespace, f"{names.LABEL_INSTANCE}={names.label_value(NAME)}")
-
-
-# -- 9. a namespace deleted with everything in it --------------------------------------------------
-
-
-def test_namespace_deleted_with_a_served_resource_in_it_causes_no_retry_storm(
-    operator: OperatorProcess, s3: S3Server, onnx_models: OnnxModels
-) -> None:
-    """The namespace controller deletes the children before the TritonResNet; each deletion
-    wakes the resource, and the API server refuses new content in a terminating namespace.
-    The operator must take that as the end, not retry with a traceback every 5 s."""
-    cp = operator.cp
-    namespace = f"t-gone-{uuid.uuid4().hex[:6]}"
-    cp.create_namespace(namespace)
-    try:
-        apply_sample(cp, namespace, s3, upload_model(s3, onnx_models, namespace))
-        wait_ready(operator, namespace)
-        log_before = len(operator.log_text())
-        cp.delete_namespace(namespace, wait=True, timeout=180)
-        time.sleep(8)  # past the old 5 s retry, so a storm would show
-    finally:
-        cp.delete_namespace(namespace)
-    log = operator.log_text()[log_before:]
-    assert operator.proc is not None and operator.proc.poll() is None
-    assert "Traceback" not in log and "retrying in 5 s" not in log, log[-3000:]
