@@ -407,14 +407,18 @@ def _serving(
     deployment: Mapping[str, Any] | None,
     progress: _Progress,
 ) -> _Rollout:
-    """The Service always; the Deployment and its PDB once a version exists; the HPA when asked for."""
+    """The Deployment, its Service and PDB once a version exists; the HPA when asked for.
+
+    Nothing to serve, nothing to apply: a new resource's first pass is one Job
+    and one status write, which is what keeps apply -> Job short when many
+    resources arrive at once.
+    """
     resource = observed.resource
     meta = resource["metadata"]
-    progress.children.append(render.service(meta))
     rollout = _Rollout()
     if deploy is not None:
         desired = _deployment(resource, spec, settings, deploy)
-        progress.children += [desired, render.pod_disruption_budget(meta)]
+        progress.children += [desired, render.service(meta), render.pod_disruption_budget(meta)]
         rollout = _rollout(observed, deployment, desired, deploy, spec)
     hpa = render.hpa(meta, spec)
     hpa_name = names.hpa_name(meta["name"])
