@@ -211,17 +211,22 @@ def _deployment(name: str) -> dict[str, Any]:
             "selector": {"matchLabels": labels},
             "template": {
                 "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": "main", "image": "example.invalid/none:1"}]},
+                "spec": {
+                    # No node has this label, so the scheduler cannot place the pods
+                    # whether or not the session's emulated nodes are up yet.
+                    "nodeSelector": {"tests.tritonresnet.io/no-such-node": "true"},
+                    "containers": [{"name": "main", "image": "example.invalid/none:1"}],
+                },
             },
         },
     }
 
 
-def test_controllers_and_scheduler_act_without_any_node(
+def test_controllers_and_scheduler_act_when_no_node_fits(
     control_plane: ControlPlane, own_namespace: str
 ) -> None:
     """Deployment -> ReplicaSet -> Pods, Service -> EndpointSlice, the scheduler
-    finding no node, and the garbage collector removing the children."""
+    finding no node that fits, and the garbage collector removing the children."""
     with control_plane.api_client() as api:
         apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
         discovery = client.DiscoveryV1Api(api)
