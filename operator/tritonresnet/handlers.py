@@ -66,6 +66,17 @@ def _key(body: Mapping[str, Any]) -> Key:
     return body["metadata"].get("namespace", ""), body["metadata"]["name"]
 
 
+def cached(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the cache keeps of an object: all but ``managedFields``, which no decision reads
+    and which is the largest part of most objects (a third of the operator's memory at 500
+    resources would otherwise be field-manager bookkeeping)."""
+    obj = dict(body)
+    meta = dict(obj.get("metadata") or {})
+    meta.pop("managedFields", None)
+    obj["metadata"] = meta
+    return obj
+
+
 class Runtime:
     """The operator's in-memory view (rebuilt from the watches on every start) and its work queue."""
 
@@ -97,7 +108,7 @@ class Runtime:
             self.resources.pop(key, None)
             self.checks.pop(key, None)
             return
-        self.resources[key] = dict(body)
+        self.resources[key] = cached(body)
         self.by_label[(key[0], names.label_value(key[1]))] = key[1]
         self.enqueue(key)
 
@@ -113,7 +124,7 @@ class Runtime:
         if event_type == "DELETED":
             self.children[key].pop(entry, None)
         else:
-            self.children[key][entry] = dict(body)
+            self.children[key][entry] = cached(body)
         self.enqueue(key)
 
     # -- queue --------------------------------------------------------------------------
@@ -215,7 +226,7 @@ class Runtime:
                 # Keep going: one refused child must not hide the others or the status.
                 refused.append(f"{obj['kind']} {obj['metadata']['name']}: {api_error_message(exc)}")
                 continue
-            self.children[key][(obj["kind"], obj["metadata"]["name"])] = dict(applied)
+            self.children[key][(obj["kind"], obj["metadata"]["name"])] = cached(applied)
         for api_version, kind, name in result.delete:
             self.kube.delete(api_version, kind, key[0], name)
         status, events = result.status, result.events

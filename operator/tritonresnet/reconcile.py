@@ -220,8 +220,8 @@ def find_conflict(
     older = []
     for peer in peers:
         pm = peer["metadata"]
-        if pm["name"] == me["name"]:
-            continue
+        if pm["name"] == me["name"] or _model_name(peer) != spec.model.name:
+            continue  # cheap test first: every pass looks at every peer in the namespace
         try:
             pspec = parse_spec(peer)
         except SpecError:
@@ -231,6 +231,12 @@ def find_conflict(
         if (pm.get("creationTimestamp") or "", pm["name"]) < (me.get("creationTimestamp") or "", me["name"]):
             older.append(pm["name"])
     return sorted(older)[0] if older else ""
+
+
+def _model_name(resource: Mapping[str, Any]) -> str:
+    """spec.model.name as written, else metadata.name (its default), without parsing the spec."""
+    model = (resource.get("spec") or {}).get("model") or {}
+    return str(model.get("name") or resource["metadata"]["name"]) if isinstance(model, Mapping) else ""
 
 
 def _failed_status(resource: Mapping[str, Any], reason: str, message: str, now: str) -> dict[str, Any]:
