@@ -291,15 +291,18 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         runtime.events.shutdown(wait=False, cancel_futures=True)
 
 
+# The event handlers are coroutines on purpose: kopf runs a plain function in a
+# thread, where touching the asyncio work queue is not safe (a waiting worker
+# may not wake up), and each event would pay a thread hop.
 @kopf.on.event(names.GROUP, names.VERSION, names.PLURAL)
-def resource_event(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def resource_event(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo["runtime"].observe_resource(event.get("type"), body)
 
 
 def _register_child_watches(resources: Sequence[tuple[str, str, str, str]]) -> None:
     for group, version, plural, kind in resources:
 
-        def child_event(
+        async def child_event(
             event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, kind: str = kind, **_: Any
         ) -> None:
             memo["runtime"].observe_child(event.get("type"), kind, body)
