@@ -69,25 +69,27 @@ def object_path(api_version: str, kind: str, namespace: str, name: str = "") -> 
     return f"{path}/{name}" if name else path
 
 
-def api_error_message(exc: ApiException) -> str:
-    """The API server's own words for a refused request (its Status ``message``), else the HTTP reason."""
+def _status_body(exc: ApiException) -> dict[str, Any]:
+    """The API server's ``Status`` object in a refusal's body; empty when the body is not one."""
     try:
         body = json.loads(exc.body or "{}")
     except (TypeError, ValueError):
-        body = {}
-    message = body.get("message") if isinstance(body, dict) else None
-    return f"{exc.status}: {message or exc.reason}"
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def api_error_message(exc: ApiException) -> str:
+    """The API server's own words for a refused request (its Status ``message``), else the HTTP reason."""
+    return f"{exc.status}: {_status_body(exc).get('message') or exc.reason}"
 
 
 def namespace_terminating(exc: BaseException) -> bool:
     """The namespace is being deleted: nothing can be created in it any more, and retrying is noise."""
     if not isinstance(exc, ApiException) or exc.status != 403:
         return False
-    try:
-        causes = (json.loads(exc.body or "{}").get("details") or {}).get("causes") or ()
-    except (TypeError, ValueError, AttributeError):
-        return False
-    return any(cause.get("reason") == "NamespaceTerminating" for cause in causes)
+    details = _status_body(exc).get("details")
+    causes = details.get("causes") if isinstance(details, dict) else None
+    return any(isinstance(c, dict) and c.get("reason") == "NamespaceTerminating" for c in causes or ())
 
 
 def now_rfc3339() -> str:

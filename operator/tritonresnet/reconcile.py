@@ -595,6 +595,15 @@ def _target_entry(cr_name: str, target: Any, key: str) -> dict[str, Any]:
     }
 
 
+def _built_entries(status: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """The ``status.targets`` entries already built, by engine key (a build is never read twice)."""
+    return {
+        t["engineKey"]: t
+        for t in status.get("targets") or ()
+        if t.get("state") == "Built" and t.get("engineKey")
+    }
+
+
 def _published_targets(
     cr_name: str, old_status: Mapping[str, Any], targets: Sequence[Any], engine_keys: Mapping[str, str]
 ) -> list[dict[str, Any]]:
@@ -603,13 +612,12 @@ def _published_targets(
     Recorded entries of other keys (an abandoned spec's builds) are dropped, so
     status.targets always describes the current spec.
     """
-    recorded = {t.get("engineKey"): t for t in old_status.get("targets") or ()}
+    built = _built_entries(old_status)
     out = []
     for target in targets:
         key = engine_keys[target.name]
-        old = recorded.get(key)
-        if old and old.get("state") == "Built":
-            out.append(dict(old))
+        if key in built:
+            out.append(dict(built[key]))
         else:
             out.append(_target_entry(cr_name, target, key) | {"state": "Built", "message": "published"})
     return out
@@ -626,7 +634,7 @@ def _builds(
     """Per-target build state; creates the missing build Jobs."""
     resource = observed.resource
     name = resource["metadata"]["name"]
-    recorded = {t.get("engineKey"): t for t in (resource.get("status") or {}).get("targets") or ()}
+    built = _built_entries(resource.get("status") or {})
     out: list[dict[str, Any]] = []
     failures: list[str] = []
     waiting: list[str] = []
@@ -634,9 +642,8 @@ def _builds(
         key = engine_keys[target.name]
         job_name = names.build_job_name(name, key)
         entry = _target_entry(name, target, key)
-        old = recorded.get(key)
-        if old and old.get("state") == "Built":
-            out.append(dict(old))
+        if key in built:
+            out.append(dict(built[key]))
             continue
         job = observed.jobs.get(job_name)
         if job is None:

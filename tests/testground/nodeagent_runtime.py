@@ -557,8 +557,9 @@ class PodWorker(threading.Thread):
         base = {key: os.environ[key] for key in INHERITED_ENV if key in os.environ}
         try:
             pod_env = container_env(self.pod, run.spec, self.context.secret, self.context.config_map)
-            paths = self._path_map(run, base | pod_env)
-            started = self._command(run, base | pod_env, paths)
+            container_view = base | pod_env  # what $(VAR) and subPathExpr see
+            paths = self._path_map(run, container_view)
+            started = self._command(run, container_view, paths)
         except ContainerConfigError as error:
             run.state, run.waiting_reason, run.waiting_message = "waiting", CONFIG_ERROR_REASON, str(error)
             run.restart_at = time.monotonic() + 2.0
