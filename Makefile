@@ -21,7 +21,7 @@ binaries: $(STAMP)
 	cd tests && ../$(BIN)/python -m testground.binaries
 
 lint: $(STAMP)
-	$(BIN)/ruff check operator builder_image tests benchmarks
+	$(BIN)/ruff check operator builder_image tests benchmarks docs
 	$(BIN)/mypy
 
 test: $(STAMP) binaries

@@ -47,7 +47,7 @@ from testground.models import ensure_models  # noqa: E402
 from testground.nodeagent import NodeAgent, start_node_agent  # noqa: E402
 from testground.operator_run import OperatorProcess, install_crd  # noqa: E402
 from testground.s3 import S3Server, start_s3  # noqa: E402
-from tritonresnet import names  # noqa: E402
+from tritonresnet.api import names  # noqa: E402
 
 #: The operator's identity for these runs: a client certificate user in
 #: ``system:masters`` (so RBAC changes nothing), distinct from the admin user

@@ -46,7 +46,7 @@ from _testground import (
     trn_manifest,
     wait_steady,
 )
-from tritonresnet import names
+from tritonresnet.api import names
 
 NAMESPACE = "bench-latency"
 

@@ -50,7 +50,7 @@ from _testground import (
     verb_resource,
     wait_steady,
 )
-from tritonresnet import names
+from tritonresnet.api import names
 
 DEFAULT_COUNTS = (10, 100, 500)
 

@@ -67,7 +67,7 @@ def predictions_json(images: Sequence[Path], results: Sequence[Sequence[Any]]) -
 
 
 def _classify(args: argparse.Namespace) -> int:
-    from tritonresnet.classify import ClassifyError, classify
+    from tritonresnet.client.classify import ClassifyError, classify
 
     try:
         results = classify(
@@ -98,8 +98,8 @@ def _status(args: argparse.Namespace) -> int:
     from kubernetes.client.exceptions import ApiException
     from kubernetes.config.config_exception import ConfigException
 
-    from tritonresnet import names
-    from tritonresnet.status_text import describe
+    from tritonresnet.api import names
+    from tritonresnet.client.status_text import describe
 
     try:
         api_client = _api_client(args.kubeconfig)
@@ -175,7 +175,7 @@ def operator_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _operator(args: argparse.Namespace) -> int:
-    from tritonresnet import handlers
+    from tritonresnet.controller import handlers
 
     handlers.run(**operator_options(args))
     return EXIT_OK
@@ -205,8 +205,9 @@ def workstation_plan(
     A tensorrt build targets the workstation's own GPU, whatever the
     manifest's targets say: a plan only runs on the GPU kind it was built on.
     """
-    from tritonresnet import names, render
-    from tritonresnet.spec import Target, parse_spec
+    from tritonresnet.api import names
+    from tritonresnet.api.spec import Target, parse_spec
+    from tritonresnet.controller import render
 
     spec = parse_spec(manifest)
     target = spec.build_targets()[0] if spec.model.format == "onnx" else Target(name="local")
@@ -228,8 +229,8 @@ def workstation_plan(
 def _build(args: argparse.Namespace) -> int:
     from tritonresnet_builder import cli as builder_cli
 
-    from tritonresnet.settings import DEFAULT_RELEASE
-    from tritonresnet.spec import SpecError
+    from tritonresnet.api.spec import SpecError
+    from tritonresnet.controller.settings import DEFAULT_RELEASE
 
     try:
         manifest = _load_manifest(args.filename)

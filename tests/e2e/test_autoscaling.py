@@ -21,7 +21,7 @@ from testground.controlplane import ControlPlane
 from testground.models import OnnxModels
 from testground.operator_run import OperatorProcess, apply_sample, condition, get_trn, is_ready, wait_for
 from testground.s3 import S3Server
-from tritonresnet import names
+from tritonresnet.api import names
 
 pytestmark = [pytest.mark.cluster, pytest.mark.triton, pytest.mark.slow]
 

@@ -42,8 +42,8 @@ from testground.operator_run import (
     wait_for,
 )
 from testground.s3 import S3Server, start_s3
-from tritonresnet import names
-from tritonresnet.classify import classify
+from tritonresnet.api import names
+from tritonresnet.client.classify import classify
 from tritonresnet_builder.contract import VERSION_MARKER, pinned_config_name
 
 pytestmark = [pytest.mark.cluster, pytest.mark.triton, pytest.mark.slow]

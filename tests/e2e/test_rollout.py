@@ -34,7 +34,7 @@ from testground.models import OnnxModels
 from testground.nodeagent import NodeAgent
 from testground.operator_run import OperatorProcess, apply_sample, condition, get_trn, is_ready, wait_for
 from testground.s3 import S3Server
-from tritonresnet import names
+from tritonresnet.api import names
 
 pytestmark = [pytest.mark.cluster, pytest.mark.triton, pytest.mark.slow]
 

@@ -1,4 +1,4 @@
-"""``tritonresnet.classify`` through the real tritonserver over HTTP and gRPC.
+"""``tritonresnet.client.classify`` through the real tritonserver over HTTP and gRPC.
 
 The server is the real ``tritonserver`` of the nvidia-pytriton wheel; the ONNX
 models run in the test ground's STAND-IN for Triton's ONNX Runtime backend (a
@@ -23,9 +23,9 @@ from PIL import Image
 from testground.models import ensure_models
 from testground.triton import TritonServer, free_port, start_tritonserver
 from tritonclient.grpc import model_config_pb2
-from tritonresnet import classify as cl
 from tritonresnet import cli
-from tritonresnet.preprocess import preprocess
+from tritonresnet.client import classify as cl
+from tritonresnet.client.preprocess import preprocess
 
 pytestmark = pytest.mark.triton
 

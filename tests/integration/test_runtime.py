@@ -22,10 +22,11 @@ import pytest
 from kubernetes.client.rest import ApiException
 from testground.controlplane import ControlPlane
 from testground.operator_run import install_crd
-from tritonresnet import handlers, names
-from tritonresnet.handlers import Runtime
-from tritonresnet.kube import Kube, namespace_terminating
-from tritonresnet.settings import Settings
+from tritonresnet.api import names
+from tritonresnet.controller import handlers
+from tritonresnet.controller.handlers import Runtime
+from tritonresnet.controller.kube import Kube, namespace_terminating
+from tritonresnet.controller.settings import Settings
 
 pytestmark = pytest.mark.cluster
 

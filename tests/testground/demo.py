@@ -25,7 +25,7 @@ from testground.operator_run import OperatorProcess, apply_sample, get_trn, inst
 from testground.s3 import start_s3
 
 REPO = Path(__file__).resolve().parents[2]
-SAMPLE_IMAGE = REPO / "operator" / "tritonresnet" / "data" / "sample.jpg"
+SAMPLE_IMAGE = REPO / "operator" / "tritonresnet" / "client" / "data" / "sample.jpg"
 
 BANNER = """\
 tritonresnet local demo

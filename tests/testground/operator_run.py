@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from tritonresnet import names
+from tritonresnet.api import names
 
 from testground.controlplane import ControlPlane
 from testground.s3 import S3Server

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 import yaml
-from tritonresnet import classify as cl
 from tritonresnet import cli
+from tritonresnet.client import classify as cl
 from tritonresnet_builder import contract
 
 SAMPLE = Path(cl.__file__).parent / "data" / "sample.jpg"

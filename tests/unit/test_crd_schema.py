@@ -14,8 +14,8 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from tritonresnet import names, spec
-from tritonresnet.spec import SpecError, parse_spec
+from tritonresnet.api import names, spec
+from tritonresnet.api.spec import SpecError, parse_spec
 from tritonresnet_builder.contract import FORMATS, MODEL_NAME_RE, PRECISIONS
 
 CRD_PATH = Path(__file__).resolve().parents[2] / "crds" / "tritonresnet.io_tritonresnets.yaml"

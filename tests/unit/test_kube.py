@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from kubernetes.client.rest import ApiException
-from tritonresnet.kube import api_error_message, namespace_terminating
+from tritonresnet.controller.kube import api_error_message, namespace_terminating
 
 
 def refusal(status: int, reason: str, body: dict[str, object] | str) -> ApiException:

@@ -16,7 +16,7 @@ import jsonschema
 import pytest
 import yaml
 from testground.chart import CHART_DIR, MANIFESTS_DIR, REPO_ROOT, of_kind, render_chart
-from tritonresnet.spec import parse_spec
+from tritonresnet.api.spec import parse_spec
 
 CRDS_DIR = REPO_ROOT / "crds"
 CRD_FILE = CRDS_DIR / "tritonresnet.io_tritonresnets.yaml"
@@ -223,7 +223,7 @@ def test_chart_passes_operator_options_as_settings_env() -> None:
 
 def test_chart_env_names_are_operator_settings() -> None:
     # Every TRITONRESNET_* the chart can set must be one settings.Settings.from_env reads.
-    settings_source = (REPO_ROOT / "operator" / "tritonresnet" / "settings.py").read_text()
+    settings_source = (REPO_ROOT / "operator" / "tritonresnet" / "controller" / "settings.py").read_text()
     read = set(re.findall(r'get\("([A-Z_]+)"\)', settings_source))
     template = (CHART_DIR / "templates" / "deployment.yaml").read_text()
     names = re.findall(r"TRITONRESNET_[A-Z_]+", template)

@@ -6,8 +6,8 @@ import re
 from typing import Any
 
 import pytest
-from tritonresnet import names
-from tritonresnet.spec import Target, TritonResNetSpec, parse_spec
+from tritonresnet.api import names
+from tritonresnet.api.spec import Target, TritonResNetSpec, parse_spec
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")

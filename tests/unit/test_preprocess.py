@@ -1,4 +1,4 @@
-"""tritonresnet.preprocess against the stored torchvision-pipeline reference.
+"""tritonresnet.client.preprocess against the stored torchvision-pipeline reference.
 
 The reference (tests/fixtures/preprocess_reference.npz) was computed by
 tests/fixtures/make_preprocess_reference.py, which re-implements torchvision's
@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from PIL import Image
-from tritonresnet import preprocess as pp
+from tritonresnet.client import preprocess as pp
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "preprocess_reference.npz"
 CASES = ("landscape_rgb", "portrait_gray", "square_rgba")

@@ -11,19 +11,19 @@ import copy
 from typing import Any
 
 import pytest
-from tritonresnet import conditions as c
-from tritonresnet import names
-from tritonresnet.handlers import status_patch
-from tritonresnet.kube import with_applied_hash
-from tritonresnet.reconcile import (
+from tritonresnet.api import names
+from tritonresnet.api import status as c
+from tritonresnet.controller.handlers import status_patch
+from tritonresnet.controller.kube import with_applied_hash
+from tritonresnet.controller.reconcile import (
     MODEL_VERSION_ANNOTATION,
     Observed,
     Plan,
     plan,
     with_apply_failures,
 )
-from tritonresnet.settings import Settings
-from tritonresnet.verify import EndpointCheck
+from tritonresnet.controller.settings import Settings
+from tritonresnet.controller.verify import EndpointCheck
 from tritonresnet_builder.contract import Failure, Result, Tensor
 
 SETTINGS = Settings()

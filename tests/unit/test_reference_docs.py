@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from testground.chart import REPO_ROOT
-from tritonresnet import reference_docs
-from tritonresnet.reference_docs import (
+import reference_docs
+from reference_docs import (
     DEFAULT_CRD,
     END_MARKER,
     START_MARKER,
@@ -17,9 +16,10 @@ from tritonresnet.reference_docs import (
     storage_version_schema,
     walk,
 )
+from testground.chart import REPO_ROOT
 
 README = REPO_ROOT / "README.md"
-FIX = "python -m tritonresnet.reference_docs --write README.md"
+FIX = "python docs/reference_docs.py --write README.md"
 
 
 def test_readme_reference_is_in_sync_with_the_crd() -> None:

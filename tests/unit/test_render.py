@@ -6,9 +6,10 @@ import copy
 from typing import Any
 
 import pytest
-from tritonresnet import names, render
-from tritonresnet.settings import Settings
-from tritonresnet.spec import Target, TritonResNetSpec, parse_spec
+from tritonresnet.api import names
+from tritonresnet.api.spec import Target, TritonResNetSpec, parse_spec
+from tritonresnet.controller import render
+from tritonresnet.controller.settings import Settings
 from tritonresnet_builder.contract import NON_RETRYABLE_EXIT_CODES, BuildArgs, PublishArgs, parse_args
 
 META = {"name": "resnet50", "namespace": "vision", "uid": "0b1e4c6a-0000-4000-8000-000000000001"}

@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 import pytest
-from tritonresnet.spec import (
+from tritonresnet.api.spec import (
     DEFAULT_TARGET_NAME,
     ONNX_TARGET_NAME,
     AutoscalingMetric,

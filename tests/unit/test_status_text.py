@@ -1,4 +1,4 @@
-"""tritonresnet.status_text.describe on resources shaped like the operator's status."""
+"""tritonresnet.client.status_text.describe on resources shaped like the operator's status."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pytest
-from tritonresnet.status_text import age, describe
+from tritonresnet.client.status_text import age, describe
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
 

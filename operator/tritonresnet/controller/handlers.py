@@ -26,11 +26,11 @@ import kopf
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from tritonresnet import names
-from tritonresnet.kube import Kube, api_error_message, namespace_terminating, now_rfc3339
-from tritonresnet.reconcile import Observed, plan, with_apply_failures
-from tritonresnet.settings import Settings
-from tritonresnet.verify import EndpointCheck, check_endpoints
+from tritonresnet.api import names
+from tritonresnet.controller.kube import Kube, api_error_message, namespace_terminating, now_rfc3339
+from tritonresnet.controller.reconcile import Observed, plan, with_apply_failures
+from tritonresnet.controller.settings import Settings
+from tritonresnet.controller.verify import EndpointCheck, check_endpoints
 
 log = logging.getLogger("tritonresnet")
 

@@ -22,7 +22,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tritonresnet.names import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from tritonresnet.api.names import API_VERSION, GROUP, KIND, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
 

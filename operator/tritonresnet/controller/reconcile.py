@@ -26,13 +26,14 @@ from typing import Any
 
 from tritonresnet_builder.contract import ContractError, Result, Tensor, parse_result
 
-from tritonresnet import conditions as c
-from tritonresnet import names, render
-from tritonresnet.conditions import Condition
-from tritonresnet.kube import is_current, with_applied_hash
-from tritonresnet.settings import Settings
-from tritonresnet.spec import SpecError, TritonResNetSpec, parse_spec
-from tritonresnet.verify import EndpointCheck, Expected
+from tritonresnet.api import names
+from tritonresnet.api import status as c
+from tritonresnet.api.spec import SpecError, TritonResNetSpec, parse_spec
+from tritonresnet.api.status import Condition
+from tritonresnet.controller import render
+from tritonresnet.controller.kube import is_current, with_applied_hash
+from tritonresnet.controller.settings import Settings
+from tritonresnet.controller.verify import EndpointCheck, Expected
 
 TRITON_HTTP_PORT = 8000
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from tritonresnet_builder.contract import CONTRACT
 
-from tritonresnet.spec import Target, TritonResNetSpec
+from tritonresnet.api.spec import Target, TritonResNetSpec
 
 GROUP = "tritonresnet.io"
 VERSION = "v1alpha1"

@@ -31,9 +31,10 @@ from tritonresnet_builder.contract import (
     Source,
 )
 
-from tritonresnet.settings import RELEASE_RE
-
 # -- patterns and limits shared with the CRD -------------------------------------------
+
+#: NGC releases are YY.MM (spec.serving.release, and the operator's default release).
+RELEASE_RE = re.compile(r"^\d{2}\.\d{2}$")
 
 #: s3://bucket/key (bucket named by S3's rules) or an absolute local path.
 SOURCE_URI_RE = re.compile(r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/\S+|/\S+)$")

@@ -15,10 +15,11 @@ Defaults:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
+
+from tritonresnet.api.spec import RELEASE_RE
 
 ENV_PREFIX = "TRITONRESNET_"
 
@@ -26,8 +27,6 @@ DEFAULT_BUILDER_REGISTRY = "ghcr.io/tritonresnet"
 DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver"
 DEFAULT_RELEASE = "25.01"
 
-#: NGC releases are YY.MM; the CRD enforces the same pattern on spec.serving.release.
-RELEASE_RE = re.compile(r"^\d{2}\.\d{2}$")
 
 LogFormat = Literal["plain", "json"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("plain", "json")

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from tritonresnet.preprocess import ImageError, Layout, load_rgb, preprocess_image
+from tritonresnet.client.preprocess import ImageError, Layout, load_rgb, preprocess_image
 
 Protocol = Literal["http", "grpc"]
 

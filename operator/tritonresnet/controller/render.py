@@ -23,9 +23,9 @@ from tritonresnet_builder.contract import (
     pinned_config_name,
 )
 
-from tritonresnet import names
-from tritonresnet.settings import Settings
-from tritonresnet.spec import GPU_RESOURCE, AutoscalingMetric, Target, TritonResNetSpec
+from tritonresnet.api import names
+from tritonresnet.api.spec import GPU_RESOURCE, AutoscalingMetric, Target, TritonResNetSpec
+from tritonresnet.controller.settings import Settings
 
 Object = dict[str, Any]
 
