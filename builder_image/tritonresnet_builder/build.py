@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from tritonresnet_builder import onnx_model, tensorrt_engine
+from tritonresnet_builder import onnx_model, tensorrt_api, tensorrt_engine
 from tritonresnet_builder.contract import (
     ENGINE_RESULT,
     ONNX_FILENAME,
@@ -152,7 +152,7 @@ def build(args: BuildArgs) -> Result:
     engine = args.engine
     if engine.format == "tensorrt":
         # Fail on a node without TensorRT or a GPU before spending a download on it.
-        tensorrt_engine.require_tensorrt()
+        tensorrt_api.import_tensorrt()
         tensorrt_engine.require_gpu()
 
     seconds: dict[str, float] = {}

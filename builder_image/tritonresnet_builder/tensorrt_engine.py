@@ -1,10 +1,10 @@
 """Build one TensorRT plan from a validated ONNX model with the TensorRT 10 Python API.
 
-``tensorrt`` is imported inside the functions that need it: the module imports
-(and type-checks, with ``mypy --strict`` against the stubs in
-``builder_image/stubs``) on machines without TensorRT, and only a real build
-needs the library and a GPU. Without either the build fails with
-``ExitCode.UNSUPPORTED`` and says which is missing.
+``tensorrt`` is imported when a build starts (:func:`tensorrt_api.import_tensorrt`),
+so the module imports on machines without TensorRT, and every call into it is
+type-checked (``mypy --strict``) against the protocols in tensorrt_api.py.
+Only a real build needs the library and a GPU; without either the build fails
+with ``ExitCode.UNSUPPORTED`` and says which is missing.
 
 A plan is tied to the GPU's compute capability and to the TensorRT version
 that built it; both are recorded, and the timing cache on the volume is kept
@@ -19,14 +19,21 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tritonresnet_builder import cuda_device
 from tritonresnet_builder.contract import ExitCode, Precision, plan_filename
 from tritonresnet_builder.failures import BuilderError, bad_input, unsupported
-
-if TYPE_CHECKING:
-    import tensorrt as trt
+from tritonresnet_builder.tensorrt_api import (
+    Builder,
+    BuilderFlag,
+    IBuilderConfig,
+    INetworkDefinition,
+    IOptimizationProfile,
+    ITimingCache,
+    OnnxParser,
+    TensorRT,
+    import_tensorrt,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,25 +62,6 @@ class BuiltPlan:
     seconds: float
 
 
-def require_tensorrt() -> str:
-    """TensorRT's version, or UNSUPPORTED when the real library is not importable."""
-    try:
-        import tensorrt
-    except ImportError as exc:
-        raise unsupported(
-            "TensorRTMissing",
-            "TensorRT is not installed in this image; build with the "
-            "tritonresnet-builder image or use format onnx",
-        ) from exc
-    # The type stubs installed as a package import as an empty namespace.
-    if not hasattr(tensorrt, "Builder"):
-        raise unsupported(
-            "TensorRTMissing",
-            "the tensorrt module here has no Builder (type stubs only?); TensorRT itself is not installed",
-        )
-    return str(tensorrt.__version__)
-
-
 def require_gpu() -> cuda_device.Device:
     try:
         return cuda_device.first_device()
@@ -96,10 +84,8 @@ def timing_cache_path(cache_dir: Path, compute_capability: str, tensorrt_version
     return cache_dir / f"sm{compute_capability.replace('.', '')}-trt{tensorrt_version}.cache"
 
 
-def _precision_flags(precision: Precision) -> list[trt.BuilderFlag]:
-    import tensorrt as trt
-
-    flags: dict[str, list[trt.BuilderFlag]] = {
+def _precision_flags(trt: TensorRT, precision: Precision) -> list[BuilderFlag]:
+    flags: dict[str, list[BuilderFlag]] = {
         "fp32": [],
         "fp16": [trt.BuilderFlag.FP16],
         "bf16": [trt.BuilderFlag.BF16],
@@ -108,7 +94,7 @@ def _precision_flags(precision: Precision) -> list[trt.BuilderFlag]:
     return flags[precision]
 
 
-def _parse(parser: trt.OnnxParser, onnx_path: Path) -> None:
+def _parse(parser: OnnxParser, onnx_path: Path) -> None:
     # parse_from_file resolves external data relative to the model's folder.
     if parser.parse_from_file(str(onnx_path)):
         return
@@ -119,11 +105,9 @@ def _parse(parser: trt.OnnxParser, onnx_path: Path) -> None:
 
 
 def _profile(
-    builder: trt.Builder, network: trt.INetworkDefinition, request: PlanRequest
-) -> trt.IOptimizationProfile:
+    trt: TensorRT, builder: Builder, network: INetworkDefinition, request: PlanRequest
+) -> IOptimizationProfile:
     """Batch 1..max with the optimum in between; every other dimension as exported."""
-    import tensorrt as trt
-
     profile = builder.create_optimization_profile()
     for index in range(network.num_inputs):
         tensor = network.get_input(index)
@@ -137,7 +121,7 @@ def _profile(
     return profile
 
 
-def _load_timing_cache(config: trt.IBuilderConfig, path: Path) -> trt.ITimingCache:
+def _load_timing_cache(config: IBuilderConfig, path: Path) -> ITimingCache:
     data = path.read_bytes() if path.is_file() else b""
     try:
         cache = config.create_timing_cache(data)
@@ -167,10 +151,9 @@ def _write_atomic(path: Path, data: memoryview | bytes) -> int:
 def build_plan(request: PlanRequest) -> BuiltPlan:
     """Parse, configure and build one plan; returns what it built and on which GPU."""
     refuse_uncalibrated(request.precision)
-    version = require_tensorrt()
+    trt = import_tensorrt()
+    version = trt.__version__
     device = require_gpu()
-    import tensorrt as trt
-
     started = time.monotonic()
 
     logger = trt.Logger(trt.Logger.WARNING)
@@ -182,9 +165,9 @@ def build_plan(request: PlanRequest) -> BuiltPlan:
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, request.workspace_mib * MiB)
-    for flag in _precision_flags(request.precision):
+    for flag in _precision_flags(trt, request.precision):
         config.set_flag(flag)
-    config.add_optimization_profile(_profile(builder, network, request))
+    config.add_optimization_profile(_profile(trt, builder, network, request))
     cache_path = timing_cache_path(request.timing_cache_dir, device.compute_capability, version)
     _load_timing_cache(config, cache_path)
 

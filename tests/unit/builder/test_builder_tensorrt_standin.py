@@ -242,7 +242,8 @@ def test_product_code_writes_plans_only_from_tensorrt_serialized_engines() -> No
     assert "serialized = builder.build_serialized_network(network, config)" in engine_source
     assert "_write_atomic(plan_path, memoryview(serialized))" in engine_source
     for module in package.glob("*.py"):
-        if module.name in ("tensorrt_engine.py", "contract.py"):
+        # contract.py names plan files; tensorrt_api.py declares the TensorRT calls, never makes them.
+        if module.name in ("tensorrt_engine.py", "contract.py", "tensorrt_api.py"):
             continue
         text = module.read_text()
         assert '.plan"' not in text.replace('"model.plan"', ""), module.name
