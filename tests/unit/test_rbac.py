@@ -21,8 +21,8 @@ Grant = tuple[str, str, str]  # (apiGroup, resource, verb)
 # Every grant the operator needs, and who needs it. Keep in step with
 # helm/tritonresnet-operator/templates/_helpers.tpl and manifests/base/rbac.yaml.
 USED: dict[Grant, str] = {
-    # kopf.on.event in handlers.py watches TritonResNets (list + watch); kube.Kube.get_resource reads one.
-    ("tritonresnet.io", "tritonresnets", "get"): "kube.py Kube.get_resource",
+    # kopf.on.event in handlers.py watches TritonResNets (list + watch).
+    ("tritonresnet.io", "tritonresnets", "get"): "granted with list (reveals nothing more)",
     ("tritonresnet.io", "tritonresnets", "list"): "handlers.py resource_event (kopf watch)",
     ("tritonresnet.io", "tritonresnets", "watch"): "handlers.py resource_event (kopf watch)",
     # kube.Kube.patch_status: a merge patch on /status, the operator's only write to a TritonResNet.

@@ -7,219 +7,43 @@ with no cluster: the cluster-level behaviour is covered in tests/e2e.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import pytest
 from tritonresnet.api import names
 from tritonresnet.api import status as c
-from tritonresnet.controller.handlers import status_patch
-from tritonresnet.controller.kube import with_applied_hash
-from tritonresnet.controller.reconcile import (
-    MODEL_VERSION_ANNOTATION,
-    Observed,
-    Plan,
-    plan,
-    with_apply_failures,
+from tritonresnet.api.status import status_patch
+from tritonresnet.controller.children import MODEL_VERSION_ANNOTATION, with_applied_hash
+from tritonresnet.controller.observe import EndpointCheck
+from tritonresnet.controller.reconcile import plan, with_apply_failures
+from tritonresnet_builder.contract import Failure, Result
+from unit.worlds import (
+    NOW,
+    SETTINGS,
+    build_result,
+    condition,
+    find,
+    finished,
+    kinds,
+    lifecycle_to_ready,
+    publish_result,
+    resource,
+    rolled_out,
+    st,
+    step,
+    world,
 )
-from tritonresnet.controller.settings import Settings
-from tritonresnet.controller.verify import EndpointCheck
-from tritonresnet_builder.contract import Failure, Result, Tensor
-
-SETTINGS = Settings()
-NOW = "2026-11-25T10:00:00Z"
-INPUTS = (Tensor("input", "FP32", (3, 224, 224)),)
-OUTPUTS = (Tensor("output", "FP32", (1000,)),)
-
-
-def resource(
-    name: str = "resnet50",
-    *,
-    uri: str = "s3://models/resnet50/model.onnx",
-    fmt: str = "onnx",
-    replicas: int = 1,
-    generation: int = 1,
-    status: dict[str, Any] | None = None,
-    created: str = "2026-11-25T09:00:00Z",
-    targets: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "source": {"uri": uri},
-        "model": {"name": "resnet50", "format": fmt},
-        "engine": {"maxBatchSize": 8, **({"targets": targets} if targets else {})},
-        "serving": {"release": "25.01", "replicas": replicas},
-        "repository": {"claimName": "models"},
-    }
-    return {
-        "apiVersion": names.API_VERSION,
-        "kind": names.KIND,
-        "metadata": {
-            "name": name,
-            "namespace": "vision",
-            "uid": f"uid-{name}",
-            "generation": generation,
-            "creationTimestamp": created,
-        },
-        "spec": spec,
-        "status": status or {},
-    }
-
-
-def world(
-    cr: dict[str, Any],
-    objects: list[dict[str, Any]] = (),
-    pods: list[dict[str, Any]] = (),  # type: ignore[assignment]
-    verification: dict[str, EndpointCheck] | None = None,
-    peers: list[dict[str, Any]] = (),
-) -> Observed:  # type: ignore[assignment]
-    children = {(o["kind"], o["metadata"]["name"]): o for o in objects}
-    return Observed(
-        resource=cr,
-        jobs={n: o for (k, n), o in children.items() if k == "Job"},
-        pods=list(pods),
-        children=children,
-        peers=[cr, *peers],
-        verification=verification or {},
-        now=NOW,
-    )
-
-
-def kinds(p: Plan) -> list[tuple[str, str]]:
-    return sorted((o["kind"], o["metadata"]["name"]) for o in p.apply)
-
-
-def condition(p: Plan, type_: str) -> dict[str, Any]:
-    found = c.find(p.status["conditions"], type_)
-    assert found is not None, type_
-    return dict(found)
-
-
-def finished(job: dict[str, Any], result: Result, ok: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The Job as the Job controller leaves it and its pod with the builder's termination message."""
-    job = copy.deepcopy(job)
-    job["status"] = {"conditions": [{"type": "Complete" if ok else "Failed", "status": "True"}]}
-    pod = {
-        "kind": "Pod",
-        "metadata": {
-            "name": job["metadata"]["name"] + "-x",
-            "labels": {"job-name": job["metadata"]["name"]},
-            "creationTimestamp": NOW,
-        },
-        "status": {
-            "phase": "Succeeded" if ok else "Failed",
-            "containerStatuses": [
-                {
-                    "name": "builder",
-                    "state": {"terminated": {"exitCode": 0 if ok else 3, "message": result.to_json()}},
-                }
-            ],
-        },
-    }
-    return job, pod
-
-
-def build_result(key: str) -> Result:
-    return Result(
-        ok=True,
-        phase="build",
-        engine_key=key,
-        format="onnx",
-        artifact="model.onnx",
-        inputs=INPUTS,
-        outputs=OUTPUTS,
-    )
-
-
-def publish_result(version: int, version_key: str) -> Result:
-    return Result(
-        ok=True,
-        phase="publish",
-        version=version,
-        version_key=version_key,
-        model_name="resnet50",
-        inputs=INPUTS,
-        outputs=OUTPUTS,
-    )
-
-
-def rolled_out(deployment: dict[str, Any], replicas: int = 1) -> dict[str, Any]:
-    d = copy.deepcopy(deployment)
-    d["metadata"]["generation"] = 1
-    d["status"] = {
-        "observedGeneration": 1,
-        "replicas": replicas,
-        "readyReplicas": replicas,
-        "updatedReplicas": replicas,
-        "availableReplicas": replicas,
-        "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}],
-    }
-    return d
-
-
-def triton_pod(version: int, ip: str, ready: bool = True) -> dict[str, Any]:
-    return {
-        "kind": "Pod",
-        "metadata": {
-            "name": f"resnet50-triton-{ip}",
-            "labels": {names.LABEL_COMPONENT: "triton", names.LABEL_MODEL_VERSION: str(version)},
-        },
-        "status": {
-            "phase": "Running",
-            "podIP": ip,
-            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
-        },
-    }
-
-
-def step(
-    cr: dict[str, Any], objects: list[dict[str, Any]], p: Plan
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Carry out a plan the way the kopf layer does: apply children, write status."""
-    cr = {**cr, "status": p.status}
-    by_name = {(o["kind"], o["metadata"]["name"]): o for o in objects}
-    for obj in p.apply:
-        by_name[(obj["kind"], obj["metadata"]["name"])] = obj
-    return cr, list(by_name.values())
-
-
-def lifecycle_to_ready() -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], Plan]:
-    """Walk one resource from apply to Ready; returns (cr, objects, pods, last plan)."""
-    cr = resource()
-    p = plan(world(cr), SETTINGS)
-    cr, objects = step(cr, [], p)
-    job = next(o for o in objects if o["kind"] == "Job")
-    key = job["metadata"]["labels"][names.LABEL_ENGINE_KEY]
-    job, pod = finished(job, build_result(key))
-    objects = [o for o in objects if o["kind"] != "Job"] + [job]
-    p = plan(world(cr, objects, [pod]), SETTINGS)
-    cr, objects = step(cr, objects, p)
-    pub = next(o for o in objects if o["kind"] == "Job" and "-publish-" in o["metadata"]["name"])
-    vkey = p.status["versionKey"]
-    pub, pub_pod = finished(pub, publish_result(1, vkey))
-    objects = [o for o in objects if o["metadata"]["name"] != pub["metadata"]["name"]] + [pub]
-    pods = [pod, pub_pod]
-    p = plan(world(cr, objects, pods), SETTINGS)
-    cr, objects = step(cr, objects, p)
-    dep = next(o for o in objects if o["kind"] == "Deployment")
-    objects = [o for o in objects if o["kind"] != "Deployment"] + [rolled_out(dep)]
-    pods = [*pods, triton_pod(1, "10.1.0.5")]
-    p = plan(world(cr, objects, pods), SETTINGS)
-    assert p.verify is not None and p.verify.endpoints == ("10.1.0.5:8000",)
-    ok = {"10.1.0.5:8000": EndpointCheck("10.1.0.5:8000", True, "answered")}
-    p = plan(world(cr, objects, pods, verification=ok), SETTINGS)
-    cr, objects = step(cr, objects, p)
-    return cr, objects, pods, p
 
 
 def test_new_resource_starts_one_build_job_per_target_and_reports_building() -> None:
     p = plan(world(resource()), SETTINGS)
     jobs = [o for o in p.apply if o["kind"] == "Job"]
     assert len(jobs) == 1 and "-build-" in jobs[0]["metadata"]["name"]
-    assert p.status["phase"] == c.BUILDING
+    assert st(p)["phase"] == c.BUILDING
     assert condition(p, c.ENGINE_BUILT)["status"] == "False"
     assert condition(p, c.READY)["status"] == "False"
     assert condition(p, c.RECONCILING)["status"] == "True"
-    assert all(cond["observedGeneration"] == 1 for cond in p.status["conditions"])
+    assert all(cond["observedGeneration"] == 1 for cond in st(p)["conditions"])
     assert not any(o["kind"] == "Deployment" for o in p.apply)
 
 
@@ -231,7 +55,7 @@ def test_tensorrt_with_two_targets_builds_two_jobs_with_distinct_names() -> None
     p = plan(world(resource(fmt="tensorrt", targets=targets)), SETTINGS)
     jobs = [o for o in p.apply if o["kind"] == "Job"]
     assert len({j["metadata"]["name"] for j in jobs}) == 2
-    assert [t["name"] for t in p.status["targets"]] == ["a10g", "t4"]
+    assert [t["name"] for t in st(p)["targets"]] == ["a10g", "t4"]
 
 
 def test_repeated_pass_with_the_same_world_writes_nothing() -> None:
@@ -253,11 +77,11 @@ def test_job_names_do_not_depend_on_status_so_a_restart_never_duplicates_a_job()
 
 def test_walk_to_ready_publishes_then_deploys_the_published_version_and_verifies() -> None:
     _, objects, _, p = lifecycle_to_ready()
-    assert p.status["phase"] == c.PHASE_READY
+    assert st(p)["phase"] == c.PHASE_READY
     assert condition(p, c.READY)["status"] == "True"
     assert condition(p, c.STALLED)["status"] == "False"
-    assert p.status["modelVersion"] == 1
-    assert p.status["endpoints"] == ["10.1.0.5:8000"]
+    assert st(p)["modelVersion"] == 1
+    assert st(p)["endpoints"] == ["10.1.0.5:8000"]
     dep = next(o for o in objects if o["kind"] == "Deployment")
     assert dep["metadata"]["annotations"][MODEL_VERSION_ANNOTATION] == "1"
     assert ("Normal", "Verified") in [(t, r) for t, r, _ in p.events]
@@ -282,9 +106,9 @@ def test_new_source_builds_version_two_while_version_one_keeps_serving() -> None
     new_jobs = [o for o in p.apply if o["kind"] == "Job"]
     assert len(new_jobs) == 1
     assert not any(o["kind"] == "Deployment" for o in p.apply), "the served Deployment must not change yet"
-    assert p.status["modelVersion"] == 1
-    assert p.status["phase"] == c.BUILDING
-    assert "version 1 keeps serving" in p.status["message"]
+    assert st(p)["modelVersion"] == 1
+    assert st(p)["phase"] == c.BUILDING
+    assert "version 1 keeps serving" in st(p)["message"]
 
 
 def test_failed_build_leaves_served_version_untouched_and_reports_builder_message() -> None:
@@ -308,11 +132,11 @@ def test_failed_build_leaves_served_version_untouched_and_reports_builder_messag
     failed_job, failed_pod = finished(job, failure, ok=False)
     objects = [o for o in objects if o["metadata"]["name"] != job["metadata"]["name"]] + [failed_job]
     p = plan(world(changed, objects, [*pods, failed_pod]), SETTINGS)
-    assert p.status["phase"] == c.DEGRADED
+    assert st(p)["phase"] == c.DEGRADED
     assert condition(p, c.ENGINE_BUILT)["reason"] == "BuildFailed"
     assert "is not an ONNX model" in condition(p, c.ENGINE_BUILT)["message"]
     assert condition(p, c.STALLED)["status"] == "True"
-    assert p.status["modelVersion"] == 1
+    assert st(p)["modelVersion"] == 1
     assert not any(o["kind"] in ("Deployment", "Job") for o in p.apply)
     assert ("Warning", "BuildFailed") in [(t, r) for t, r, _ in p.events]
 
@@ -345,7 +169,7 @@ def test_restart_with_status_lost_and_jobs_gone_keeps_serving_without_new_jobs()
         SETTINGS,
     )
     assert not any(o["kind"] == "Job" for o in p.apply)
-    assert p.status["modelVersion"] == 1
+    assert st(p)["modelVersion"] == 1
     assert p.verify is not None  # re-proves the endpoints instead of trusting memory
 
 
@@ -354,7 +178,7 @@ def test_invalid_spec_is_failed_and_stalled_naming_the_field_and_creates_nothing
     cr["spec"]["engine"]["maxBatchSize"] = 0
     p = plan(world(cr), SETTINGS)
     assert p.apply == [] and p.delete == []
-    assert p.status["phase"] == c.FAILED
+    assert st(p)["phase"] == c.FAILED
     assert condition(p, c.STALLED)["status"] == "True"
     assert "spec.engine.maxBatchSize" in condition(p, c.READY)["message"]
 
@@ -365,8 +189,8 @@ def test_second_resource_with_the_same_model_on_the_same_volume_is_refused() -> 
     p = plan(world(second, peers=[first]), SETTINGS)
     assert p.apply == []
     assert condition(p, c.READY)["reason"] == "ModelNameConflict"
-    assert "first" in p.status["message"]
-    assert plan(world(first, peers=[second]), SETTINGS).status["phase"] == c.BUILDING
+    assert "first" in st(p)["message"]
+    assert st(plan(world(first, peers=[second]), SETTINGS))["phase"] == c.BUILDING
 
 
 def test_unschedulable_builder_pod_is_reported_as_waiting_for_a_node() -> None:
@@ -390,8 +214,8 @@ def test_unschedulable_builder_pod_is_reported_as_waiting_for_a_node() -> None:
         },
     }
     p = plan(world(cr, objects, [pod]), SETTINGS)
-    assert p.status["phase"] == c.PENDING
-    assert "Insufficient nvidia.com/gpu" in p.status["message"]
+    assert st(p)["phase"] == c.PENDING
+    assert "Insufficient nvidia.com/gpu" in st(p)["message"]
 
 
 def test_applied_hash_annotation_makes_unchanged_children_current() -> None:
@@ -410,7 +234,7 @@ def test_scaled_to_zero_is_ready_without_endpoints(replicas: int) -> None:
     objects2 = [o for o in objects2 if o["kind"] != "Deployment"] + [rolled_out(dep, replicas=0)]
     p = plan(world(cr2, objects2, []), SETTINGS)
     assert condition(p, c.READY)["status"] == "True"
-    assert p.status["endpoints"] == []
+    assert st(p)["endpoints"] == []
 
 
 def _with_spec(cr: dict[str, Any], generation: int, **serving: Any) -> dict[str, Any]:
@@ -434,7 +258,7 @@ def test_new_release_leaves_the_served_version_on_its_own_release_until_the_new_
     upgraded = _with_spec(cr, 2, release="25.02")
     p = plan(world(upgraded, objects, pods), SETTINGS)
     assert not any(o["kind"] == "Deployment" for o in p.apply), "image switched before the new engines exist"
-    assert p.status["phase"] == c.BUILDING and p.status["modelVersion"] == 1
+    assert st(p)["phase"] == c.BUILDING and st(p)["modelVersion"] == 1
 
     scaled = _with_spec(upgraded, 3, replicas=2)
     p = plan(world(scaled, objects, pods), SETTINGS)
@@ -451,7 +275,7 @@ def test_new_release_leaves_the_served_version_on_its_own_release_until_the_new_
     p = plan(world(scaled, objects, [*pods, build_pod]), SETTINGS)
     scaled, objects = step(scaled, objects, p)
     pub = next(o for o in p.apply if o["kind"] == "Job")
-    pub, pub_pod = finished(pub, publish_result(2, p.status["versionKey"]))
+    pub, pub_pod = finished(pub, publish_result(2, st(p)["versionKey"]))
     objects = [o for o in objects if o["metadata"]["name"] != pub["metadata"]["name"]] + [pub]
     p = plan(world(scaled, objects, [*pods, build_pod, pub_pod]), SETTINGS)
     dep = next(o for o in p.apply if o["kind"] == "Deployment")
@@ -461,25 +285,26 @@ def test_new_release_leaves_the_served_version_on_its_own_release_until_the_new_
 
 def test_reverted_spec_reports_the_targets_of_the_current_engines_not_the_abandoned_ones() -> None:
     cr, objects, pods, ready = lifecycle_to_ready()
-    first = [(t["engineKey"], t["state"]) for t in ready.status["targets"]]
+    first = [(t["engineKey"], t["state"]) for t in st(ready)["targets"]]
     upgraded = _with_spec(cr, 2, release="25.02")
     p = plan(world(upgraded, objects, pods), SETTINGS)
-    assert [t["engineKey"] for t in p.status["targets"]] != [k for k, _ in first]
+    assert [t["engineKey"] for t in st(p)["targets"]] != [k for k, _ in first]
     upgraded, objects = step(upgraded, objects, p)
 
     reverted = _with_spec(upgraded, 3, release="25.01")
     p = plan(world(reverted, objects, pods), SETTINGS)
-    assert [(t["engineKey"], t["state"]) for t in p.status["targets"]] == first
-    assert p.status["published"]["version"] == 1
+    assert [(t["engineKey"], t["state"]) for t in st(p)["targets"]] == first
+    assert st(p)["published"]["version"] == 1
 
 
 def test_refused_child_apply_is_reported_with_the_api_servers_message_and_keeps_other_conditions() -> None:
     cr = resource()
     p = plan(world(cr), SETTINGS)
     refused = ['Service resnet50: 500: failed to allocate a serviceIP for Service "resnet50": range is full']
-    status, events = with_apply_failures(cr, p, refused, NOW)
-    ready = c.find(status["conditions"], c.READY)
-    stalled = c.find(status["conditions"], c.STALLED)
+    typed, events = with_apply_failures(cr, p.status, refused, NOW)
+    status = typed.to_dict()
+    ready = find(status["conditions"], c.READY)
+    stalled = find(status["conditions"], c.STALLED)
     assert ready is not None and stalled is not None
     assert (ready["status"], ready["reason"]) == ("False", "ApplyFailed")
     assert "range is full" in ready["message"] and "Service resnet50" in status["message"]
@@ -487,4 +312,4 @@ def test_refused_child_apply_is_reported_with_the_api_servers_message_and_keeps_
     assert [x["type"] for x in status["conditions"]] == list(c.CONDITION_ORDER)
     assert status["phase"] == c.FAILED
     assert ("Warning", "ApplyFailed") in [(t, r) for t, r, _ in events]
-    assert status["versionKey"] == p.status["versionKey"], "the rest of the planned status is kept"
+    assert status["versionKey"] == st(p)["versionKey"], "the rest of the planned status is kept"

@@ -9,6 +9,7 @@ import pytest
 from tritonresnet.api import names
 from tritonresnet.api.spec import Target, TritonResNetSpec, parse_spec
 from tritonresnet.controller import render
+from tritonresnet.controller.children import Served
 from tritonresnet.controller.settings import Settings
 from tritonresnet_builder.contract import NON_RETRYABLE_EXIT_CODES, BuildArgs, PublishArgs, parse_args
 
@@ -16,6 +17,11 @@ META = {"name": "resnet50", "namespace": "vision", "uid": "0b1e4c6a-0000-4000-80
 SETTINGS = Settings(builder_registry="registry.example/ml", default_release="25.01")
 ENGINE_KEY = "0123456789abcdef"
 VERSION_KEY = "fedcba9876543210"
+
+
+def served(version: int, release: str = "25.01") -> Served:
+    """A published version as the Deployment pins it (no tensors: rendering does not read them)."""
+    return Served(version, VERSION_KEY, (), (), release)
 
 
 def parse(**spec: Any) -> TritonResNetSpec:
@@ -70,7 +76,7 @@ def all_objects() -> list[dict[str, Any]]:
     objects = [
         gpu_build(spec),
         render.publish_job(META, spec, [ENGINE_KEY], VERSION_KEY, [1], SETTINGS),
-        render.triton_deployment(META, spec, 2, SETTINGS),
+        render.triton_deployment(META, spec, served(2), SETTINGS),
         render.service(META),
         render.pod_disruption_budget(META),
         render.hpa(META, spec),
@@ -106,10 +112,10 @@ def test_renderers_accept_the_whole_resource_or_its_metadata() -> None:
     }
     spec = parse()
     assert render.build_job(whole, spec, GPU_TARGET, ENGINE_KEY, SETTINGS) == gpu_build(spec)
-    assert render.triton_deployment(whole, spec, 1, SETTINGS) == render.triton_deployment(
-        META, spec, 1, SETTINGS
+    assert render.triton_deployment(whole, spec, served(1), SETTINGS) == render.triton_deployment(
+        META, spec, served(1), SETTINGS
     )
-    assert render.service(whole, spec) == render.service(META)
+    assert render.service(whole) == render.service(META)
 
 
 def test_renderers_do_not_mutate_or_share_their_inputs() -> None:
@@ -117,7 +123,7 @@ def test_renderers_do_not_mutate_or_share_their_inputs() -> None:
         serving={"tolerations": [{"key": "t", "operator": "Exists"}], "nodeSelector": {"pool": "gpu"}}
     )
     snapshot = copy.deepcopy(spec)
-    deployment = render.triton_deployment(META, spec, 1, SETTINGS)
+    deployment = render.triton_deployment(META, spec, served(1), SETTINGS)
     build = render.build_job(META, spec, spec.build_targets()[0], ENGINE_KEY, SETTINGS)
     pod_spec(deployment)["tolerations"][0]["key"] = "changed"
     pod_spec(deployment)["nodeSelector"]["pool"] = "changed"
@@ -273,7 +279,7 @@ def test_publish_job_args_round_trip_and_it_needs_no_gpu() -> None:
 
 
 def triton(spec: TritonResNetSpec | None = None, version: int = 3) -> dict[str, Any]:
-    return render.triton_deployment(META, spec or parse(), version, SETTINGS)
+    return render.triton_deployment(META, spec or parse(), served(version), SETTINGS)
 
 
 def test_triton_loads_exactly_the_pinned_version_explicitly() -> None:
@@ -351,7 +357,6 @@ def test_triton_selector_is_stable_across_versions_and_pods_carry_the_version() 
     pod_labels = v2["spec"]["template"]["metadata"]["labels"]
     assert selector.items() <= pod_labels.items()
     assert pod_labels[names.LABEL_MODEL_VERSION] == "2"
-    assert render.selector("resnet50") == names.selector("resnet50")
     annotations = v1["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/port"] == "8002"
@@ -452,3 +457,14 @@ def test_pods_mount_the_created_claim_by_its_rendered_name() -> None:
     spec = parse(repository={"create": {}})
     claim = volume(triton(spec), render.REPOSITORY_VOLUME)["persistentVolumeClaim"]["claimName"]
     assert claim == names.pvc_name("resnet50")
+
+
+def test_triton_image_and_annotations_follow_the_served_version_not_the_spec() -> None:
+    deployment = render.triton_deployment(
+        META, parse(serving={"release": "25.02"}), served(4, "24.12"), SETTINGS
+    )
+    assert container(deployment)["image"] == "nvcr.io/nvidia/tritonserver:24.12-py3"
+    annotations = deployment["metadata"]["annotations"]
+    assert annotations["tritonresnet.io/model-version"] == "4"
+    assert annotations["tritonresnet.io/release"] == "24.12"
+    assert annotations["tritonresnet.io/version-key"] == VERSION_KEY

@@ -1,4 +1,4 @@
-"""tritonresnet.client.status_text.describe on resources shaped like the operator's status."""
+"""tritonresnet.client.status_text.describe on the status the operator's reconcile really writes."""
 
 from __future__ import annotations
 
@@ -7,65 +7,32 @@ from typing import Any
 
 import pytest
 from tritonresnet.client.status_text import age, describe
+from tritonresnet_builder.contract import Result
+from unit import worlds
 
-NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
+#: Five minutes after the worlds' clock: the conditions that turned with the last pass are 5m old.
+NOW = datetime(2026, 11, 25, 10, 5, 0, tzinfo=timezone.utc)
+A100 = {"name": "a100", "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB"}}
 
 
 def ready_resource() -> dict[str, Any]:
-    return {
-        "apiVersion": "tritonresnet.io/v1alpha1",
-        "kind": "TritonResNet",
-        "metadata": {"name": "resnet50", "namespace": "vision", "generation": 3},
-        "status": {
-            "observedGeneration": 3,
-            "phase": "Ready",
-            "message": "2/2 replicas ready at version 4",
-            "versionKey": "9f86d081884c7d65",
-            "modelVersion": 4,
-            "servingVersionKey": "9f86d081884c7d65",
-            "published": {
-                "versionKey": "9f86d081884c7d65",
-                "version": 4,
-                "inputs": [{"name": "input", "datatype": "FP32", "dims": [3, 224, 224]}],
-                "outputs": [{"name": "output", "datatype": "FP32", "dims": [1000]}],
-            },
-            "targets": [
-                {
-                    "name": "a100",
-                    "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB"},
-                    "engineKey": "0123456789abcdef",
-                    "job": "resnet50-build-0123456789",
-                    "state": "Built",
-                    "computeCapability": "8.0",
-                    "tensorrtVersion": "10.3.0",
-                    "artifact": "model.plan",
-                    "artifactBytes": 52428800,
-                    "message": "built model.plan",
-                }
-            ],
-            "replicas": 2,
-            "readyReplicas": 2,
-            "endpoints": ["10.0.0.7:8001", "10.0.0.8:8001"],
-            "conditions": [
-                {
-                    "type": "Ready",
-                    "status": "True",
-                    "reason": "Verified",
-                    "message": "2 endpoints answer",
-                    "observedGeneration": 3,
-                    "lastTransitionTime": "2025-03-01T11:55:00Z",
-                },
-                {
-                    "type": "Stalled",
-                    "status": "False",
-                    "reason": "Progressing",
-                    "message": "",
-                    "observedGeneration": 3,
-                    "lastTransitionTime": "2025-02-27T12:00:00Z",
-                },
-            ],
-        },
-    }
+    """A tensorrt resource walked to Ready by the real reconcile: version 4 on two replicas."""
+    cr = worlds.resource(fmt="tensorrt", targets=[A100], replicas=2, generation=3)
+    key = worlds.plan(worlds.world(cr), worlds.SETTINGS).status.targets[0].engine_key  # type: ignore[index]
+    build = Result(
+        ok=True,
+        phase="build",
+        engine_key=key,
+        format="tensorrt",
+        artifact="model.plan",
+        artifact_bytes=52428800,
+        compute_capability="8.0",
+        tensorrt_version="10.3.0",
+        inputs=worlds.INPUTS,
+        outputs=worlds.OUTPUTS,
+    )
+    ready, _, _, _ = worlds.lifecycle_to_ready(cr, version=4, ips=("10.0.0.7", "10.0.0.8"), build=build)
+    return ready
 
 
 def test_describe_ready_resource_names_phase_version_replicas_and_endpoints() -> None:
@@ -74,20 +41,22 @@ def test_describe_ready_resource_names_phase_version_replicas_and_endpoints() ->
     assert "Phase:      Ready (serving:" in text
     assert "Model:      version 4 is being served" in text
     assert "Replicas:   2 of 2 ready" in text
-    assert "Endpoints:  10.0.0.7:8001, 10.0.0.8:8001" in text
+    assert "Endpoints:  10.0.0.7:8000, 10.0.0.8:8000" in text
     assert "Tensors:    input input FP32 3x224x224\n            output output FP32 1000\n" in text
-    assert "Published" not in text  # the published version is the one served
+    assert "Published:" not in text  # the published version is the one served
 
 
 def test_describe_lists_each_target_with_its_plan_details() -> None:
-    text = describe(ready_resource(), now=NOW)
+    resource = ready_resource()
+    key = resource["status"]["targets"][0]["engineKey"]
+    text = describe(resource, now=NOW)
     assert "  a100: Built\n" in text
     for detail in (
         "nodes nvidia.com/gpu.product=NVIDIA-A100-SXM4-40GB",
         "compute capability 8.0",
         "TensorRT 10.3.0",
-        "engine key 0123456789abcdef",
-        "Job resnet50-build-0123456789",
+        f"engine key {key}",
+        f"Job resnet50-build-{key[:10]}",
         "artifact model.plan (50.0 MiB)",
     ):
         assert f"    {detail}\n" in text
@@ -95,8 +64,8 @@ def test_describe_lists_each_target_with_its_plan_details() -> None:
 
 def test_describe_conditions_say_status_reason_message_and_age() -> None:
     text = describe(ready_resource(), now=NOW)
-    assert "  Ready is True (Verified), since 5m ago\n    2 endpoints answer\n" in text
-    assert "  Stalled is False (Progressing), since 2d ago\n" in text
+    assert "  Ready is True (Verified), since 5m ago\n    2 endpoint(s) answered at version 4\n" in text
+    assert "  Stalled is False (Progressing), since 5m ago\n" in text
 
 
 def test_describe_says_when_the_operator_has_not_seen_the_latest_spec() -> None:
@@ -147,4 +116,4 @@ def test_describe_resource_without_status_says_the_operator_has_not_reported() -
     ],
 )
 def test_age_reads_like_kubectl(timestamp: str, expected: str) -> None:
-    assert age(timestamp, NOW) == expected
+    assert age(timestamp, datetime(2025, 3, 1, 12, 0, 0, tzinfo=timezone.utc)) == expected

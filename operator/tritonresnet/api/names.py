@@ -12,11 +12,12 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from tritonresnet_builder.contract import CONTRACT
 
-from tritonresnet.api.spec import Target, TritonResNetSpec
+if TYPE_CHECKING:  # spec imports digest from here
+    from tritonresnet.api.spec import Target, TritonResNetSpec
 
 GROUP = "tritonresnet.io"
 VERSION = "v1alpha1"
@@ -48,7 +49,8 @@ _HASH_SUFFIX = 8
 _INVALID_LABEL_CHARS = re.compile(r"[^a-z0-9-]+")
 
 
-def _digest(value: Any) -> str:
+def digest(value: Any) -> str:
+    """sha256 (hex) of ``value`` as canonical JSON: the one content hash of names, keys and children."""
     canonical = json.dumps(value, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -56,21 +58,20 @@ def _digest(value: Any) -> str:
 # -- content keys ----------------------------------------------------------------------
 
 
-def engine_key(spec: TritonResNetSpec, target: Target, release: str, source_etag: str = "") -> str:
+def engine_key(spec: TritonResNetSpec, target: Target, release: str) -> str:
     """The identity of one built artifact; equal keys mean the same bytes would be built.
 
-    Includes what changes the artifact: the contract, the model's bytes (its
-    pinned digest, else its location plus the object's ETag when the caller
-    knows it), the engine settings, the builder release and the GPU kind (the
-    target's nodeSelector; not its name, so renaming a target rebuilds
-    nothing). An onnx artifact is the validated model itself, so precision,
+    Includes what changes the artifact: the contract, the model's bytes as
+    far as the spec names them (its pinned ``source.sha256``, else its
+    location: an unpinned object overwritten in place keeps its key, so it is
+    not rebuilt; pin the digest to have every new object rebuilt), the
+    engine settings, the builder release and the GPU kind (the target's
+    nodeSelector; not its name, so renaming a target rebuilds nothing). An onnx artifact is the validated model itself, so precision,
     workspace and GPU kind do not enter its key.
     """
     settings = spec.engine_settings()
     source = spec.source
     origin = {"sha256": source.sha256} if source.sha256 else {"uri": source.uri, "endpoint": source.endpoint}
-    if source_etag and not source.sha256:
-        origin["etag"] = source_etag
     content: dict[str, Any] = {
         "contract": CONTRACT,
         "source": origin,
@@ -85,7 +86,7 @@ def engine_key(spec: TritonResNetSpec, target: Target, release: str, source_etag
             "workspaceMiB": settings.workspace_mib,
             "gpu": dict(target.node_selector),
         }
-    return _digest(content)[:KEY_LENGTH]
+    return digest(content)[:KEY_LENGTH]
 
 
 def version_key(spec: TritonResNetSpec, engine_keys: Iterable[str]) -> str:
@@ -102,7 +103,7 @@ def version_key(spec: TritonResNetSpec, engine_keys: Iterable[str]) -> str:
         "preferredBatchSizes": sorted(serving.dynamic_batching.preferred_batch_sizes),
         "instanceCount": serving.instance_count,
     }
-    return _digest(content)[:KEY_LENGTH]
+    return digest(content)[:KEY_LENGTH]
 
 
 # -- names -------------------------------------------------------------------------------
@@ -119,7 +120,7 @@ def dns_label(base: str, suffix: str = "") -> str:
         return base + suffix
     room = DNS_LABEL_MAX - len(suffix) - _HASH_SUFFIX - 1
     head = cleaned[:room].rstrip("-")
-    tail = _digest(base)[:_HASH_SUFFIX]
+    tail = digest(base)[:_HASH_SUFFIX]
     return f"{head}-{tail}{suffix}" if head else f"{tail}{suffix}"
 
 

@@ -14,8 +14,6 @@ them.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +28,8 @@ from tritonresnet_builder.contract import (
     Precision,
     Source,
 )
+
+from tritonresnet.api import names
 
 # -- patterns and limits shared with the CRD -------------------------------------------
 
@@ -313,14 +313,9 @@ def _quantities(parent: Mapping[str, Any], key: str, path: str) -> dict[str, str
     return result
 
 
-def _short_hash(value: Any, length: int = 8) -> str:
-    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:length]
-
-
 def target_name_for(node_selector: Mapping[str, str]) -> str:
     """The name of an unnamed target: stable for its nodeSelector, independent of list order."""
-    return f"gpu-{_short_hash(dict(node_selector))}"
+    return f"gpu-{names.digest(dict(node_selector))[:8]}"
 
 
 # -- sections -------------------------------------------------------------------------------

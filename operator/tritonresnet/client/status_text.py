@@ -1,8 +1,9 @@
 """What the operator knows about one TritonResNet, in words (``tritonresnet status``).
 
 A pure function of the resource as the API returns it (a dict), so it is
-tested without a cluster. It reads the status fields of docs/design.md
-"Status" and prints only what is there: a resource the operator has not seen
+tested without a cluster. It reads the status through the operator's own
+type (``tritonresnet.api.status``), so it can only show fields the operator
+writes, and prints only what is there: a resource the operator has not seen
 yet says so instead of showing empty fields.
 """
 
@@ -12,15 +13,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-#: A sentence per phase for people who do not know the operator's vocabulary.
-PHASE_MEANING: Mapping[str, str] = {
-    "Pending": "waiting to start: nothing is built yet",
-    "Building": "building the model for each GPU target",
-    "Deploying": "rolling out Triton with the new model version",
-    "Ready": "serving: every ready endpoint answers at the expected model version",
-    "Degraded": "serving, but not every replica or endpoint is healthy",
-    "Failed": "stuck: the operator needs a change to the spec or the cluster to go on",
-}
+from tritonresnet.api.status import PHASE_MEANING, StatusCondition, TensorStatus, TritonResNetStatus
 
 _INDENT = "  "
 
@@ -47,116 +40,88 @@ def _field(label: str, value: str) -> str:
     return f"{label + ':' if label else '':<12}{value}"
 
 
-def _header(trn: Mapping[str, Any]) -> list[str]:
+def _header(trn: Mapping[str, Any], status: TritonResNetStatus) -> list[str]:
     meta = trn.get("metadata") or {}
     namespace, name = meta.get("namespace", ""), meta.get("name", "?")
     title = f"TritonResNet {namespace}/{name}" if namespace else f"TritonResNet {name}"
-    status = trn.get("status") or {}
-    generation, observed = meta.get("generation"), status.get("observedGeneration")
+    generation = meta.get("generation")
     lines = [title]
-    if generation is not None and observed is not None and int(observed) < int(generation):
+    if generation is not None and status.phase and status.observed_generation < int(generation):
         lines.append(
-            f"{_INDENT}(the operator has seen generation {observed} of the spec, "
+            f"{_INDENT}(the operator has seen generation {status.observed_generation} of the spec, "
             f"not yet the latest, {generation})"
         )
     return lines
 
 
-def _phase(status: Mapping[str, Any]) -> list[str]:
-    phase = status.get("phase")
-    if not phase:
+def _phase(status: TritonResNetStatus) -> list[str]:
+    if not status.phase:
         return [_field("Phase", "unknown: the operator has not reported on this resource yet")]
-    meaning = PHASE_MEANING.get(str(phase), "")
-    lines = [_field("Phase", f"{phase}" + (f" ({meaning})" if meaning else ""))]
-    if status.get("message"):
-        lines.append(_field("Message", str(status["message"])))
+    meaning = PHASE_MEANING.get(status.phase, "")
+    lines = [_field("Phase", status.phase + (f" ({meaning})" if meaning else ""))]
+    if status.message:
+        lines.append(_field("Message", status.message))
     return lines
 
 
-def _model(status: Mapping[str, Any]) -> list[str]:
+def _model(status: TritonResNetStatus) -> list[str]:
     lines = []
-    serving = status.get("modelVersion")
-    published = status.get("published") or {}
+    serving, published = status.model_version, status.published
     if serving is not None:
         lines.append(_field("Model", f"version {serving} is being served"))
     else:
         lines.append(_field("Model", "no version is being served yet"))
-    if published.get("version") is not None and published.get("version") != serving:
-        lines.append(_field("Published", f"version {published['version']} (not serving yet)"))
-    if status.get("servingVersion"):
-        lines.append(_field("Triton", f"release {status['servingVersion']}"))
-    keys = [
-        (label, status.get(field))
-        for label, field in (
-            ("engine", "engineKey"),
-            ("version", "versionKey"),
-            ("serving", "servingVersionKey"),
-        )
-    ]
+    if published is not None and published.version != serving:
+        lines.append(_field("Published", f"version {published.version} (not serving yet)"))
+    keys = [("version", status.version_key), ("serving", status.serving_version_key)]
     shown = ", ".join(f"{label} {value}" for label, value in keys if value)
     if shown:
         lines.append(_field("Keys", shown))
-    tensors = [*_tensors("input", published.get("inputs")), *_tensors("output", published.get("outputs"))]
-    lines += [_field("Tensors" if i == 0 else "", t) for i, t in enumerate(tensors)]
+    if published is not None:
+        tensors = [*_tensors("input", published.inputs), *_tensors("output", published.outputs)]
+        lines += [_field("Tensors" if i == 0 else "", t) for i, t in enumerate(tensors)]
     return lines
 
 
-def _tensors(kind: str, tensors: Any) -> list[str]:
-    out = []
-    for tensor in tensors or ():
-        if isinstance(tensor, Mapping):
-            dims = "x".join(str(d) for d in tensor.get("dims") or tensor.get("shape") or ())
-            dtype = tensor.get("datatype") or tensor.get("dataType") or ""
-            out.append(f"{kind} {tensor.get('name', '?')} {dtype} {dims}".rstrip())
-    return out
+def _tensors(kind: str, tensors: Sequence[TensorStatus]) -> list[str]:
+    return [f"{kind} {t.name} {t.datatype} {'x'.join(map(str, t.shape))}".rstrip() for t in tensors]
 
 
-def _replicas(status: Mapping[str, Any]) -> list[str]:
-    if status.get("replicas") is None and status.get("readyReplicas") is None:
+def _replicas(status: TritonResNetStatus) -> list[str]:
+    if status.replicas is None and status.ready_replicas is None:
         return []
-    ready, want = int(status.get("readyReplicas") or 0), int(status.get("replicas") or 0)
-    return [_field("Replicas", f"{ready} of {want} ready")]
+    return [_field("Replicas", f"{status.ready_replicas or 0} of {status.replicas or 0} ready")]
 
 
-def _endpoints(status: Mapping[str, Any]) -> list[str]:
-    endpoints = [_endpoint(e) for e in status.get("endpoints") or ()]
-    if not endpoints:
-        return [_field("Endpoints", "none verified yet")] if status.get("phase") else []
-    return [_field("Endpoints", ", ".join(endpoints))]
+def _endpoints(status: TritonResNetStatus) -> list[str]:
+    if not status.endpoints:
+        return [_field("Endpoints", "none verified yet")] if status.phase else []
+    return [_field("Endpoints", ", ".join(status.endpoints))]
 
 
-def _endpoint(entry: Any) -> str:
-    if isinstance(entry, Mapping):
-        fallback = ", ".join(f"{k}={v}" for k, v in entry.items())
-        return str(entry.get("address") or entry.get("url") or fallback)
-    return str(entry)
-
-
-def _targets(status: Mapping[str, Any]) -> list[str]:
-    targets = list(status.get("targets") or ())
-    if not targets:
+def _targets(status: TritonResNetStatus) -> list[str]:
+    if not status.targets:
         return []
     lines = ["Targets:"]
-    for target in targets:
-        lines.append(f"{_INDENT}{target.get('name', '?')}: {target.get('state', 'unknown')}")
+    for target in status.targets:
+        lines.append(f"{_INDENT}{target.name or '?'}: {target.state or 'unknown'}")
         details = []
-        selector = target.get("nodeSelector") or {}
-        if selector:
-            details.append("nodes " + ",".join(f"{k}={v}" for k, v in sorted(selector.items())))
-        if target.get("computeCapability"):
-            details.append(f"compute capability {target['computeCapability']}")
-        if target.get("tensorrtVersion"):
-            details.append(f"TensorRT {target['tensorrtVersion']}")
-        if target.get("engineKey"):
-            details.append(f"engine key {target['engineKey']}")
-        if target.get("job"):
-            details.append(f"Job {target['job']}")
-        if target.get("artifact"):
-            size = target.get("artifactBytes")
-            details.append(f"artifact {target['artifact']}" + (f" ({_size(int(size))})" if size else ""))
+        if target.node_selector:
+            details.append("nodes " + ",".join(f"{k}={v}" for k, v in sorted(target.node_selector.items())))
+        if target.compute_capability:
+            details.append(f"compute capability {target.compute_capability}")
+        if target.tensorrt_version:
+            details.append(f"TensorRT {target.tensorrt_version}")
+        if target.engine_key:
+            details.append(f"engine key {target.engine_key}")
+        if target.job:
+            details.append(f"Job {target.job}")
+        if target.artifact:
+            size = f" ({_size(target.artifact_bytes)})" if target.artifact_bytes else ""
+            details.append(f"artifact {target.artifact}{size}")
         lines += [f"{_INDENT * 2}{d}" for d in details]
-        if target.get("message"):
-            lines.append(f"{_INDENT * 2}{target['message']}")
+        if target.message:
+            lines.append(f"{_INDENT * 2}{target.message}")
     return lines
 
 
@@ -169,34 +134,33 @@ def _size(count: int) -> str:
     return f"{value:.1f} GiB"
 
 
-def _conditions(conditions: Sequence[Mapping[str, Any]], now: datetime) -> list[str]:
+def _conditions(conditions: Sequence[StatusCondition], now: datetime) -> list[str]:
     if not conditions:
         return []
     lines = ["Conditions:"]
     for cond in conditions:
-        since = age(str(cond["lastTransitionTime"]), now) if cond.get("lastTransitionTime") else ""
-        head = f"{cond.get('type', '?')} is {cond.get('status', 'Unknown')}"
-        if cond.get("reason"):
-            head += f" ({cond['reason']})"
-        if since:
-            head += f", since {since}"
+        head = f"{cond.type or '?'} is {cond.status}"
+        if cond.reason:
+            head += f" ({cond.reason})"
+        if cond.last_transition_time:
+            head += f", since {age(cond.last_transition_time, now)}"
         lines.append(f"{_INDENT}{head}")
-        if cond.get("message"):
-            lines.append(f"{_INDENT * 2}{cond['message']}")
+        if cond.message:
+            lines.append(f"{_INDENT * 2}{cond.message}")
     return lines
 
 
 def describe(trn: Mapping[str, Any], now: datetime | None = None) -> str:
     """Render one TritonResNet's status for people; ``now`` is for tests (default: the current time)."""
-    status: Mapping[str, Any] = trn.get("status") or {}
+    status = TritonResNetStatus.from_dict(trn.get("status"))
     moment = now or datetime.now(timezone.utc)
     lines = [
-        *_header(trn),
+        *_header(trn, status),
         *_phase(status),
-        *(_model(status) if status else []),
+        *(_model(status) if status.phase else []),
         *_replicas(status),
         *_endpoints(status),
         *_targets(status),
-        *_conditions(list(status.get("conditions") or ()), moment),
+        *_conditions(status.conditions, moment),
     ]
     return "\n".join(lines) + "\n"

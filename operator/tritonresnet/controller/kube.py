@@ -4,8 +4,8 @@ Every write the operator makes goes through :class:`Kube`, which keeps two
 promises that GitOps tools and a quiet control plane depend on:
 
 * children are written with server-side apply under one field manager, and
-  only when the rendered object differs from what was last applied (a hash of
-  the rendered object is kept in an annotation on the child);
+  only when the rendered object differs from what was last applied (the
+  reconcile decides that with ``children.is_current``);
 * a TritonResNet is only ever written through its ``status`` subresource;
   ``spec`` and ``metadata`` stay the user's (and Git's).
 """
@@ -13,7 +13,6 @@ promises that GitOps tools and a quiet control plane depend on:
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import logging
 from collections.abc import Mapping
@@ -27,7 +26,6 @@ from tritonresnet.api.names import API_VERSION, GROUP, KIND, PLURAL, VERSION
 log = logging.getLogger(__name__)
 
 FIELD_MANAGER = "tritonresnet-operator"
-APPLIED_HASH = "tritonresnet.io/applied-hash"
 
 # Plural resource names of the kinds the operator owns.
 _PLURALS = {
@@ -38,29 +36,6 @@ _PLURALS = {
     "PodDisruptionBudget": "poddisruptionbudgets",
     "HorizontalPodAutoscaler": "horizontalpodautoscalers",
 }
-
-
-def applied_hash(obj: Mapping[str, Any]) -> str:
-    """Content hash of a rendered object, ignoring the hash annotation itself."""
-    meta = dict(obj.get("metadata", {}))
-    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k != APPLIED_HASH}
-    meta["annotations"] = annotations
-    canonical = json.dumps({**obj, "metadata": meta}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:20]
-
-
-def with_applied_hash(obj: Mapping[str, Any]) -> dict[str, Any]:
-    meta = dict(obj.get("metadata", {}))
-    meta["annotations"] = {**(meta.get("annotations") or {}), APPLIED_HASH: applied_hash(obj)}
-    return {**obj, "metadata": meta}
-
-
-def is_current(desired: Mapping[str, Any], existing: Mapping[str, Any] | None) -> bool:
-    """True when ``existing`` was applied from exactly ``desired``: nothing to send."""
-    if existing is None:
-        return False
-    have = ((existing.get("metadata") or {}).get("annotations") or {}).get(APPLIED_HASH)
-    return have == applied_hash(desired)
 
 
 def object_path(api_version: str, kind: str, namespace: str, name: str = "") -> str:
@@ -148,17 +123,6 @@ class Kube:
         except ApiException as exc:
             if exc.status != 404:
                 raise
-
-    def get_resource(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name
-            )
-            return obj
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """Merge-patch the status subresource; lists (conditions, targets) are replaced whole."""

@@ -25,6 +25,7 @@ from tritonresnet_builder.contract import (
 
 from tritonresnet.api import names
 from tritonresnet.api.spec import GPU_RESOURCE, AutoscalingMetric, Target, TritonResNetSpec
+from tritonresnet.controller.children import Served, served_annotations
 from tritonresnet.controller.settings import Settings
 
 Object = dict[str, Any]
@@ -359,13 +360,14 @@ def _probe(path: str, period: int, failures: int) -> Object:
     }
 
 
-def _triton_container(spec: TritonResNetSpec, version: int, settings: Settings) -> Object:
+def _triton_container(spec: TritonResNetSpec, served: Served, settings: Settings) -> Object:
     return {
         "name": TRITON_CONTAINER,
-        "image": settings.triton_server_image(release(spec, settings)),
+        # The release its plans were built for, not the spec's: a plan loads only in its own release.
+        "image": settings.triton_server_image(served.release),
         "imagePullPolicy": "IfNotPresent",
         "command": ["tritonserver"],
-        "args": triton_args(spec.model.name, version),
+        "args": triton_args(spec.model.name, served.version),
         "ports": [
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
@@ -401,29 +403,32 @@ def _anti_affinity(cr_name: str) -> Object:
 
 
 def triton_deployment(
-    cr: Mapping[str, Any], spec: TritonResNetSpec, version: int, settings: Settings
+    cr: Mapping[str, Any], spec: TritonResNetSpec, served: Served, settings: Settings
 ) -> Object:
-    """Triton serving exactly model version ``version``, mounted read-only.
+    """Triton serving exactly the published version ``served``, mounted read-only, annotated with
+    what it serves so the cluster remembers it (``children.served_from_deployment`` reads it back).
 
     ``replicas`` always comes from spec.serving.replicas: an HPA scales the
     TritonResNet through its scale subresource, which writes that field.
     """
-    if version < 1:
-        raise ValueError(f"model version must be 1 or more, got {version}")
+    if served.version < 1:
+        raise ValueError(f"model version must be 1 or more, got {served.version}")
     cr_name = cr_metadata(cr)["name"]
-    pod_labels = names.labels(cr_name, "triton", {names.LABEL_MODEL_VERSION: str(version)})
+    pod_labels = names.labels(cr_name, "triton", {names.LABEL_MODEL_VERSION: str(served.version)})
     pod_spec = _pod_base(settings) | {
         "terminationGracePeriodSeconds": 60,
         "nodeSelector": dict(spec.serving.node_selector),
         "tolerations": _tolerations(spec.serving.tolerations, _wants_gpu(spec.serving.resources)),
         "affinity": _anti_affinity(cr_name),
-        "containers": [_triton_container(spec, version, settings)],
+        "containers": [_triton_container(spec, served, settings)],
         "volumes": _volumes(cr_name, spec, read_only=True),
     }
+    metadata = _metadata(cr, names.deployment_name(cr_name), names.labels(cr_name, "triton"))
+    metadata["annotations"] = served_annotations(served)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(cr, names.deployment_name(cr_name), names.labels(cr_name, "triton")),
+        "metadata": metadata,
         "spec": {
             "replicas": spec.serving.replicas,
             "revisionHistoryLimit": 3,
@@ -446,9 +451,8 @@ def triton_deployment(
     }
 
 
-def service(cr: Mapping[str, Any], spec: TritonResNetSpec | None = None) -> Object:
-    """HTTP, gRPC and metrics of the Triton pods. ``spec`` is accepted for a uniform call shape; the
-    Service does not depend on it."""
+def service(cr: Mapping[str, Any]) -> Object:
+    """HTTP, gRPC and metrics of the Triton pods."""
     cr_name = cr_metadata(cr)["name"]
     ports = [("http", HTTP_PORT, "http"), ("grpc", GRPC_PORT, "grpc"), ("metrics", METRICS_PORT, "http")]
     return {
@@ -466,13 +470,12 @@ def service(cr: Mapping[str, Any], spec: TritonResNetSpec | None = None) -> Obje
     }
 
 
-def pod_disruption_budget(cr: Mapping[str, Any], spec: TritonResNetSpec | None = None) -> Object:
+def pod_disruption_budget(cr: Mapping[str, Any]) -> Object:
     """At most one Triton pod voluntarily disrupted at a time.
 
     maxUnavailable 1 rather than minAvailable: with one replica, minAvailable 1
     would block every node drain forever; with more, it allows the same as
     maxUnavailable 1 and stays right when an HPA changes the replica count.
-    ``spec`` is accepted for a uniform call shape; the budget does not depend on it.
     """
     cr_name = cr_metadata(cr)["name"]
     return {
@@ -550,8 +553,3 @@ def models_pvc(cr: Mapping[str, Any], spec: TritonResNetSpec) -> Object | None:
         "metadata": _metadata(cr, names.pvc_name(cr_name), names.labels(cr_name, "repository")),
         "spec": pvc_spec,
     }
-
-
-def selector(cr_name: str) -> str:
-    """``status.selector``: the Triton pods, as the scale subresource and an HPA read it."""
-    return names.selector(cr_name)

@@ -1,0 +1,110 @@
+"""What the operator keeps on its children's metadata, written and read in one place.
+
+* The applied hash: a content hash of the rendered object, so a pass that
+  renders what was last applied sends nothing.
+* The served version: the Triton Deployment remembers which model version it
+  pins (number, version key, tensors, and the release its plans were built
+  for), so a restarted operator with no status knows what serves. It is
+  written by :func:`served_annotations` (called from ``render``) and read back
+  by :func:`served_from_deployment` (called from ``observe``).
+
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tritonresnet_builder.contract import Tensor
+
+from tritonresnet.api.names import digest
+
+APPLIED_HASH = "tritonresnet.io/applied-hash"
+MODEL_VERSION_ANNOTATION = "tritonresnet.io/model-version"
+VERSION_KEY_ANNOTATION = "tritonresnet.io/version-key"
+MODEL_IO_ANNOTATION = "tritonresnet.io/model-io"
+# The NGC release the served version was built for: its plans only load in
+# that release's Triton, so the image follows the version, not the spec.
+RELEASE_ANNOTATION = "tritonresnet.io/release"
+
+
+# -- the applied hash ---------------------------------------------------------------------
+
+
+def applied_hash(obj: Mapping[str, Any]) -> str:
+    """Content hash of a rendered object, ignoring the hash annotation itself."""
+    meta = dict(obj.get("metadata", {}))
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k != APPLIED_HASH}
+    meta["annotations"] = annotations
+    return digest({**obj, "metadata": meta})[:20]
+
+
+def with_applied_hash(obj: Mapping[str, Any]) -> dict[str, Any]:
+    meta = dict(obj.get("metadata", {}))
+    meta["annotations"] = {**(meta.get("annotations") or {}), APPLIED_HASH: applied_hash(obj)}
+    return {**obj, "metadata": meta}
+
+
+def is_current(desired: Mapping[str, Any], existing: Mapping[str, Any] | None) -> bool:
+    """True when ``existing`` was applied from exactly ``desired``: nothing to send."""
+    if existing is None:
+        return False
+    have = ((existing.get("metadata") or {}).get("annotations") or {}).get(APPLIED_HASH)
+    return bool(have == applied_hash(desired))
+
+
+# -- the served version -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Served:
+    """A published model version, as the Triton Deployment pins it."""
+
+    version: int
+    version_key: str
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    release: str  #: the NGC release its plans were built for: the Triton image to run it
+
+
+def tensor_dicts(tensors: Sequence[Tensor]) -> list[dict[str, Any]]:
+    return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in tensors]
+
+
+def _tensors(items: Any) -> tuple[Tensor, ...]:
+    return tuple(Tensor(t["name"], t["datatype"], tuple(t["shape"])) for t in items or ())
+
+
+def served_annotations(served: Served) -> dict[str, str]:
+    return {
+        MODEL_VERSION_ANNOTATION: str(served.version),
+        VERSION_KEY_ANNOTATION: served.version_key,
+        RELEASE_ANNOTATION: served.release,
+        MODEL_IO_ANNOTATION: json.dumps(
+            {"inputs": tensor_dicts(served.inputs), "outputs": tensor_dicts(served.outputs)},
+            sort_keys=True,
+            separators=(",", ":"),
+        ),
+    }
+
+
+def served_from_deployment(deployment: Mapping[str, Any] | None, default_release: str) -> Served | None:
+    """What the Deployment serves; ``default_release`` for a Deployment written before the release
+    annotation existed. None when there is no Deployment or its annotations are not ours."""
+    if not deployment:
+        return None
+    ann = (deployment.get("metadata") or {}).get("annotations") or {}
+    try:
+        io = json.loads(ann[MODEL_IO_ANNOTATION])
+        return Served(
+            int(ann[MODEL_VERSION_ANNOTATION]),
+            ann[VERSION_KEY_ANNOTATION],
+            _tensors(io["inputs"]),
+            _tensors(io["outputs"]),
+            str(ann.get(RELEASE_ANNOTATION) or default_release),
+        )
+    except (KeyError, ValueError, TypeError):
+        return None

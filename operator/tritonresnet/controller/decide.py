@@ -1,0 +1,354 @@
+"""Decide: a parsed spec and the observed facts -> the children that should exist and what to check.
+
+The second of reconcile's three steps, pure. State lives in the cluster,
+never only in the operator's memory:
+
+* which engines exist: the build Jobs' results (pod termination messages),
+  remembered in ``status.targets`` once read;
+* which version is published for the current spec: the publish Job's result,
+  remembered in ``status.published``; publishing again is idempotent;
+* which version serves: the Triton Deployment's annotations (``children``).
+
+So a restart at any point recomputes the same names and the same decisions,
+and a repeated event never duplicates a Job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from tritonresnet_builder.contract import Tensor
+
+from tritonresnet.api import names
+from tritonresnet.api.spec import SpecError, Target, TritonResNetSpec, parse_spec
+from tritonresnet.api.status import (
+    PublishedStatus,
+    TargetStatus,
+    TensorStatus,
+    TritonResNetStatus,
+)
+from tritonresnet.controller import observe, render
+from tritonresnet.controller.children import Served, is_current, served_from_deployment
+from tritonresnet.controller.observe import Expected, Observed, Rollout
+from tritonresnet.controller.settings import Settings
+
+Object = dict[str, Any]
+
+
+@dataclass
+class Children:
+    """The children a pass decides on: rendered objects to have, and names to delete."""
+
+    desired: list[Object] = field(default_factory=list)
+    delete: list[tuple[str, str, str]] = field(default_factory=list)  #: (apiVersion, kind, name)
+
+
+@dataclass(frozen=True)
+class Engines:
+    """Where the builds and the publish for the current spec stand."""
+
+    version_key: str
+    target_count: int
+    targets: tuple[TargetStatus, ...]
+    published: Served | None
+    build_failure: str = ""
+    publish_failure: str = ""
+    waiting_for_node: str = ""
+
+    @property
+    def failure(self) -> str:
+        return self.build_failure or self.publish_failure
+
+
+@dataclass(frozen=True)
+class Verification:
+    verified: bool = False
+    message: str = ""
+    request: tuple[tuple[str, ...], Expected] | None = (
+        None  #: endpoints with no known check, and what to expect
+    )
+    failed: bool = False  #: checks ran and at least one endpoint failed
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Everything decided for one valid spec; ``report`` turns it into status and events."""
+
+    spec: TritonResNetSpec
+    children: Children
+    engines: Engines
+    served: Served | None
+    rollout: Rollout
+    verification: Verification
+
+
+# -- conflicts ----------------------------------------------------------------------------
+
+
+def repository_identity(spec: TritonResNetSpec, cr_name: str) -> tuple[str, str]:
+    """The volume (and folder in it) a resource publishes into."""
+    return render.claim_name(cr_name, spec), spec.repository.sub_path
+
+
+def _model_name(resource: Mapping[str, Any]) -> str:
+    """spec.model.name as written, else metadata.name (its default), without parsing the spec."""
+    model = (resource.get("spec") or {}).get("model") or {}
+    return str(model.get("name") or resource["metadata"]["name"]) if isinstance(model, Mapping) else ""
+
+
+def find_conflict(
+    resource: Mapping[str, Any], spec: TritonResNetSpec, peers: Sequence[Mapping[str, Any]]
+) -> str:
+    """Name of an older TritonResNet serving the same model name from the same volume."""
+    me = resource["metadata"]
+    mine = (repository_identity(spec, me["name"]), spec.model.name)
+    older = []
+    for peer in peers:
+        pm = peer["metadata"]
+        if pm["name"] == me["name"] or _model_name(peer) != spec.model.name:
+            continue  # cheap test first: every pass looks at every peer in the namespace
+        try:
+            pspec = parse_spec(peer)
+        except SpecError:
+            continue
+        if (repository_identity(pspec, pm["name"]), pspec.model.name) != mine:
+            continue
+        if (pm.get("creationTimestamp") or "", pm["name"]) < (me.get("creationTimestamp") or "", me["name"]):
+            older.append(pm["name"])
+    return sorted(older)[0] if older else ""
+
+
+# -- engines: builds, then the publish ----------------------------------------------------
+
+
+def _tensor_status(served: Served) -> tuple[tuple[TensorStatus, ...], tuple[TensorStatus, ...]]:
+    def conv(ts: Sequence[Any]) -> tuple[TensorStatus, ...]:
+        return tuple(TensorStatus(t.name, t.datatype, tuple(t.shape)) for t in ts)
+
+    return conv(served.inputs), conv(served.outputs)
+
+
+def published_status(served: Served) -> PublishedStatus:
+    inputs, outputs = _tensor_status(served)
+    return PublishedStatus(served.version_key, served.version, inputs, outputs)
+
+
+def _published(
+    old: TritonResNetStatus, version_key: str, served: Served | None, release: str
+) -> Served | None:
+    """The version published for ``version_key``: the one serving, else the one status remembers."""
+    if served is not None and served.version_key == version_key:
+        return served
+    pub = old.published
+    if pub is not None and pub.version_key == version_key:
+
+        def conv(ts: Sequence[TensorStatus]) -> tuple[Tensor, ...]:
+            return tuple(Tensor(t.name, t.datatype, t.shape) for t in ts)
+
+        return Served(pub.version, version_key, conv(pub.inputs), conv(pub.outputs), release)
+    return None
+
+
+def _target_entry(
+    cr_name: str, target: Target, key: str, state: str, message: str | None = None
+) -> TargetStatus:
+    return TargetStatus(
+        name=target.name,
+        engine_key=key,
+        job=names.build_job_name(cr_name, key),
+        state=state,
+        node_selector=dict(target.node_selector),
+        message=message,
+    )
+
+
+def _published_targets(
+    cr_name: str, old: TritonResNetStatus, targets: Sequence[Target], engine_keys: Mapping[str, str]
+) -> tuple[TargetStatus, ...]:
+    """The targets of a published version: as recorded when they were built, else rebuilt from the keys.
+
+    Recorded entries of other keys (an abandoned spec's builds) are dropped, so
+    status.targets always describes the current spec.
+    """
+    built = old.built_targets()
+    out = []
+    for target in targets:
+        key = engine_keys[target.name]
+        out.append(built.get(key) or _target_entry(cr_name, target, key, "Built", "published"))
+    return tuple(out)
+
+
+def _builds(
+    observed: Observed,
+    spec: TritonResNetSpec,
+    settings: Settings,
+    targets: Sequence[Target],
+    engine_keys: Mapping[str, str],
+    children: Children,
+) -> tuple[tuple[TargetStatus, ...], str, str]:
+    """Per-target build state (failures, waits); renders the missing build Jobs."""
+    meta = observed.resource["metadata"]
+    name = meta["name"]
+    built = TritonResNetStatus.from_dict(observed.resource.get("status")).built_targets()
+    out: list[TargetStatus] = []
+    failures: list[str] = []
+    waiting: list[str] = []
+    for target in targets:
+        key = engine_keys[target.name]
+        if key in built:
+            out.append(built[key])
+            continue
+        job = observed.jobs.get(names.build_job_name(name, key))
+        if job is None:
+            children.desired.append(render.build_job(meta, spec, target, key, settings))
+            out.append(_target_entry(name, target, key, "Pending"))
+            continue
+        outcome = observe.job_outcome(job, observed.pods)
+        entry = _target_entry(name, target, key, "Built" if outcome.state == "Succeeded" else outcome.state)
+        if outcome.state == "Succeeded" and outcome.result is not None:
+            r = outcome.result
+            entry = replace(
+                entry,
+                compute_capability=r.compute_capability or None,
+                tensorrt_version=r.tensorrt_version or None,
+                artifact=r.artifact or None,
+                artifact_bytes=r.artifact_bytes,
+                source_sha256=r.source_sha256 or None,
+                message=f"built {r.artifact or r.format}",
+            )
+        else:
+            entry = replace(entry, message=outcome.message or None)
+            if outcome.state == "Failed":
+                failures.append(f"target {target.name}: {outcome.message}")
+            elif outcome.state == "Unschedulable":
+                waiting.append(f"target {target.name}: waiting for a node: {outcome.message}")
+        out.append(entry)
+    return tuple(out), "; ".join(failures), "; ".join(waiting)
+
+
+def _publish(
+    observed: Observed,
+    spec: TritonResNetSpec,
+    settings: Settings,
+    engine_keys: list[str],
+    version_key: str,
+    served: Served | None,
+    children: Children,
+) -> tuple[Served | None, str, str]:
+    """(published version, publish failure, waiting for a node); renders the publish Job if missing."""
+    meta = observed.resource["metadata"]
+    job = observed.jobs.get(names.publish_job_name(meta["name"], version_key))
+    protect = (served.version,) if served is not None else ()
+    if job is None:
+        children.desired.append(render.publish_job(meta, spec, engine_keys, version_key, protect, settings))
+        return None, "", ""
+    outcome = observe.job_outcome(job, observed.pods)
+    if outcome.state == "Succeeded" and outcome.result is not None:
+        r = outcome.result
+        release = render.release(spec, settings)
+        return Served(r.version, version_key, r.inputs, r.outputs, release), "", ""
+    if outcome.state == "Failed":
+        return None, f"publish: {outcome.message}", ""
+    if outcome.state == "Unschedulable":
+        return None, "", f"publish: waiting for a node: {outcome.message}"
+    return None, "", ""
+
+
+def engines(
+    observed: Observed, spec: TritonResNetSpec, settings: Settings, served: Served | None, children: Children
+) -> Engines:
+    """Build Jobs per target, then the publish Job; an older spec's unfinished Jobs go."""
+    name = observed.resource["metadata"]["name"]
+    old = TritonResNetStatus.from_dict(observed.resource.get("status"))
+    targets = spec.build_targets()
+    release = render.release(spec, settings)
+    engine_keys = {t.name: names.engine_key(spec, t, release) for t in targets}
+    version_key = names.version_key(spec, sorted(engine_keys.values()))
+
+    # An older spec's unfinished builds would only burn GPUs.
+    current = {names.build_job_name(name, k) for k in engine_keys.values()}
+    current.add(names.publish_job_name(name, version_key))
+    for job_name, job in observed.jobs.items():
+        if job_name not in current and not observe.finished(job):
+            children.delete.append(("batch/v1", "Job", job_name))
+
+    published = _published(old, version_key, served, release)
+    if published is not None:
+        built = _published_targets(name, old, targets, engine_keys)
+        return Engines(version_key, len(targets), built, published)
+    target_status, failure, waiting = _builds(observed, spec, settings, targets, engine_keys, children)
+    publish_failure = ""
+    if all(t.state == "Built" for t in target_status) and not failure:
+        published, publish_failure, waiting = _publish(
+            observed, spec, settings, sorted(engine_keys.values()), version_key, served, children
+        )
+    return Engines(version_key, len(targets), target_status, published, failure, publish_failure, waiting)
+
+
+# -- serving ------------------------------------------------------------------------------
+
+
+def serving(
+    observed: Observed, spec: TritonResNetSpec, settings: Settings, deploy: Served | None, children: Children
+) -> Rollout:
+    """The Deployment, its Service and PDB once a version exists; the HPA when asked for.
+
+    Nothing to serve, nothing to apply: a new resource's first pass is one Job
+    and one status write, which is what keeps apply -> Job short when many
+    resources arrive at once.
+    """
+    meta = observed.resource["metadata"]
+    rolled = Rollout()
+    if deploy is not None:
+        desired = render.triton_deployment(meta, spec, deploy, settings)
+        children.desired += [desired, render.service(meta), render.pod_disruption_budget(meta)]
+        existing = observed.child("Deployment", names.deployment_name(meta["name"]))
+        rolled = observe.rollout(
+            existing, observed.pods, deploy.version, spec.serving.replicas, is_current(desired, existing)
+        )
+    hpa = render.hpa(meta, spec)
+    hpa_name = names.hpa_name(meta["name"])
+    if hpa is not None:
+        children.desired.append(hpa)
+    elif observed.child("HorizontalPodAutoscaler", hpa_name) is not None:
+        children.delete.append(("autoscaling/v2", "HorizontalPodAutoscaler", hpa_name))
+    return rolled
+
+
+def verification(
+    observed: Observed, spec: TritonResNetSpec, deploy: Served | None, rolled: Rollout
+) -> Verification:
+    """Every ready endpoint checked at the deployed version, or a request to check them."""
+    if deploy is None or not rolled.complete:
+        return Verification()
+    if not rolled.endpoints:
+        if spec.serving.replicas == 0:
+            return Verification(True, "scaled to zero")
+        return Verification(False, "no ready endpoints yet")
+    checks = [observed.verification.get(e) for e in rolled.endpoints]
+    if any(ch is None for ch in checks):
+        expected = Expected(spec.model.name, deploy.version, deploy.inputs, deploy.outputs)
+        return Verification(False, f"verifying {len(checks)} endpoint(s)", (rolled.endpoints, expected))
+    bad = [ch for ch in checks if ch is not None and not ch.ok]
+    if bad:
+        return Verification(False, "; ".join(f"{ch.endpoint}: {ch.message}" for ch in bad), failed=True)
+    return Verification(True, f"{len(checks)} endpoint(s) answered at version {deploy.version}")
+
+
+def decide(observed: Observed, spec: TritonResNetSpec, settings: Settings) -> Decision:
+    """All decisions for a valid, unconflicted spec."""
+    meta = observed.resource["metadata"]
+    children = Children()
+    pvc = render.models_pvc(meta, spec)
+    if pvc is not None:
+        children.desired.append(pvc)
+    deployment = observed.child("Deployment", names.deployment_name(meta["name"]))
+    served = served_from_deployment(deployment, render.release(spec, settings))
+    built = engines(observed, spec, settings, served, children)
+    # The published version if there is one, else keep what serves, with the
+    # release it was built for (a new release's image waits for its engines).
+    deploy = built.published or served
+    rolled = serving(observed, spec, settings, deploy, children)
+    return Decision(spec, children, built, served, rolled, verification(observed, spec, deploy, rolled))
