@@ -30,7 +30,7 @@ from tritonresnet_builder.contract import (
 )
 from tritonresnet_builder.failures import bad_input, usage
 from tritonresnet_builder.fetch import SourceFetcher
-from tritonresnet_builder.volume import fsync_dir, layout_of, local, scratch_dir
+from tritonresnet_builder.volume import fsync_dir, layout_of, local, scratch_dir, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +127,6 @@ def _install(out: Path, engine_dir: Path) -> Result | None:
     return None
 
 
-def _write_json(path: Path, text: str) -> None:
-    with path.open("w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
 def build(args: BuildArgs) -> Result:
     started = time.monotonic()
     check_args(args)
@@ -226,8 +219,8 @@ def build(args: BuildArgs) -> Result:
             producer=info.producer,
             external_data=external,
         )
-        _write_json(out / MODEL_INFO, json.dumps(asdict(built), sort_keys=True))
-        _write_json(out / ENGINE_RESULT, result.to_json())
+        write_atomic(out / MODEL_INFO, json.dumps(asdict(built), sort_keys=True))
+        write_atomic(out / ENGINE_RESULT, result.to_json())
         fsync_dir(out)
         winner = _install(out, engine_dir)
         if winner is not None:

@@ -39,7 +39,15 @@ from tritonresnet_builder.contract import (
     Result,
 )
 from tritonresnet_builder.failures import bad_input, usage
-from tritonresnet_builder.volume import exclusive_lock, fsync_dir, layout_of, link_or_copy, local, scratch_dir
+from tritonresnet_builder.volume import (
+    exclusive_lock,
+    fsync_dir,
+    layout_of,
+    link_or_copy,
+    local,
+    scratch_dir,
+    write_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +233,7 @@ def _place(
         assembled = scratch / str(version)
         names = _assemble(assembled, args, engines)
         _pause_for_tests("assembled")
-        triton_config.write_atomic(
+        write_atomic(
             local(layout.pinned_config(args.model_name, version)), config_text(args, engines, version)
         )
         _pause_for_tests("pinned-config")
@@ -294,16 +302,14 @@ def publish(args: PublishArgs) -> Result:
             )
             pinned = local(layout.pinned_config(args.model_name, version))
             if not pinned.is_file():  # written before the version appeared; restore it if someone removed it
-                triton_config.write_atomic(pinned, config_text(args, engines, version))
+                write_atomic(pinned, config_text(args, engines, version))
         else:
             version, names = _place(scratch, layout, args, engines)
             log.info(
                 "published %s version %d from engines %s", args.model_name, version, list(args.engine_keys)
             )
         if version == max(existing_versions(model_dir)):
-            triton_config.write_atomic(
-                local(layout.default_config(args.model_name)), config_text(args, engines, version)
-            )
+            write_atomic(local(layout.default_config(args.model_name)), config_text(args, engines, version))
         pruned = prune(layout, args, scratch)
 
     root = Path(args.repository)

@@ -14,8 +14,6 @@ per (compute capability, TensorRT version) so a rebuild reuses its timings.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ from tritonresnet_builder.tensorrt_api import (
     TensorRT,
     import_tensorrt,
 )
+from tritonresnet_builder.volume import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -133,21 +132,6 @@ def _load_timing_cache(config: IBuilderConfig, path: Path) -> ITimingCache:
     return cache
 
 
-def _write_atomic(path: Path, data: memoryview | bytes) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return len(data)
-
-
 def build_plan(request: PlanRequest) -> BuiltPlan:
     """Parse, configure and build one plan; returns what it built and on which GPU."""
     refuse_uncalibrated(request.precision)
@@ -187,8 +171,8 @@ def build_plan(request: PlanRequest) -> BuiltPlan:
             ExitCode.INTERNAL, "EngineBuildFailed", "TensorRT did not build an engine; its log above says why"
         )
     plan_path = request.out_dir / plan_filename(device.compute_capability)
-    size = _write_atomic(plan_path, memoryview(serialized))
-    cache_size = _write_atomic(cache_path, memoryview(config.get_timing_cache().serialize()))
+    size = write_atomic(plan_path, memoryview(serialized))
+    cache_size = write_atomic(cache_path, memoryview(config.get_timing_cache().serialize()))
     log.info("timing cache %s: %d bytes saved", cache_path, cache_size)
     return BuiltPlan(
         path=plan_path,

@@ -7,11 +7,8 @@ Triton) and written with ``text_format``.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from google.protobuf import json_format, text_format
@@ -98,18 +95,3 @@ def render(config: model_config_pb2.ModelConfig) -> str:
 def parse(text: str) -> model_config_pb2.ModelConfig:
     """Read a config.pbtxt back through the schema (tests and idempotency checks)."""
     return text_format.Parse(text, model_config_pb2.ModelConfig())
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so readers see the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

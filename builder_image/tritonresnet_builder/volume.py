@@ -76,6 +76,30 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_atomic(path: Path, data: bytes | memoryview | str) -> int:
+    """Write ``data`` to ``path`` so readers see the old file or the new one, never half of one.
+
+    The bytes go to a temporary name in the same folder (so the final step is a
+    rename within one file system), are flushed to disk, then renamed over
+    ``path``; the folder is synced so the rename survives a crash too. A failure
+    leaves no temporary behind. Returns the number of bytes written.
+    """
+    payload = data.encode() if isinstance(data, str) else data
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return memoryview(payload).nbytes
+
+
 def link_or_copy(source: Path, dest: Path) -> None:
     """Hard-link an immutable engine file into a version (no second copy), else copy it."""
     try:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonresnet_builder import triton_config
@@ -89,11 +87,3 @@ def test_model_config_spells_datatypes_as_triton_config_types(datatype: str, exp
     # a per-item scalar is served as [1] reshaped to [] (Triton wants at least one dim)
     assert list(parsed.output[0].dims) == [1]
     assert parsed.output[0].HasField("reshape") and list(parsed.output[0].reshape.shape) == []
-
-
-def test_write_atomic_replaces_the_file_and_leaves_no_temporary(tmp_path: Path) -> None:
-    target = tmp_path / "m" / "config.pbtxt"
-    triton_config.write_atomic(target, "old")
-    triton_config.write_atomic(target, "new")
-    assert target.read_text() == "new"
-    assert [p.name for p in target.parent.iterdir()] == ["config.pbtxt"]

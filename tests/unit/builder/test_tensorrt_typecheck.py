@@ -51,7 +51,7 @@ MISTAKES = {
     "misspelled method": ("profile.set_shape(", "profile.set_shapes("),
     "wrong pool enum": ("trt.MemoryPoolType.WORKSPACE", "trt.MemoryPoolType.WORKSPACE_SIZE"),
     "plan is IHostMemory, not bytes": (
-        "size = _write_atomic(plan_path, memoryview(serialized))",
+        "size = write_atomic(plan_path, memoryview(serialized))",
         "size = len(serialized.decode())",
     ),
     "parser method": ("parser.parse_from_file(str(onnx_path))", "parser.parse_file(str(onnx_path))"),
