@@ -1,4 +1,4 @@
-"""``tritonresnet-builder build|publish``: the Job's entry point, and the workstation helpers.
+"""``tritonresnet-builder build|publish``: the Job's entry point; and the report of ``tritonresnet inspect``.
 
 Whatever happens, the run ends with its :class:`Result` as one JSON line, the
 last line on stdout, also written to ``--result-file`` (the pod's termination
@@ -7,9 +7,6 @@ message), and exits with the result's :class:`ExitCode`. Logs go to stderr.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -24,14 +21,11 @@ from tritonresnet_builder.contract import (
     ONNX_FILENAME,
     TERMINATION_LOG,
     BuildArgs,
-    EngineSettings,
     ExitCode,
     Failure,
     Format,
-    Precision,
     PublishArgs,
     Result,
-    Source,
     parse_args,
     plan_filename,
 )
@@ -118,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return result.exit_code
 
 
-# -- workstation helpers (the operator's `tritonresnet build|inspect`) ----------------
+# -- the model report of the operator's `tritonresnet inspect` ------------------------
 
 
 def _dims_text(value: onnx.ValueInfoProto) -> str:
@@ -186,65 +180,3 @@ def inspect_report(
         triton_config.render(config),
     ]
     return "\n".join(lines)
-
-
-def local_key(*parts: object) -> str:
-    """A content key for a workstation run (the operator computes its own in names.py)."""
-    return hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).hexdigest()[:16]
-
-
-def build_local(
-    source: str | Path,
-    repository: Path,
-    *,
-    model_name: str,
-    fmt: Format = "tensorrt",
-    precision: Precision = "fp16",
-    max_batch_size: int = 8,
-    opt_batch_size: int = 0,
-    workspace_mib: int = 4096,
-    sha256: str = "",
-    endpoint: str = "",
-    region: str = "",
-    instance_kind: Literal["KIND_AUTO", "KIND_GPU", "KIND_CPU"] = "KIND_AUTO",
-    keep_versions: int = 3,
-) -> Result:
-    """Build and publish on a workstation: the two phases the operator runs as Jobs, in one call."""
-    repository.mkdir(parents=True, exist_ok=True)
-    engine = EngineSettings(
-        format=fmt,
-        precision=precision,
-        max_batch_size=max_batch_size,
-        opt_batch_size=opt_batch_size,
-        workspace_mib=workspace_mib,
-    )
-    src = Source(uri=str(source), sha256=sha256, endpoint=endpoint, region=region)
-    with contextlib.suppress(OSError):
-        src_digest = file_sha256(Path(source)) if Path(source).is_file() else ""
-    engine_key = local_key(
-        src.sha256 or src_digest or src.uri,
-        fmt,
-        precision,
-        max_batch_size,
-        engine.optimum_batch(),
-        workspace_mib,
-        "local",
-    )
-    built = run(
-        BuildArgs(
-            repository=str(repository), engine_key=engine_key, source=src, engine=engine, result_file=""
-        )
-    )
-    if not built.ok:
-        return built
-    publish_args = PublishArgs(
-        repository=str(repository),
-        model_name=model_name,
-        version_key=local_key(engine_key, max_batch_size, instance_kind),
-        engine_keys=(engine_key,),
-        max_batch_size=max_batch_size,
-        instance_kind=instance_kind,
-        keep_versions=keep_versions,
-        result_file="",
-    )
-    return run(publish_args)

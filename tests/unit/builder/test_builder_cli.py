@@ -71,23 +71,3 @@ def test_inspect_report_shows_tensors_and_the_config_we_would_write(tmp_path: Pa
     assert "{output [dtype=float, shape=(batch, 10)]}" in report
     assert 'name: "r50"' in report and 'platform: "tensorrt_plan"' in report
     assert 'value: "model.sm86.plan"' in report
-
-
-def test_build_local_builds_and_publishes_onnx(tmp_path: Path) -> None:
-    result = cli.build_local(
-        onnx_graphs.classifier(tmp_path / "m.onnx"),
-        tmp_path / "repo",
-        model_name="tiny",
-        fmt="onnx",
-        instance_kind="KIND_CPU",
-    )
-    assert result.ok and result.version == 1
-    assert (tmp_path / "repo" / "tiny" / "1" / "model.onnx").is_file()
-    again = cli.build_local(
-        onnx_graphs.classifier(tmp_path / "m.onnx"),
-        tmp_path / "repo",
-        model_name="tiny",
-        fmt="onnx",
-        instance_kind="KIND_CPU",
-    )
-    assert again.version == 1
