@@ -303,7 +303,7 @@ def missing_release_policy(
     cp: ControlPlane, namespace: str
 ) -> contextlib.AbstractContextManager[Callable[[], None]]:
     """Stands in for a registry without release 99.99: Triton pods asking for it get an
-    image no node of the test ground runs (ImageNotKnownToTestGround, its ErrImagePull)."""
+    image no node of the test ground runs (ErrImagePull)."""
     tag = f":{MISSING_RELEASE}-py3"
     wants_missing = f"object.spec.containers.exists(c, c.image.endsWith('{tag}'))"
     rename = {

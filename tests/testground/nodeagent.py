@@ -9,7 +9,7 @@ keeps them Ready and runs the pods bound to them as local processes:
 * ``.../tritonserver:*``          -> the real ``tritonserver`` from nvidia-pytriton, bound to the pod's IP
 * ``.../tritonresnet-operator:*`` -> ``python -m tritonresnet operator <args>`` (the image's entry point;
   a ``command`` replaces it) with the pod's ServiceAccount token
-* anything else stays Pending, waiting with reason ``ImageNotKnownToTestGround``.
+* anything else stays Pending, waiting with reason ``ErrImagePull``, as a kubelet that cannot pull it would.
 
 Volumes become local folders and every argument or env value under a
 ``mountPath`` (and the ``terminationMessagePath``) is rewritten to its folder.

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-#: Waiting reason of a container whose image the test ground cannot run.
-UNKNOWN_IMAGE_REASON = "ImageNotKnownToTestGround"
+#: Waiting reason of a container whose image the test ground cannot run: what a kubelet says of an
+#: image it cannot pull, so the operator sees the reason it would see on a real node (its message
+#: says the test ground does not know the image).
+UNKNOWN_IMAGE_REASON = "ErrImagePull"
 #: Waiting reason when a referenced Secret/ConfigMap key is missing (as a kubelet says it).
 CONFIG_ERROR_REASON = "CreateContainerConfigError"
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
