@@ -266,10 +266,6 @@ class RepositoryLayout:
     def version_dir(self, model: str, version: int) -> PurePosixPath:
         return self.root / model / str(version)
 
-    def version_marker(self, model: str, version: int) -> PurePosixPath:
-        """JSON naming the version key a version was published from."""
-        return self.version_dir(model, version) / VERSION_MARKER
-
     def pinned_config(self, model: str, version: int) -> PurePosixPath:
         """Config that serves exactly one version; Triton loads it with
         ``--model-config-name`` (see :func:`pinned_config_name`)."""
@@ -280,6 +276,7 @@ class RepositoryLayout:
         return self.root / model / "config.pbtxt"
 
 
+#: In every version folder: JSON naming the version key the version was published from.
 VERSION_MARKER = "tritonresnet-version.json"
 ENGINE_RESULT = "engine.json"
 

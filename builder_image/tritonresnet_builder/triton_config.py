@@ -93,5 +93,5 @@ def render(config: model_config_pb2.ModelConfig) -> str:
 
 
 def parse(text: str) -> model_config_pb2.ModelConfig:
-    """Read a config.pbtxt back through the schema (tests and idempotency checks)."""
+    """Read a config.pbtxt back through the schema: how the tests read what :func:`render` wrote."""
     return text_format.Parse(text, model_config_pb2.ModelConfig())
