@@ -21,11 +21,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
+
+# Light (no kopf, no kubernetes): every command's parser needs the option table.
+from tritonresnet.controller.settings import (
+    OPTIONS_BY_FIELD,
+    Settings,
+    SettingsError,
+    add_arguments,
+    settings_from,
+)
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -158,26 +168,17 @@ def _current_namespace(kubeconfig: str | None) -> str:
 # -- operator -----------------------------------------------------------------------
 
 
-def operator_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Keyword arguments of ``handlers.run`` for ``tritonresnet operator`` flags.
-
-    No ``-n`` means the whole cluster; without ``--peering`` the operator runs
-    standalone (one replica, no peering objects needed in the cluster).
-    """
-    return {
-        "namespaces": None if args.all_namespaces or not args.namespaces else list(args.namespaces),
-        "standalone": args.peering is None,
-        "peering": args.peering,
-        "liveness_endpoint": args.liveness,
-        "log_format": args.log_format,
-        "verbose": args.verbose,
-    }
-
-
 def _operator(args: argparse.Namespace) -> int:
+    # Before kopf is imported: a bad value stops here, naming its variable or flag.
+    try:
+        settings = settings_from(os.environ, args)
+    except SettingsError as error:
+        print(f"tritonresnet operator: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
     from tritonresnet.controller import handlers
 
-    handlers.run(**operator_options(args))
+    handlers.run(settings)
     return EXIT_OK
 
 
@@ -196,7 +197,7 @@ def _load_manifest(path: Path) -> dict[str, Any]:
 
 
 def workstation_plan(
-    manifest: dict[str, Any], repository: Path, release: str, result_dir: Path
+    manifest: dict[str, Any], repository: Path, settings: Settings, result_dir: Path
 ) -> list[list[str]]:
     """Builder argv for building and publishing ``manifest`` into a local ``repository``.
 
@@ -204,6 +205,7 @@ def workstation_plan(
     repository built here holds the same engine folder names a cluster would.
     A tensorrt build targets the workstation's own GPU, whatever the
     manifest's targets say: a plan only runs on the GPU kind it was built on.
+    The release is the one a cluster with these ``settings`` would use.
     """
     from tritonresnet.api import names
     from tritonresnet.api.spec import Target, parse_spec
@@ -211,7 +213,7 @@ def workstation_plan(
 
     spec = parse_spec(manifest)
     target = spec.build_targets()[0] if spec.model.format == "onnx" else Target(name="local")
-    engine_key = names.engine_key(spec, target, spec.release_or(release))
+    engine_key = names.engine_key(spec, target, settings.release_for(spec))
     version_key = names.version_key(spec, [engine_key])
     build = dataclasses.replace(
         render.build_args(spec, engine_key),
@@ -230,8 +232,15 @@ def _build(args: argparse.Namespace) -> int:
     from tritonresnet_builder import cli as builder_cli
 
     from tritonresnet.api.spec import SpecError
-    from tritonresnet.controller.settings import DEFAULT_RELEASE
 
+    # The same release rule as the operator's, so the keys match a cluster's.
+    try:
+        settings = settings_from(os.environ)
+        if args.release:
+            release = OPTIONS_BY_FIELD["default_release"].read("--release", args.release)
+            settings = dataclasses.replace(settings, default_release=release)
+    except SettingsError as error:
+        return _fail(str(error))
     try:
         manifest = _load_manifest(args.filename)
     except (OSError, ValueError) as error:
@@ -239,8 +248,7 @@ def _build(args: argparse.Namespace) -> int:
     args.repository.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="tritonresnet-build-") as results:
         try:
-            release = args.release or DEFAULT_RELEASE
-            steps = workstation_plan(manifest, args.repository.resolve(), release, Path(results))
+            steps = workstation_plan(manifest, args.repository.resolve(), settings, Path(results))
         except SpecError as error:
             return _fail(f"{args.filename}: {error}")
         for argv in steps:
@@ -297,31 +305,25 @@ def argument_parser() -> argparse.ArgumentParser:
     status.add_argument("--kubeconfig", help="default: KUBECONFIG or ~/.kube/config, else in-cluster")
     status.set_defaults(handler=_status)
 
-    operator = sub.add_parser("operator", help="run the operator")
-    scope = operator.add_mutually_exclusive_group()
-    scope.add_argument(
-        "-n",
-        "--namespace",
-        action="append",
-        dest="namespaces",
-        metavar="NS",
-        help="watch this namespace (repeatable; default: all namespaces)",
+    operator = sub.add_parser(
+        "operator",
+        help="run the operator",
+        description="Run the operator. Every option is also a TRITONRESNET_* variable; "
+        "a flag wins over its variable, and an empty variable keeps the default.",
     )
-    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch the whole cluster")
-    peering = operator.add_mutually_exclusive_group()
-    peering.add_argument("--standalone", action="store_true", help="no peering (the default)")
-    peering.add_argument("--peering", metavar="NAME", help="coordinate replicas through this peering object")
-    operator.add_argument("--log-format", choices=("plain", "json"), default="plain")
-    operator.add_argument(
-        "--liveness", metavar="URL", help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz"
-    )
-    operator.add_argument("--verbose", action="store_true")
+    add_arguments(operator)
     operator.set_defaults(handler=_operator)
 
     build = sub.add_parser("build", help="build and publish a TritonResNet's model into a local repository")
     build.add_argument("-f", "--filename", type=Path, required=True, help="TritonResNet YAML ('-': stdin)")
     build.add_argument("--repository", type=Path, required=True, help="local model repository folder")
-    build.add_argument("--release", default="", help="release for the keys (default: the spec's)")
+    build.add_argument(
+        "--release",
+        default="",
+        metavar="YY.MM",
+        help="release when the manifest sets no spec.serving.release, as the operator's "
+        "--default-release (default: TRITONRESNET_DEFAULT_RELEASE, else the operator's default)",
+    )
     build.set_defaults(handler=_build)
 
     inspect = sub.add_parser("inspect", help="show what the builder sees in an ONNX model")

@@ -11,13 +11,16 @@ import json
 import socket
 import subprocess
 import sys
+import types
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tritonresnet.controller
 import yaml
 from tritonresnet import cli
 from tritonresnet.client import classify as cl
+from tritonresnet.controller.settings import Settings
 from tritonresnet_builder import contract
 
 SAMPLE = Path(cl.__file__).parent / "data" / "sample.jpg"
@@ -146,49 +149,56 @@ def test_current_namespace_is_the_contexts_namespace_or_default(tmp_path: Path) 
 # -- operator subcommand ---------------------------------------------------------------
 
 
-def operator_options(*argv: str) -> dict[str, Any]:
-    return cli.operator_options(cli.argument_parser().parse_args(["operator", *argv]))
+def fake_handlers(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
+    """A stand-in for the kopf wiring whose ``run`` only records the Settings it is given.
+
+    Nothing of kopf is imported: this tests what the CLI hands over, not the operator.
+    """
+    ran: list[Settings] = []
+    fake = types.ModuleType("tritonresnet.controller.handlers")
+    fake.run = ran.append  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, fake.__name__, fake)
+    monkeypatch.setattr(tritonresnet.controller, "handlers", fake, raising=False)
+    return ran
 
 
-def test_operator_defaults_to_all_namespaces_standalone_plain_logs() -> None:
-    assert operator_options() == {
-        "namespaces": None,
-        "standalone": True,
-        "peering": None,
-        "liveness_endpoint": None,
-        "log_format": "plain",
-        "verbose": False,
-    }
-
-
-def test_operator_passes_namespaces_peering_liveness_and_logging() -> None:
-    options = operator_options(
-        "-n",
-        "a",
-        "--namespace",
-        "b",
-        "--peering",
-        "trn",
-        "--log-format",
-        "json",
-        "--liveness",
-        "http://0.0.0.0:8080/healthz",
-        "--verbose",
+def test_operator_builds_settings_from_env_and_flags_and_runs_with_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ran = fake_handlers(monkeypatch)
+    monkeypatch.setenv("TRITONRESNET_WORKERS", "4")
+    monkeypatch.setenv("TRITONRESNET_LOG_FORMAT", "json")
+    assert (
+        cli.main(["operator", "-n", "vision", "--log-format", "plain", "--liveness", "http://0.0.0.0:8080/h"])
+        == 0
     )
-    assert options == {
-        "namespaces": ["a", "b"],
-        "standalone": False,
-        "peering": "trn",
-        "liveness_endpoint": "http://0.0.0.0:8080/healthz",
-        "log_format": "json",
-        "verbose": True,
-    }
+    assert ran == [
+        Settings(
+            namespaces=("vision",), log_format="plain", liveness_endpoint="http://0.0.0.0:8080/h", workers=4
+        )
+    ]
 
 
-@pytest.mark.parametrize("argv", [["-n", "a", "-A"], ["--standalone", "--peering", "p"]])
-def test_operator_rejects_contradicting_flags(argv: list[str]) -> None:
-    with pytest.raises(SystemExit):
-        cli.argument_parser().parse_args(["operator", *argv])
+@pytest.mark.parametrize(
+    ("env", "argv", "named"),
+    [
+        ({"TRITONRESNET_VERIFY_INTERVAL_SECONDS": "soon"}, [], "TRITONRESNET_VERIFY_INTERVAL_SECONDS"),
+        ({}, ["--workers", "0"], "--workers"),
+    ],
+)
+def test_operator_exits_2_naming_a_bad_variable_or_flag_before_starting(
+    env: dict[str, str],
+    argv: list[str],
+    named: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ran = fake_handlers(monkeypatch)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(["operator", *argv]) == 2
+    assert f"tritonresnet operator: error: {named}: " in capsys.readouterr().err
+    assert ran == []
 
 
 # -- build subcommand: the builder argv for a workstation ----------------------------------
@@ -213,7 +223,7 @@ def test_workstation_plan_builds_then_publishes_into_the_local_repository(
     model_format: str, tmp_path: Path
 ) -> None:
     repo = tmp_path / "repo"
-    build_argv, publish_argv = cli.workstation_plan(manifest(model_format), repo, "25.01", tmp_path)
+    build_argv, publish_argv = cli.workstation_plan(manifest(model_format), repo, Settings(), tmp_path)
     build, publish = contract.parse_args(build_argv), contract.parse_args(publish_argv)
     assert isinstance(build, contract.BuildArgs) and isinstance(publish, contract.PublishArgs)
     assert build.repository == publish.repository == str(repo)
@@ -226,10 +236,28 @@ def test_workstation_plan_builds_then_publishes_into_the_local_repository(
 
 
 def test_workstation_plan_keys_follow_the_release(tmp_path: Path) -> None:
-    first = cli.workstation_plan(manifest("tensorrt"), tmp_path, "25.01", tmp_path)
-    second = cli.workstation_plan(manifest("tensorrt"), tmp_path, "25.02", tmp_path)
-    assert first != second
-    assert first == cli.workstation_plan(manifest("tensorrt"), tmp_path, "25.01", tmp_path)
+    def plan(default_release: str, spec_release: str = "") -> list[list[str]]:
+        trn = manifest("tensorrt")
+        if spec_release:
+            trn["spec"]["serving"] = {"release": spec_release}
+        steps: list[list[str]] = cli.workstation_plan(
+            trn, tmp_path, Settings(default_release=default_release), tmp_path
+        )
+        return steps
+
+    assert plan("25.01") != plan("25.02")
+    assert plan("25.01") == plan("25.01")
+    # The spec's own release wins over the default, as in a cluster (Settings.release_for).
+    assert plan("25.01", "25.02") == plan("25.02") == plan("24.12", "25.02")
+
+
+def test_build_exits_1_on_a_bad_release(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "trn.yaml"
+    path.write_text(yaml.safe_dump(manifest("onnx")))
+    assert (
+        cli.main(["build", "-f", str(path), "--repository", str(tmp_path / "repo"), "--release", "25"]) == 1
+    )
+    assert "error: --release: '25' is not an NGC release" in capsys.readouterr().err
 
 
 def test_build_exits_1_when_the_manifest_holds_no_tritonresnet(

@@ -16,7 +16,9 @@ import jsonschema
 import pytest
 import yaml
 from testground.chart import CHART_DIR, MANIFESTS_DIR, REPO_ROOT, of_kind, render_chart
+from tritonresnet import cli
 from tritonresnet.api.spec import parse_spec
+from tritonresnet.controller.settings import OPTIONS, Settings, settings_from
 
 CRDS_DIR = REPO_ROOT / "crds"
 CRD_FILE = CRDS_DIR / "tritonresnet.io_tritonresnets.yaml"
@@ -133,6 +135,9 @@ def test_default_values_match_values_schema() -> None:
         {"watchNamespaces": ["Not_A_Namespace"]},
         {"operator": {"logFormat": "xml"}},
         {"operator": {"defaultRelease": "25.1"}},
+        {"operator": {"verifyIntervalSeconds": 0}},
+        {"operator": {"workers": 2.5}},
+        {"operator": {"jobTtlSeconds": "3600"}},
         {"image": {"repository": "x", "pullPolicy": "Sometimes"}},
         {"replica": 1},
     ],
@@ -221,14 +226,52 @@ def test_chart_passes_operator_options_as_settings_env() -> None:
     assert pod["metadata"]["annotations"] == {"prometheus.io/scrape": "true"}
 
 
-def test_chart_env_names_are_operator_settings() -> None:
-    # Every TRITONRESNET_* the chart can set must be one settings.Settings.from_env reads.
-    settings_source = (REPO_ROOT / "operator" / "tritonresnet" / "controller" / "settings.py").read_text()
-    read = set(re.findall(r'get\("([A-Z_]+)"\)', settings_source))
-    template = (CHART_DIR / "templates" / "deployment.yaml").read_text()
-    names = re.findall(r"TRITONRESNET_[A-Z_]+", template)
-    set_by_chart = {name.removeprefix("TRITONRESNET_") for name in names}
-    assert set_by_chart and set_by_chart <= read
+@pytest.mark.parametrize(
+    "path",
+    [CHART_DIR / "templates" / "deployment.yaml", MANIFESTS_DIR / "base" / "deployment.yaml"],
+    ids=["helm-chart", "kustomize-base"],
+)
+def test_chart_env_names_are_operator_settings(path: Path) -> None:
+    # Every TRITONRESNET_* the chart sets (or the base names) must be an option of settings.OPTIONS.
+    names = set(re.findall(r"TRITONRESNET_[A-Z_]+", path.read_text()))
+    assert names and names <= {option.env for option in OPTIONS}
+
+
+def test_chart_passes_timings_and_workers_as_settings_env_the_operator_accepts() -> None:
+    values = {
+        "operator": {
+            "resyncSeconds": 30,
+            "verifyIntervalSeconds": 120.5,
+            "verifyTimeoutSeconds": 10,
+            "jobTtlSeconds": 10000000,
+            "workers": 16,
+        }
+    }
+    env = {e["name"]: e["value"] for e in operator_container(render_chart(values, include_crds=False))["env"]}
+    assert env == {
+        "TRITONRESNET_RESYNC_SECONDS": "30",
+        "TRITONRESNET_VERIFY_INTERVAL_SECONDS": "120.5",
+        "TRITONRESNET_VERIFY_TIMEOUT_SECONDS": "10",
+        # Whole numbers stay whole (not 1e+07), which the operator's int parser needs.
+        "TRITONRESNET_JOB_TTL_SECONDS": "10000000",
+        "TRITONRESNET_WORKERS": "16",
+    }
+    settings = settings_from(env)
+    assert (settings.verify_interval_seconds, settings.job_ttl_seconds, settings.workers) == (
+        120.5,
+        10**7,
+        16,
+    )
+
+
+def test_chart_default_container_runs_the_operator_with_its_defaults_but_json_logs() -> None:
+    # The container's args and env, through the real `tritonresnet operator` parser.
+    container = operator_container(render_chart({}, include_crds=False))
+    env = {e["name"]: e["value"] for e in container.get("env", [])}
+    flags = cli.argument_parser().parse_args(["operator", *container["args"]])
+    assert settings_from(env, flags) == Settings(
+        log_format="json", liveness_endpoint="http://0.0.0.0:8080/healthz"
+    )
 
 
 def test_kustomize_base_deployment_matches_chart_default() -> None:
