@@ -28,9 +28,16 @@ from tritonresnet_builder.contract import (
     Result,
     parse_result,
 )
-from tritonresnet_builder.failures import bad_input, usage
+from tritonresnet_builder.failures import usage
 from tritonresnet_builder.fetch import SourceFetcher
-from tritonresnet_builder.volume import fsync_dir, layout_of, local, scratch_dir, write_atomic
+from tritonresnet_builder.volume import (
+    fsync_dir,
+    layout_of,
+    local,
+    require_repository,
+    scratch_dir,
+    write_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +92,7 @@ def check_args(args: BuildArgs) -> None:
         )
     if engine.format == "tensorrt":
         tensorrt_engine.refuse_uncalibrated(engine.precision)
-    if not Path(args.repository).is_dir():
-        raise bad_input(
-            "RepositoryMissing",
-            f"the model repository {args.repository} is not a folder (is the volume mounted?)",
-        )
+    require_repository(args.repository)
 
 
 def existing_engine(engine_dir: Path) -> Result | None:

@@ -45,6 +45,7 @@ from tritonresnet_builder.volume import (
     layout_of,
     link_or_copy,
     local,
+    require_repository,
     scratch_dir,
     write_atomic,
 )
@@ -88,11 +89,7 @@ def check_args(args: PublishArgs) -> None:
         or args.max_queue_delay_us < 0
     ):
         raise usage("InvalidArgument", "max batch size, instance count and versions kept must be at least 1")
-    if not Path(args.repository).is_dir():
-        raise bad_input(
-            "RepositoryMissing",
-            f"the model repository {args.repository} is not a folder (is the volume mounted?)",
-        )
+    require_repository(args.repository)
 
 
 def load_engines(layout: RepositoryLayout, keys: tuple[str, ...]) -> list[Engine]:

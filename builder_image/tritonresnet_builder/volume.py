@@ -18,11 +18,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tritonresnet_builder.contract import RepositoryLayout
+from tritonresnet_builder.failures import bad_input
 
 
 def local(path: object) -> Path:
     """A contract path (PurePosixPath) as a local one."""
     return Path(str(path))
+
+
+def require_repository(repository: str) -> None:
+    """Refuse to run on a volume that is not there, before anything is created on it."""
+    if not Path(repository).is_dir():
+        raise bad_input(
+            "RepositoryMissing",
+            f"the model repository {repository} is not a folder (is the volume mounted?)",
+        )
 
 
 def layout_of(repository: str | Path) -> RepositoryLayout:
