@@ -345,3 +345,88 @@ def test_kubectl_get_trn_shows_the_printer_columns(control_plane: ControlPlane, 
     table = control_plane.kubectl("get", "trn", "columns", "-n", crd_namespace).stdout
     header = table.splitlines()[0].split()
     assert header == ["NAME", "PHASE", "READY", "VERSION", "AGE"]
+
+
+# -- the spec parser and the CRD accept exactly the same strings -----------------------------
+
+# (field path in the spec, value). Each is sent to the API server (a server-side dry run) and to
+# spec.parse_spec, and both must agree. The tricky ones are where Python's re differs from the Go
+# regexp the API server runs: ``$`` before a final newline, Unicode digits in ``\d`` and ``\S``.
+PATTERN_CASES: list[tuple[str, str]] = [
+    ("serving.release", "25.01"),
+    ("serving.release", "25.01\n"),
+    ("serving.release", "\u0662\u0665.\u0660\u0661"),  # Arabic-Indic digits
+    ("serving.release", "25.1"),
+    ("serving.release", " 25.01"),
+    ("model.name", "resnet50"),
+    ("model.name", "resnet50\n"),
+    ("model.name", "res net"),
+    ("model.name", "r\u00e9snet"),
+    ("model.name", "-resnet"),
+    ("source.uri", "s3://models/resnet50/model.onnx"),
+    ("source.uri", "s3://models/resnet50/model.onnx\n"),
+    ("source.uri", "s3://models/res net.onnx"),
+    ("source.uri", "/models/incoming/model.onnx"),
+    ("source.uri", "relative/model.onnx"),
+    ("source.sha256", "a" * 64),
+    ("source.sha256", "a" * 64 + "\n"),
+    ("source.sha256", "A" * 64),
+    ("source.region", "eu-west-1"),
+    ("source.region", "eu-west-1\n"),
+    ("source.endpoint", "http://127.0.0.1:9000"),
+    ("source.endpoint", "http://127.0.0.1:9000\n"),
+    ("source.credentialsSecret", "s3-creds"),
+    ("source.credentialsSecret", "s3-creds\n"),
+    ("repository.claimName", "models"),
+    ("repository.claimName", "models\n"),
+    ("repository.claimName", "Models"),
+    ("repository.subPath", "team/a"),
+    ("repository.subPath", "team/../a"),
+    ("repository.subPath", "team/a\n"),
+    ("engine.targets[0].name", "a10g"),
+    ("engine.targets[0].name", "a10g\n"),
+    ("engine.targets[0].name", "\u0661"),
+]
+
+
+def _spec_with(field: str, value: str) -> Spec:
+    spec: Spec = {"source": {"uri": "s3://models/resnet50/model.onnx"}, "repository": {"claimName": "models"}}
+    if field.startswith("engine.targets"):
+        spec["engine"] = {"targets": [{"name": value, "nodeSelector": {"gpu": "a10g"}}]}
+        return spec
+    _set(field, value)(spec)
+    if field == "repository.subPath":
+        spec["repository"]["claimName"] = "models"
+    return spec
+
+
+def test_spec_parser_accepts_exactly_what_the_crd_accepts(
+    control_plane: ControlPlane, crd_namespace: str
+) -> None:
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+    from tritonresnet.api.spec import SpecError, parse_spec
+
+    api = client.CustomObjectsApi(control_plane.api_client())
+    disagreements = []
+    for index, (field, value) in enumerate(PATTERN_CASES):
+        obj = good_resource(f"pattern-{index}", crd_namespace)
+        obj["spec"] = _spec_with(field, value)
+        try:
+            api.create_namespaced_custom_object(
+                "tritonresnet.io", "v1alpha1", crd_namespace, "tritonresnets", obj, dry_run="All"
+            )
+            server = True
+        except ApiException as exc:
+            assert exc.status == 422, exc.body
+            server = False
+        try:
+            parse_spec(obj)
+            parser = True
+        except SpecError:
+            parser = False
+        if server != parser:
+            disagreements.append(f"spec.{field}={value!r}: API server {server}, spec.py {parser}")
+    assert disagreements == []
+    # The table is not vacuous: it holds values both accept and values both refuse.
+    assert len({field for field, _ in PATTERN_CASES}) >= 10

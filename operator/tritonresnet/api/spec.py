@@ -32,26 +32,41 @@ from tritonresnet_builder.contract import (
 from tritonresnet.api import names
 
 # -- patterns and limits shared with the CRD -------------------------------------------
+#
+# The API server checks the CRD's patterns with Go's regexp: ``$`` is the end of the
+# text and ``\d``/``\S`` are ASCII classes. Python's ``$`` also matches before a final
+# newline and its classes are Unicode, so every pattern is compiled with re.ASCII and
+# checked with :func:`matches` (a full match), which accepts exactly what the CRD does.
+
+
+def _pattern(text: str) -> re.Pattern[str]:
+    return re.compile(text, re.ASCII)
+
+
+def matches(pattern: re.Pattern[str], value: str) -> bool:
+    """``value`` matches all of ``pattern``, as the API server's check of the CRD's pattern does."""
+    return pattern.fullmatch(value) is not None
+
 
 #: NGC releases are YY.MM (spec.serving.release, and the operator's default release).
-RELEASE_RE = re.compile(r"^\d{2}\.\d{2}$")
+RELEASE_RE = _pattern(r"^\d{2}\.\d{2}$")
 
 #: s3://bucket/key (bucket named by S3's rules) or an absolute local path.
-SOURCE_URI_RE = re.compile(r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/\S+|/\S+)$")
+SOURCE_URI_RE = _pattern(r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/\S+|/\S+)$")
 #: Optional fields accept "" (the issue's sample writes them out empty).
-SHA256_RE = re.compile(r"^([0-9a-f]{64})?$")
-ENDPOINT_RE = re.compile(r"^(https?://\S+)?$")
-REGION_RE = re.compile(r"^[a-z0-9-]{0,32}$")
+SHA256_RE = _pattern(r"^([0-9a-f]{64})?$")
+ENDPOINT_RE = _pattern(r"^(https?://\S+)?$")
+REGION_RE = _pattern(r"^[a-z0-9-]{0,32}$")
 #: A PVC's (or storage class's) name: a DNS subdomain.
-CLAIM_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+CLAIM_NAME_RE = _pattern(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 #: A Secret's name, or "" for none.
-SECRET_NAME_RE = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?)?$")
+SECRET_NAME_RE = _pattern(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?)?$")
 #: A target's name shows up in status and in child labels: a short DNS label.
-TARGET_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$")
+TARGET_NAME_RE = _pattern(r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$")
 #: A relative folder inside the claim; no component may start with a dot (no ``..``).
-SUB_PATH_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)*$")
+SUB_PATH_RE = _pattern(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)*$")
 #: Kubernetes' resource.Quantity grammar.
-QUANTITY_RE = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|[numkMGTPE]|[KMGTPE]i)?$")
+QUANTITY_RE = _pattern(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|[numkMGTPE]|[KMGTPE]i)?$")
 ACCESS_MODES = ("ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod")
 TOLERATION_OPERATORS = ("Exists", "Equal")
 TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
@@ -231,7 +246,7 @@ def _string(
         return default
     if not isinstance(value, str):
         raise SpecError(f"{path}.{key}", f"must be a string, not {type(value).__name__}")
-    if pattern is not None and not pattern.match(value):
+    if pattern is not None and not matches(pattern, value):
         raise SpecError(f"{path}.{key}", f"{value!r} does not match {pattern.pattern}")
     return value
 
@@ -307,7 +322,7 @@ def _quantities(parent: Mapping[str, Any], key: str, path: str) -> dict[str, str
         if isinstance(quantity, bool) or not isinstance(quantity, (int, float, str)):
             raise SpecError(f"{path}.{key}.{name}", f"must be a quantity, not {quantity!r}")
         text = str(quantity)
-        if not QUANTITY_RE.match(text):
+        if not matches(QUANTITY_RE, text):
             raise SpecError(f"{path}.{key}.{name}", f"{text!r} is not a quantity like 500m, 4Gi or 1")
         result[str(name)] = text
     return result
@@ -343,7 +358,7 @@ def _model(spec: Mapping[str, Any], metadata_name: str) -> ModelSpec:
     section = _section(spec, "model", "spec")
     name = _string(section, "name", path, pattern=MODEL_NAME_RE)
     if not name:
-        if not MODEL_NAME_RE.match(metadata_name):
+        if not matches(MODEL_NAME_RE, metadata_name):
             raise SpecError(
                 f"{path}.name",
                 f"defaults to metadata.name, but {metadata_name!r} is not a valid Triton model name "
