@@ -1,4 +1,4 @@
-"""volume.write_atomic: the one way the builder replaces a file others may be reading."""
+"""volume.py: the one atomic file write, and the one check that the model volume is there."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
-from tritonresnet_builder import volume
+from tritonresnet_builder import cli, volume
+from tritonresnet_builder.contract import BuildArgs, ExitCode, PublishArgs, Source
 
 
 def test_write_atomic_replaces_the_file_and_leaves_no_temporary(tmp_path: Path) -> None:
@@ -39,3 +40,18 @@ def test_a_failed_write_keeps_the_old_file_and_no_temporary(
         volume.write_atomic(target, "half")
     assert target.read_text() == "complete"
     assert [p.name for p in tmp_path.iterdir()] == ["engine.json"]
+
+
+@pytest.mark.parametrize("phase", ["build", "publish"])
+def test_both_phases_refuse_a_volume_that_is_not_there(tmp_path: Path, phase: str) -> None:
+    missing = str(tmp_path / "not-mounted")
+    args: BuildArgs | PublishArgs
+    if phase == "build":
+        args = BuildArgs(repository=missing, engine_key="k", source=Source(uri="s3://b/m.onnx"))
+    else:
+        args = PublishArgs(repository=missing, model_name="m", version_key="v", engine_keys=("k",))
+    result = cli.run(args)
+    assert result.exit_code == ExitCode.BAD_INPUT
+    assert result.error is not None and result.error.kind == "RepositoryMissing"
+    assert missing in result.error.message
+    assert not (tmp_path / "not-mounted").exists()
