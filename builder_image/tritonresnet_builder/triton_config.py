@@ -35,6 +35,31 @@ class ServingSettings:
     instance_kind: InstanceKind = "KIND_AUTO"
 
 
+def image_format(shape: Sequence[int]) -> str | None:
+    """The Triton layout of an image input, from its shape without the batch dimension.
+
+    Triton's image clients refuse an input whose config says FORMAT_NONE, so an
+    image input (three dims, three channels first or last) says which it is.
+    3 x H x 3 is read as channels first, as PyTorch exports it and as
+    ``tritonresnet classify`` reads it. Anything else is not an image: None.
+    """
+    if len(shape) != 3:
+        return None
+    if shape[0] == 3:
+        return "FORMAT_NCHW"
+    if shape[2] == 3:
+        return "FORMAT_NHWC"
+    return None
+
+
+def _input(tensor: Tensor) -> dict[str, Any]:
+    config = _tensor(tensor)
+    layout = image_format(tensor.shape)
+    if layout is not None:
+        config["format"] = layout
+    return config
+
+
 def _tensor(tensor: Tensor) -> dict[str, Any]:
     # Triton needs at least one dim; a batched [N] tensor is served as dims [1] with reshape [].
     if tensor.shape:
@@ -72,7 +97,7 @@ def model_config(
         "name": name,
         "platform": PLATFORMS[fmt],
         "max_batch_size": serving.max_batch_size,
-        "input": [_tensor(t) for t in inputs],
+        "input": [_input(t) for t in inputs],
         "output": [_tensor(t) for t in outputs],
         "version_policy": {"specific": {"versions": [version]}},
         "instance_group": [{"count": serving.instance_count, "kind": serving.instance_kind}],

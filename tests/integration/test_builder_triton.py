@@ -89,6 +89,8 @@ def test_serve_as_onnx_publish_is_loaded_and_answered_by_tritonserver(
         assert client.is_model_ready("resnet", "1")
         metadata = client.get_model_metadata("resnet")
         assert metadata["platform"] == "onnxruntime_onnx" and metadata["versions"] == ["1"]
+        # the server kept the image layout we wrote (its image clients refuse FORMAT_NONE)
+        assert client.get_model_config("resnet")["input"][0]["format"] == "FORMAT_NCHW"
         request = tritonclient.http.InferInput(spec.input_name, list(batch.shape), "FP32")
         request.set_data_from_numpy(batch)
         answer = client.infer("resnet", [request], model_version="1").as_numpy(spec.output_name)

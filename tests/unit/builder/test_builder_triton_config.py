@@ -87,3 +87,29 @@ def test_model_config_spells_datatypes_as_triton_config_types(datatype: str, exp
     # a per-item scalar is served as [1] reshaped to [] (Triton wants at least one dim)
     assert list(parsed.output[0].dims) == [1]
     assert parsed.output[0].HasField("reshape") and list(parsed.output[0].reshape.shape) == []
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [
+        ((3, 224, 224), mc.ModelInput.FORMAT_NCHW),
+        ((224, 224, 3), mc.ModelInput.FORMAT_NHWC),
+        ((3, 8, 3), mc.ModelInput.FORMAT_NCHW),  # both could be channels: first wins, as PyTorch exports
+        ((1, 28, 28), mc.ModelInput.FORMAT_NONE),  # not three channels
+        ((3, 224), mc.ModelInput.FORMAT_NONE),  # not an image
+        ((), mc.ModelInput.FORMAT_NONE),
+    ],
+)
+def test_image_inputs_carry_their_layout(shape: tuple[int, ...], expected: int) -> None:
+    """Triton's image clients refuse FORMAT_NONE; the layout comes from where the 3 channels are."""
+    config = triton_config.model_config(
+        name="resnet",
+        fmt="onnx",
+        inputs=(Tensor("image", "FP32", shape),),
+        outputs=OUTPUTS,
+        serving=triton_config.ServingSettings(),
+        version=1,
+        default_model_filename="model.onnx",
+    )
+    parsed = triton_config.parse(triton_config.render(config))
+    assert parsed.input[0].format == expected
