@@ -313,3 +313,82 @@ def test_refused_child_apply_is_reported_with_the_api_servers_message_and_keeps_
     assert status["phase"] == c.FAILED
     assert ("Warning", "ApplyFailed") in [(t, r) for t, r, _ in events]
     assert status["versionKey"] == st(p)["versionKey"], "the rest of the planned status is kept"
+
+
+# -- failures remembered, fixes picked up ----------------------------------------------------
+
+
+def _failed_build() -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], str]:
+    """A new resource whose one build failed on the user's input (exit 3): (cr, objects, pods, job name)."""
+    cr = resource()
+    p = plan(world(cr), SETTINGS)
+    cr, objects = step(cr, [], p)
+    job = next(o for o in objects if o["kind"] == "Job")
+    failure = Result(
+        ok=False,
+        phase="build",
+        exit_code=3,
+        error=Failure("AccessDenied", "s3://models/resnet50/model.onnx: access denied", "spec.source"),
+    )
+    failed_job, failed_pod = finished(job, failure, ok=False)
+    objects = [failed_job]
+    p = plan(world(cr, objects, [failed_pod]), SETTINGS)
+    cr, _ = step(cr, objects, p)
+    assert st(p)["targets"][0]["state"] == "Failed"
+    return cr, objects, [failed_pod], job["metadata"]["name"]
+
+
+def _with_source(cr: dict[str, Any], **source: Any) -> dict[str, Any]:
+    return {
+        **cr,
+        "spec": {**cr["spec"], "source": {**cr["spec"]["source"], **source}},
+        "metadata": {**cr["metadata"], "generation": cr["metadata"]["generation"] + 1},
+    }
+
+
+def test_failed_build_is_not_run_again_when_its_job_ttl_removes_the_job() -> None:
+    cr, _, _, _ = _failed_build()
+    p = plan(world(cr, [], []), SETTINGS)  # the Job and its pod are gone (ttlSecondsAfterFinished)
+    assert not [o for o in p.apply if o["kind"] == "Job"], "a failure on the user's input was re-run by TTL"
+    assert condition(p, c.ENGINE_BUILT)["reason"] == "BuildFailed"
+    assert "access denied" in condition(p, c.READY)["message"]
+    assert condition(p, c.STALLED)["status"] == "True"
+    assert plan(world({**cr, "status": st(p)}, [], []), SETTINGS).apply == [], "and on every pass after"
+
+
+def test_credentials_fix_after_the_ttl_runs_the_build_again() -> None:
+    cr, _, _, job_name = _failed_build()
+    fixed = _with_source(cr, credentialsSecret="s3-creds")
+    p = plan(world(fixed, [], []), SETTINGS)
+    (job,) = [o for o in p.apply if o["kind"] == "Job"]
+    assert job["metadata"]["name"] == job_name  # the same engine, so the same name
+    env = {e["name"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "AWS_ACCESS_KEY_ID" in env
+    assert st(p)["targets"][0]["state"] == "Pending"
+
+
+def test_credentials_fix_while_the_failed_job_exists_deletes_it_then_builds_again() -> None:
+    cr, objects, pods, job_name = _failed_build()
+    fixed = _with_source(cr, credentialsSecret="s3-creds")
+    p = plan(world(fixed, objects, pods), SETTINGS)
+    assert p.delete == [("batch/v1", "Job", job_name)]
+    assert not [o for o in p.apply if o["kind"] == "Job"], "a Job's template cannot be changed in place"
+    fixed, _ = step(fixed, objects, p)
+    p = plan(world(fixed, [], []), SETTINGS)  # its deletion arrives
+    assert [o["metadata"]["name"] for o in p.apply if o["kind"] == "Job"] == [job_name]
+
+
+def test_retry_annotation_runs_a_failed_build_again_and_only_once_per_value() -> None:
+    cr, _, _, job_name = _failed_build()
+    retried = {**cr, "metadata": {**cr["metadata"], "annotations": {"tritonresnet.io/retry": "1"}}}
+    p = plan(world(retried, [], []), SETTINGS)
+    (job,) = [o for o in p.apply if o["kind"] == "Job"]
+    assert job["metadata"]["name"] == job_name
+    assert job["metadata"]["annotations"]["tritonresnet.io/retry"] == "1"
+    # The same value again (a resync) after the rerun failed too: remembered, not run a third time.
+    retried, _ = step(retried, [], p)
+    again = Result(ok=False, phase="build", exit_code=3, error=Failure("AccessDenied", "still denied", ""))
+    failed_job, failed_pod = finished(job, again, ok=False)
+    p = plan(world(retried, [failed_job], [failed_pod]), SETTINGS)
+    retried, _ = step(retried, [failed_job], p)
+    assert not [o for o in plan(world(retried, [], []), SETTINGS).apply if o["kind"] == "Job"]

@@ -74,7 +74,7 @@ def test_parse_spec_reads_the_issue_sample() -> None:
     assert spec.serving.replicas == 2
     # YAML's integer 1 is normalized to the quantity string Kubernetes returns.
     assert spec.serving.resources == {"limits": {"nvidia.com/gpu": "1"}}
-    assert spec.release_or("24.12") == "25.01"
+    assert spec.serving.release == "25.01"
 
 
 def test_parse_spec_leaves_the_body_untouched_and_shares_nothing_with_it() -> None:

@@ -218,9 +218,6 @@ class TritonResNetSpec:
             return self.engine.targets
         return (Target(DEFAULT_TARGET_NAME, dict(self.serving.node_selector), self.serving.tolerations),)
 
-    def release_or(self, default: str) -> str:
-        return self.serving.release or default
-
     @property
     def uses_gpu_builds(self) -> bool:
         return self.model.format == "tensorrt"

@@ -190,6 +190,9 @@ class TargetStatus:
     artifact_bytes: int | None = None
     source_sha256: str | None = None
     message: str | None = None
+    #: The applied hash of the build Job that failed: while the Job the spec renders has this hash,
+    #: the failure stands (its Job may be gone with its TTL) and the build is not run again.
+    job_hash: str | None = None
 
 
 @dataclass(frozen=True)
@@ -334,6 +337,7 @@ def _targets(value: Any) -> tuple[TargetStatus, ...] | None:
                 artifact_bytes=_int(t.get("artifactBytes")),
                 source_sha256=_str(t.get("sourceSha256")),
                 message=_str(t.get("message")),
+                job_hash=_str(t.get("jobHash")),
             )
         )
     return tuple(out)

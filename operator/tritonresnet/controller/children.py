@@ -26,6 +26,8 @@ APPLIED_HASH = "tritonresnet.io/applied-hash"
 MODEL_VERSION_ANNOTATION = "tritonresnet.io/model-version"
 VERSION_KEY_ANNOTATION = "tritonresnet.io/version-key"
 MODEL_IO_ANNOTATION = "tritonresnet.io/model-io"
+#: On a TritonResNet, set by a user: a new value re-runs builds that failed (their Job carries it).
+RETRY_ANNOTATION = "tritonresnet.io/retry"
 # The NGC release the served version was built for: its plans only load in
 # that release's Triton, so the image follows the version, not the spec.
 RELEASE_ANNOTATION = "tritonresnet.io/release"
@@ -48,12 +50,15 @@ def with_applied_hash(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {**obj, "metadata": meta}
 
 
+def applied_hash_of(existing: Mapping[str, Any]) -> str | None:
+    """The hash an existing child was applied with; None for one we did not apply."""
+    have = ((existing.get("metadata") or {}).get("annotations") or {}).get(APPLIED_HASH)
+    return str(have) if have else None
+
+
 def is_current(desired: Mapping[str, Any], existing: Mapping[str, Any] | None) -> bool:
     """True when ``existing`` was applied from exactly ``desired``: nothing to send."""
-    if existing is None:
-        return False
-    have = ((existing.get("metadata") or {}).get("annotations") or {}).get(APPLIED_HASH)
-    return bool(have == applied_hash(desired))
+    return existing is not None and applied_hash_of(existing) == applied_hash(desired)
 
 
 # -- the served version -------------------------------------------------------------------

@@ -30,7 +30,13 @@ from tritonresnet.api.status import (
     TritonResNetStatus,
 )
 from tritonresnet.controller import observe, render
-from tritonresnet.controller.children import Served, is_current, served_from_deployment
+from tritonresnet.controller.children import (
+    Served,
+    applied_hash,
+    applied_hash_of,
+    is_current,
+    served_from_deployment,
+)
 from tritonresnet.controller.observe import Expected, Observed, Rollout
 from tritonresnet.controller.settings import Settings
 
@@ -188,10 +194,20 @@ def _builds(
     engine_keys: Mapping[str, str],
     children: Children,
 ) -> tuple[tuple[TargetStatus, ...], str, str]:
-    """Per-target build state (failures, waits); renders the missing build Jobs."""
+    """Per-target build state (failures, waits); renders the missing build Jobs.
+
+    A failed build is remembered in its target's status with the hash of the Job
+    that failed: once the Job's TTL removes it, the same Job is not run again. A
+    change to anything the Job is rendered from (the spec, including fields
+    outside the engine key such as credentialsSecret or tolerations, or the
+    ``tritonresnet.io/retry`` annotation) gives another hash: a failed Job of
+    the old content is deleted and the build runs again.
+    """
     meta = observed.resource["metadata"]
     name = meta["name"]
-    built = TritonResNetStatus.from_dict(observed.resource.get("status")).built_targets()
+    old = TritonResNetStatus.from_dict(observed.resource.get("status"))
+    built = old.built_targets()
+    remembered = {t.engine_key: t for t in old.targets or () if t.state == "Failed" and t.job_hash}
     out: list[TargetStatus] = []
     failures: list[str] = []
     waiting: list[str] = []
@@ -200,12 +216,25 @@ def _builds(
         if key in built:
             out.append(built[key])
             continue
-        job = observed.jobs.get(names.build_job_name(name, key))
+        job_name = names.build_job_name(name, key)
+        job = observed.jobs.get(job_name)
+        rendered = render.build_job(meta, spec, target, key, settings)
         if job is None:
-            children.desired.append(render.build_job(meta, spec, target, key, settings))
+            failed = remembered.get(key)
+            if failed is not None and failed.job_hash == applied_hash(rendered):
+                out.append(failed)
+                failures.append(f"target {target.name}: {failed.message}")
+                continue
+            children.desired.append(rendered)
             out.append(_target_entry(name, target, key, "Pending"))
             continue
         outcome = observe.job_outcome(job, observed.pods)
+        if outcome.state == "Failed" and not is_current(rendered, job):
+            # Fixed since it failed: the Job's template is immutable, so it goes and the next pass
+            # (its deletion is an event) creates the new one under the same name.
+            children.delete.append(("batch/v1", "Job", job_name))
+            out.append(_target_entry(name, target, key, "Pending", "the spec changed since the build failed"))
+            continue
         entry = _target_entry(name, target, key, "Built" if outcome.state == "Succeeded" else outcome.state)
         if outcome.state == "Succeeded" and outcome.result is not None:
             r = outcome.result
@@ -221,6 +250,7 @@ def _builds(
         else:
             entry = replace(entry, message=outcome.message or None)
             if outcome.state == "Failed":
+                entry = replace(entry, job_hash=applied_hash_of(job))
                 failures.append(f"target {target.name}: {outcome.message}")
             elif outcome.state == "Unschedulable":
                 waiting.append(f"target {target.name}: waiting for a node: {outcome.message}")
@@ -247,7 +277,7 @@ def _publish(
     outcome = observe.job_outcome(job, observed.pods)
     if outcome.state == "Succeeded" and outcome.result is not None:
         r = outcome.result
-        release = render.release(spec, settings)
+        release = settings.release_for(spec)
         return Served(r.version, version_key, r.inputs, r.outputs, release), "", ""
     if outcome.state == "Failed":
         return None, f"publish: {outcome.message}", ""
@@ -263,7 +293,7 @@ def engines(
     name = observed.resource["metadata"]["name"]
     old = TritonResNetStatus.from_dict(observed.resource.get("status"))
     targets = spec.build_targets()
-    release = render.release(spec, settings)
+    release = settings.release_for(spec)
     engine_keys = {t.name: names.engine_key(spec, t, release) for t in targets}
     version_key = names.version_key(spec, sorted(engine_keys.values()))
 
@@ -345,7 +375,7 @@ def decide(observed: Observed, spec: TritonResNetSpec, settings: Settings) -> De
     if pvc is not None:
         children.desired.append(pvc)
     deployment = observed.child("Deployment", names.deployment_name(meta["name"]))
-    served = served_from_deployment(deployment, render.release(spec, settings))
+    served = served_from_deployment(deployment, settings.release_for(spec))
     built = engines(observed, spec, settings, served, children)
     # The published version if there is one, else keep what serves, with the
     # release it was built for (a new release's image waits for its engines).

@@ -25,7 +25,7 @@ from tritonresnet_builder.contract import (
 
 from tritonresnet.api import names
 from tritonresnet.api.spec import GPU_RESOURCE, AutoscalingMetric, Target, TritonResNetSpec
-from tritonresnet.controller.children import Served, served_annotations
+from tritonresnet.controller.children import RETRY_ANNOTATION, Served, served_annotations
 from tritonresnet.controller.settings import Settings
 
 Object = dict[str, Any]
@@ -77,11 +77,6 @@ CREDENTIAL_KEYS: tuple[tuple[str, bool], ...] = (
 
 
 # -- shared pieces --------------------------------------------------------------------------
-
-
-def release(spec: TritonResNetSpec, settings: Settings) -> str:
-    """The NGC release of both images: the resource's own, else the operator's default."""
-    return spec.release_or(settings.default_release)
 
 
 def cr_metadata(cr: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -263,7 +258,7 @@ def build_job(
         {names.LABEL_ENGINE_KEY: engine_key, names.LABEL_TARGET: names.label_value(target.name)},
     )
     container = _builder_container(
-        settings.builder_image(release(spec, settings)),
+        settings.builder_image(settings.release_for(spec)),
         build_args(spec, engine_key).to_argv(),
         credential_env(spec.source.credentials_secret),
         _resources(GPU_BUILD_RESOURCES if gpu else CPU_BUILD_RESOURCES),
@@ -284,6 +279,10 @@ def build_job(
         "volumes": _volumes(cr_name, spec, read_only=False),
     }
     metadata = _metadata(cr, names.build_job_name(cr_name, engine_key), labels)
+    retry = (cr_metadata(cr).get("annotations") or {}).get(RETRY_ANNOTATION)
+    if retry:
+        # Part of the Job's content, so a new value makes a failed build's Job stale and it runs again.
+        metadata["annotations"] = {RETRY_ANNOTATION: str(retry)}
     return _job(metadata, labels, pod_spec, settings)
 
 
@@ -318,7 +317,7 @@ def publish_job(
     cr_name = cr_metadata(cr)["name"]
     labels = names.labels(cr_name, "publish", {names.LABEL_VERSION_KEY: version_key})
     container = _builder_container(
-        settings.builder_image(release(spec, settings)),
+        settings.builder_image(settings.release_for(spec)),
         publish_args(spec, engine_keys, version_key, protect_versions).to_argv(),
         [],
         _resources(PUBLISH_RESOURCES),
