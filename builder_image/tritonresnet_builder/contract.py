@@ -43,6 +43,12 @@ Precision = Literal["fp32", "fp16", "bf16", "fp8", "int8"]
 FORMATS: tuple[Format, ...] = ("tensorrt", "onnx")
 PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "bf16", "fp8", "int8")
 
+#: The most one input may take per sample (batch 1), in bytes: 64 MiB. A ResNet's
+#: 3x224x224 FP32 image is 0.6 MiB and a 3x2048x2048 one 48 MiB; a model that
+#: declares more (say [N, 3, 100000, 100000]) is refused when it is built, since
+#: no client could send it and Triton would reserve memory for it per instance.
+MAX_INPUT_SAMPLE_BYTES = 64 << 20
+
 #: A Triton model name we accept: no path separators, no dot-names, no
 #: traversal. Triton itself only needs a directory name; we are stricter so
 #: the name is also a safe path component and a DNS-ish label.

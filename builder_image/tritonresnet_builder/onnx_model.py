@@ -7,6 +7,7 @@ What Triton and TensorRT can serve, and what we therefore accept:
 * the first dimension of every input is the batch: either dynamic (the usual
   export with ``dynamic_axes``) or fixed at 1 (served with a batch of at most 1);
 * every other input dimension is fixed, so one optimization profile covers it;
+* one sample of an input (batch 1) takes at most ``MAX_INPUT_SAMPLE_BYTES``;
 * external-data files are named relative to the model, inside its folder.
 
 Each refusal is a BAD_INPUT naming the tensor (or file) at fault.
@@ -14,6 +15,7 @@ Each refusal is a BAD_INPUT naming the tensor (or file) at fault.
 
 from __future__ import annotations
 
+import math
 import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from google.protobuf.message import DecodeError
 from onnx import TensorProto
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
-from tritonresnet_builder.contract import Format, Tensor
+from tritonresnet_builder.contract import MAX_INPUT_SAMPLE_BYTES, Format, Tensor
 from tritonresnet_builder.failures import bad_input
 
 SOURCE_FIELD = "spec.source.uri"
@@ -45,6 +47,23 @@ TRITON_DATATYPES: dict[int, str] = {
     TensorProto.UINT64: "UINT64",
     TensorProto.BOOL: "BOOL",
     TensorProto.STRING: "BYTES",
+}
+
+#: Bytes per element of each fixed-size Triton datatype (BYTES has no fixed size).
+ELEMENT_BYTES: dict[str, int] = {
+    "FP32": 4,
+    "FP16": 2,
+    "BF16": 2,
+    "FP64": 8,
+    "INT8": 1,
+    "INT16": 2,
+    "INT32": 4,
+    "INT64": 8,
+    "UINT8": 1,
+    "UINT16": 2,
+    "UINT32": 4,
+    "UINT64": 8,
+    "BOOL": 1,
 }
 
 #: Datatypes a TensorRT 10 engine can take as network inputs and outputs.
@@ -180,6 +199,23 @@ def _model_max_batch(inputs: list[tuple[onnx.ValueInfoProto, list[int]]]) -> int
     return 0 if batch_dims == {DYNAMIC} else 1
 
 
+def _refuse_oversized(tensor: Tensor) -> None:
+    """An input whose single sample exceeds MAX_INPUT_SAMPLE_BYTES is not one we can serve."""
+    element = ELEMENT_BYTES.get(tensor.datatype)
+    if element is None:  # BYTES: the size is the request's, not the model's
+        return
+    size = math.prod(tensor.shape) * element
+    if size > MAX_INPUT_SAMPLE_BYTES:
+        shape = "x".join(str(d) for d in tensor.shape)
+        raise bad_input(
+            "UnsupportedModel",
+            f"input {tensor.name!r} takes {size / (1 << 20):,.0f} MiB per sample ({shape} "
+            f"{tensor.datatype}), above the {MAX_INPUT_SAMPLE_BYTES >> 20} MiB per input and "
+            "batch-1 sample this builder accepts",
+            SOURCE_FIELD,
+        )
+
+
 def describe(model: onnx.ModelProto, fmt: Format) -> ModelInfo:
     """Inputs, outputs and batch handling of a loaded model; refuses what cannot be served."""
     graph = model.graph
@@ -214,6 +250,8 @@ def describe(model: onnx.ModelProto, fmt: Format) -> ModelInfo:
     model_max_batch = _model_max_batch(shaped)
 
     inputs = tuple(Tensor(v.name, _datatype(v, "input", fmt), tuple(dims[1:])) for v, dims in shaped)
+    for tensor in inputs:
+        _refuse_oversized(tensor)
     outputs = []
     for value in graph.output:
         dims = _dims(value, "output")

@@ -226,6 +226,13 @@ CASES: dict[str, Case] = {
         "input 'x' has a dynamic dimension 2",
         "spec.source.uri",
     ),
+    "absurd input size": Case(
+        build(local(lambda p: onnx_graphs.identity(p, dims=("n", 3, 100000, 100000)))),
+        ExitCode.BAD_INPUT,
+        "UnsupportedModel",
+        "input 'x' takes 114,441 MiB per sample",
+        "spec.source.uri",
+    ),
     "zero inputs": Case(
         build(local(onnx_graphs.no_inputs)),
         ExitCode.BAD_INPUT,

@@ -8,7 +8,7 @@ import onnx
 import pytest
 from onnx import TensorProto
 from tritonresnet_builder import onnx_model
-from tritonresnet_builder.contract import ExitCode, Tensor
+from tritonresnet_builder.contract import MAX_INPUT_SAMPLE_BYTES, ExitCode, Tensor
 from tritonresnet_builder.failures import BuilderError
 from unit.builder import onnx_graphs
 
@@ -117,3 +117,23 @@ def test_inspect_ignores_initializers_listed_as_inputs(tmp_path: Path) -> None:
     )
     onnx.save_model(model, str(path))
     assert [t.name for t in onnx_model.inspect(path, "tensorrt").inputs] == ["input"]
+
+
+def test_inspect_refuses_an_absurd_input_naming_it_and_the_bound(tmp_path: Path) -> None:
+    """A tiny graph that declares [N, 3, 100000, 100000] FP32 (112 GiB a sample) is refused."""
+    error = refusal(onnx_graphs.identity(tmp_path / "m.onnx", dims=("batch", 3, 100000, 100000)))
+    assert error.kind == "UnsupportedModel"
+    assert "'x'" in error.message and "3x100000x100000 FP32" in error.message
+    assert "114,441 MiB" in error.message and "64 MiB" in error.message
+
+
+def test_inspect_takes_an_input_of_exactly_the_bound_and_refuses_one_more_element(tmp_path: Path) -> None:
+    elements = MAX_INPUT_SAMPLE_BYTES  # UINT8: one byte each
+    fits = onnx_graphs.identity(tmp_path / "fits.onnx", elem=TensorProto.UINT8, dims=("batch", elements))
+    assert onnx_model.inspect(fits, "onnx").inputs == (Tensor("x", "UINT8", (elements,)),)
+    over = onnx_graphs.identity(tmp_path / "over.onnx", elem=TensorProto.UINT8, dims=("batch", elements + 1))
+    assert "'x'" in refusal(over, "onnx").message
+
+
+def test_inspect_counts_the_element_size_of_every_fixed_size_datatype() -> None:
+    assert set(onnx_model.ELEMENT_BYTES) == set(onnx_model.TRITON_DATATYPES.values()) - {"BYTES"}
