@@ -7,6 +7,7 @@ with no cluster: the cluster-level behaviour is covered in tests/e2e.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -392,3 +393,46 @@ def test_retry_annotation_runs_a_failed_build_again_and_only_once_per_value() ->
     p = plan(world(retried, [failed_job], [failed_pod]), SETTINGS)
     retried, _ = step(retried, [failed_job], p)
     assert not [o for o in plan(world(retried, [], []), SETTINGS).apply if o["kind"] == "Job"]
+
+
+# -- drift --------------------------------------------------------------------------------
+
+
+def _served_child(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    return next(o for o in objects if o["kind"] == kind)
+
+
+@pytest.mark.parametrize(
+    ("kind", "edit"),
+    [
+        ("Service", lambda o: o["spec"].update(selector={"app": "shop"})),
+        ("Service", lambda o: o["spec"]["ports"][0].update(port=9999)),
+        ("Deployment", lambda o: o["spec"]["template"]["spec"]["containers"][0].update(image="evil:latest")),
+        ("Deployment", lambda o: o["spec"]["template"]["spec"]["containers"][0]["args"].append("--x")),
+        ("Deployment", lambda o: o["spec"]["template"]["spec"]["containers"][0].pop("readinessProbe")),
+        ("Deployment", lambda o: o["spec"]["template"]["spec"]["volumes"].pop()),
+        ("PodDisruptionBudget", lambda o: o["spec"].update(maxUnavailable=0)),
+    ],
+)
+def test_a_child_edited_by_hand_in_a_field_we_set_is_applied_again(kind: str, edit: Any) -> None:
+    cr, objects, pods, _ = lifecycle_to_ready()
+    child = copy.deepcopy(_served_child(objects, kind))
+    edit(child)
+    edited = [o for o in objects if o["kind"] != kind] + [child]
+    p = plan(world(cr, edited, pods, verification={}), SETTINGS)
+    restored = [o for o in p.apply if o["kind"] == kind]
+    assert len(restored) == 1 and restored[0]["spec"] == _served_child(objects, kind)["spec"]
+
+
+def test_server_defaults_and_canonical_quantities_are_not_drift() -> None:
+    cr, objects, pods, ready = lifecycle_to_ready()
+    live = copy.deepcopy(objects)
+    dep = _served_child(live, "Deployment")
+    main = dep["spec"]["template"]["spec"]["containers"][0]
+    main["terminationMessagePath"] = "/dev/termination-log"  # a default the API server adds
+    main["readinessProbe"]["httpGet"]["scheme"] = "HTTP"
+    main["resources"] = {"limits": {"nvidia.com/gpu": "1"}, "requests": {"cpu": "500m"}}
+    _served_child(live, "Service")["spec"]["clusterIP"] = "10.0.0.7"
+    ok = {e: EndpointCheck(e, True, "answered") for e in st(ready)["endpoints"]}
+    p = plan(world(cr, live, pods, verification=ok), SETTINGS)
+    assert p.apply == []

@@ -1,7 +1,8 @@
 """What the operator keeps on its children's metadata, written and read in one place.
 
 * The applied hash: a content hash of the rendered object, so a pass that
-  renders what was last applied sends nothing.
+  renders what was last applied sends nothing, unless someone changed a field
+  we set by hand (:func:`drifted`): then it is applied again and put back.
 * The served version: the Triton Deployment remembers which model version it
   pins (number, version key, tensors, and the release its plans were built
   for), so a restarted operator with no status knows what serves. It is
@@ -57,8 +58,13 @@ def applied_hash_of(existing: Mapping[str, Any]) -> str | None:
 
 
 def is_current(desired: Mapping[str, Any], existing: Mapping[str, Any] | None) -> bool:
-    """True when ``existing`` was applied from exactly ``desired``: nothing to send."""
-    return existing is not None and applied_hash_of(existing) == applied_hash(desired)
+    """True when ``existing`` was applied from exactly ``desired`` and still holds what we set:
+    nothing to send."""
+    return (
+        existing is not None
+        and applied_hash_of(existing) == applied_hash(desired)
+        and not drifted(desired, existing)
+    )
 
 
 # -- the served version -------------------------------------------------------------------
@@ -113,3 +119,63 @@ def served_from_deployment(deployment: Mapping[str, Any] | None, default_release
         )
     except (KeyError, ValueError, TypeError):
         return None
+
+
+# -- drift: what someone changed by hand in a field we set ---------------------------------
+
+# Per kind, the fields whose values we set and keep: compared with what is live on every pass.
+# Not everything we render: the API server rewrites quantities into canonical form ("2000" ->
+# "2k") and defaults fields inside these, so each is compared as "what we set is still there"
+# (a subset), and fields that only the API server or another controller writes are left alone.
+# Jobs and claims are left out: their specs are immutable.
+_KEPT: Mapping[str, tuple[tuple[str, ...], ...]] = {
+    "Service": (("spec", "selector"), ("spec", "ports"), ("spec", "type")),
+    "Deployment": (
+        ("spec", "selector"),
+        ("spec", "strategy"),
+        ("spec", "template", "metadata", "labels"),
+        ("spec", "template", "spec", "containers"),
+        ("spec", "template", "spec", "volumes"),
+        ("spec", "template", "spec", "nodeSelector"),
+        ("spec", "template", "spec", "tolerations"),
+        ("spec", "template", "spec", "securityContext"),
+        ("spec", "template", "spec", "terminationGracePeriodSeconds"),
+    ),
+    "PodDisruptionBudget": (("spec", "selector"), ("spec", "maxUnavailable")),
+    "HorizontalPodAutoscaler": (("spec", "scaleTargetRef"), ("spec", "minReplicas"), ("spec", "maxReplicas")),
+}
+_ABSENT = object()
+
+
+def _get(obj: Any, path: Sequence[str]) -> Any:
+    for key in path:
+        if not isinstance(obj, Mapping) or key not in obj:
+            return _ABSENT
+        obj = obj[key]
+    return obj
+
+
+def _kept(want: Any, have: Any) -> bool:
+    """``want`` is still in ``have``: equal scalars, maps whose keys we set are kept, lists item by item."""
+    if isinstance(want, Mapping):
+        return isinstance(have, Mapping) and all(k in have and _kept(v, have[k]) for k, v in want.items())
+    if isinstance(want, list):
+        return (
+            isinstance(have, list)
+            and len(want) == len(have)
+            and all(_kept(w, h) for w, h in zip(want, have, strict=True))
+        )
+    return bool(want == have)
+
+
+def drifted(desired: Mapping[str, Any], live: Mapping[str, Any]) -> list[str]:
+    """The fields we set that a live child no longer has as rendered (dotted paths)."""
+    out = []
+    for path in _KEPT.get(str(desired.get("kind")), ()):
+        want = _get(desired, path)
+        if path[-1] == "containers" and isinstance(want, list):
+            # Quantities come back canonical ("0.5" -> "500m"): resources would always look changed.
+            want = [{k: v for k, v in c.items() if k != "resources"} for c in want]
+        if want is not _ABSENT and not _kept(want, _get(live, path)):
+            out.append(".".join(path))
+    return out
