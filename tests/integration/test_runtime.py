@@ -23,9 +23,8 @@ from kubernetes.client.rest import ApiException
 from testground.controlplane import ControlPlane
 from testground.operator_run import install_crd
 from tritonresnet.api import names
-from tritonresnet.controller import handlers
-from tritonresnet.controller.handlers import Runtime
 from tritonresnet.controller.kube import Kube, namespace_terminating
+from tritonresnet.controller.runtime import PassOutcome, Runtime, Snapshot
 from tritonresnet.controller.settings import Settings
 
 pytestmark = pytest.mark.cluster
@@ -87,8 +86,10 @@ def test_api_server_refusal_in_a_terminating_namespace_is_recognised(cluster: Co
             runtime = Runtime(Kube(api), Settings())
             key = (namespace, "resnet50")
             runtime.resources[key] = cached_resource(namespace)
+            snap = runtime.snapshot(key)
+            assert snap is not None
             with pytest.raises(ApiException) as refused:
-                runtime.reconcile(key)
+                runtime.run_pass(snap)
     finally:
         release(cluster, namespace)
     assert refused.value.status == 403
@@ -96,32 +97,31 @@ def test_api_server_refusal_in_a_terminating_namespace_is_recognised(cluster: Co
 
 
 def test_worker_stops_reconciling_a_resource_of_a_terminating_namespace_without_retry(
-    cluster: ControlPlane, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    cluster: ControlPlane, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """One pass, one info line, no traceback and nothing scheduled 5 s later."""
+    """One pass, one info line, no traceback and no retry scheduled."""
     install_crd(cluster)
-    monkeypatch.setattr(handlers, "CACHE_WARMUP_SECONDS", 0.0)
     namespace = terminating_namespace(cluster)
     key = (namespace, "resnet50")
     passes = []
 
     async def drive(runtime: Runtime) -> None:
-        reconcile = runtime.reconcile
+        run_pass = runtime.run_pass
 
-        def counted(k: tuple[str, str]) -> float | None:
-            passes.append(k)
-            return reconcile(k)
+        def counted(snap: Snapshot) -> PassOutcome:
+            passes.append(snap.key)
+            return run_pass(snap)
 
-        runtime.reconcile = counted  # type: ignore[method-assign]
-        worker = asyncio.create_task(runtime.worker())
+        runtime.run_pass = counted  # type: ignore[method-assign]
+        runtime.start()
         runtime.enqueue(key)
-        await asyncio.sleep(7.0)  # past the 5 s retry a failed pass gets
-        worker.cancel()
+        await asyncio.sleep(7.0)  # past the first retries a failed pass gets (2 s, then 4 s)
+        await runtime.stop()
 
     caplog.set_level(logging.INFO, logger="tritonresnet")
     try:
         with cluster.api_client() as api:
-            runtime = Runtime(Kube(api), Settings())
+            runtime = Runtime(Kube(api), Settings(), warmup_seconds=0.0)
             runtime.resources[key] = cached_resource(namespace)
             asyncio.run(drive(runtime))
             runtime.passes.shutdown(wait=True)

@@ -1,0 +1,866 @@
+"""The controller runtime: a watch cache, a work queue and the endpoint checks.
+
+Who touches what
+----------------
+Everything mutable here (the cache, the queue, the table of endpoint checks,
+the timers) belongs to the event loop. kopf's watch handlers are coroutines on
+that loop, and the worker pools report back through callbacks on it, so no
+lock is needed and no thread ever iterates a dict another one is changing.
+
+A reconcile pass runs on a worker thread, because it waits on the API server.
+Before the hand-off the loop builds a :class:`Snapshot` of what the pass may
+read: its own copy of the resource's children, the namespace's resources as a
+tuple (shared by every pass until that namespace changes) and the endpoint
+checks known so far. Cached objects are replaced on every event and never
+modified in place, so a snapshot can share them. The pass returns what it did
+(:class:`PassOutcome`); the loop folds that back into the cache.
+
+The queue
+---------
+One entry per key. A key is never in two passes at once: an event that
+arrives during its pass marks it dirty, and however many arrive it runs once
+more afterwards. A resource whose ``metadata.generation`` has not been
+reconciled yet goes first, then keys woken by an event or a check, then the
+periodic resync. A pass that fails (an exception, or a child the API server
+refused) is retried after an exponential, capped, jittered backoff that
+resets on the next good pass; events still wake such a key at once (something
+changed, so it is worth a try), the resync skips it (its timer is set).
+
+Endpoint checks
+---------------
+``plan`` asks for endpoints to be checked (``Plan.verify``); the pass does
+not wait for them. The runtime runs checks on a small pool of their own, so a
+slow Triton never holds a reconcile worker, and gives each a deadline.
+Results are kept per (endpoint, model version) with their time. The first
+check of an endpoint at a version is the full one (with a smoke inference);
+while it stays good it is re-checked every ``verify_interval_seconds``
+without the inference, and after a failure it is checked in full again every
+10 s. A result that differs from the last one wakes the resource, so a model
+that stops answering turns the resource not Ready within one interval plus
+one deadline. Which checks a resource still needs is learnt from ``plan``
+itself: the runtime records the endpoints a pass looked up in
+``Observed.verification`` and forgets, and stops re-checking, the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import random
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Protocol
+
+from kubernetes.client.rest import ApiException
+
+from tritonresnet.api import names
+from tritonresnet.api.status import status_patch
+from tritonresnet.controller.kube import api_error_message, namespace_terminating, now_rfc3339
+from tritonresnet.controller.reconcile import (
+    EndpointCheck,
+    Expected,
+    Observed,
+    Plan,
+    VerifyRequest,
+    with_apply_failures,
+)
+from tritonresnet.controller.reconcile import plan as reconcile_plan
+from tritonresnet.controller.settings import Settings
+from tritonresnet.controller.verify import check_endpoint
+
+log = logging.getLogger("tritonresnet")
+
+Key = tuple[str, str]  #: (namespace, name) of a TritonResNet
+ChildKey = tuple[str, str]  #: (kind, name) of a child
+CheckId = tuple[str, int]  #: (endpoint, model version)
+
+#: Reconcile workers; a pass mostly waits on the API server, so more workers
+#: than cores shorten the queue when many resources change at once.
+WORKERS = 8
+#: Threads for endpoint checks. Each check waits on a Triton that is busy
+#: serving, so a few are enough; they are apart from the reconcile workers so
+#: that a hung endpoint delays other checks, never a reconcile pass.
+VERIFIERS = 4
+#: Seconds before the first pass, so that the first listing of every watched
+#: kind fills the cache: a restarted operator sees its Jobs before it plans.
+CACHE_WARMUP_SECONDS = 2.0
+
+#: Queue priorities, lowest first.
+NEW_GENERATION = 0  #: a spec the operator has not reconciled yet
+CHANGED = 1  #: an event (often the operator's own write) or a changed check result
+RESYNC = 2  #: nothing announced a change; the periodic safety net
+
+#: Backoff of a failing key: the first retry after about this long, doubling...
+BACKOFF_BASE_SECONDS = 2.0
+#: ...up to this; longer than a resync, which is the point: a key that fails
+#: on every pass should not cost a pass every resync.
+BACKOFF_CAP_SECONDS = 120.0
+#: Each delay is drawn from (1 - BACKOFF_JITTER, 1] of its step, so keys that
+#: failed together (an API server outage) come back spread out.
+BACKOFF_JITTER = 0.5
+
+#: A failed endpoint check is retried after this long.
+CHECK_RETRY_SECONDS = 10.0
+#: A good check is re-checked this often, when Settings has no say.
+DEFAULT_VERIFY_INTERVAL_SECONDS = 60.0
+
+
+class KubeWriter(Protocol):
+    """What a pass needs from the API; ``kube.Kube`` in the operator, a recorder in tests."""
+
+    def apply(self, obj: Mapping[str, Any]) -> Any: ...
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None: ...
+
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
+
+    def post_event(self, resource: Mapping[str, Any], type_: str, reason: str, message: str) -> None: ...
+
+
+class CheckEndpoint(Protocol):
+    """``verify.check_endpoint``: one blocking check of one endpoint."""
+
+    def __call__(self, endpoint: str, expected: Expected, timeout: float, smoke: bool) -> EndpointCheck: ...
+
+
+PlanFunction = Callable[[Observed, Settings], Plan]
+
+
+class Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    """Time for the runtime's timers; tests replace it to step through minutes at once."""
+
+    def now(self) -> float: ...
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer: ...
+
+
+class LoopClock:
+    """The running event loop's monotonic clock and timers."""
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        return asyncio.get_running_loop().call_later(delay, callback)
+
+
+def cached(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the cache keeps of an object: all but ``managedFields``, which no decision reads
+    and which is the largest part of most objects (a third of the operator's memory at 500
+    resources would otherwise be field-manager bookkeeping)."""
+    obj = dict(body)
+    meta = dict(obj.get("metadata") or {})
+    meta.pop("managedFields", None)
+    obj["metadata"] = meta
+    return obj
+
+
+def backoff_delay(failures: int, rng: random.Random) -> float:
+    """Seconds before the retry that follows the ``failures``-th failure in a row."""
+    step = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2.0 ** min(failures - 1, 30))
+    return step * (1.0 - BACKOFF_JITTER * rng.random())
+
+
+def _key(body: Mapping[str, Any]) -> Key:
+    return body["metadata"].get("namespace", ""), body["metadata"]["name"]
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+# -- the queue ----------------------------------------------------------------------------
+
+
+class WorkQueue:
+    """Keys by priority, each queued at most once and run by one worker at a time.
+
+    Loop-confined. A key re-added with a better priority than it is queued with
+    moves up (its old heap entry is skipped when popped).
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, Key]] = []
+        self._queued: dict[Key, tuple[int, int]] = {}  # key -> (priority, arrival) of its live entry
+        self._running: set[Key] = set()
+        self._dirty: dict[Key, int] = {}  # running key -> best priority asked for during its pass
+        self._arrivals = itertools.count()
+        self._has_work = asyncio.Event()
+
+    def add(self, key: Key, priority: int) -> None:
+        if key in self._running:
+            self._dirty[key] = min(priority, self._dirty.get(key, priority))
+            return
+        queued = self._queued.get(key)
+        if queued is not None and queued[0] <= priority:
+            return
+        entry = (priority, next(self._arrivals))
+        self._queued[key] = entry
+        heapq.heappush(self._heap, (*entry, key))
+        self._has_work.set()
+
+    def _pop(self) -> Key | None:
+        while self._heap:
+            priority, arrival, key = heapq.heappop(self._heap)
+            if self._queued.get(key) == (priority, arrival):
+                del self._queued[key]
+                self._running.add(key)
+                return key
+        return None
+
+    async def get(self) -> Key:
+        """The next key, now counted as running until :meth:`done`."""
+        while True:
+            key = self._pop()
+            if key is not None:
+                return key
+            # Only cleared with the heap empty, and only the loop adds: no wake-up is lost.
+            self._has_work.clear()
+            await self._has_work.wait()
+
+    def done(self, key: Key) -> None:
+        """The pass of ``key`` ended; a key dirtied meanwhile is queued once more."""
+        self._running.discard(key)
+        priority = self._dirty.pop(key, None)
+        if priority is not None:
+            self.add(key, priority)
+
+    @property
+    def queued(self) -> frozenset[Key]:
+        return frozenset(self._queued)
+
+    @property
+    def running(self) -> frozenset[Key]:
+        return frozenset(self._running)
+
+    def __len__(self) -> int:
+        return len(self._queued)
+
+
+# -- endpoint checks ----------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Check:
+    """One (endpoint, version) the runtime keeps checking, and its latest result."""
+
+    endpoint: str
+    expected: Expected
+    keys: set[Key] = field(default_factory=set)  #: resources that use this result
+    result: EndpointCheck | None = None
+    checked_at: float | None = None
+    queued: bool = False  #: waiting for a verify thread
+    running: bool = False  #: a verify thread is on it
+    late: bool = False  #: the running check passed its deadline (its answer will not count)
+    again: bool = False  #: asked for again while a late check still held its thread
+    attempt: int = 0  #: which dispatch's answer counts
+    timer: Timer | None = None  #: next re-check or retry
+    deadline: Timer | None = None
+    dropped: bool = False
+
+
+class EndpointChecks:
+    """The table of endpoint checks and their scheduling; loop-confined but for the checks themselves."""
+
+    def __init__(
+        self,
+        check: CheckEndpoint,
+        clock: Clock,
+        on_change: Callable[[Key], None],
+        *,
+        timeout: float,
+        interval: float,
+        retry: float = CHECK_RETRY_SECONDS,
+        threads: int = VERIFIERS,
+    ) -> None:
+        self.check = check
+        self.clock = clock
+        self.on_change = on_change
+        self.timeout = timeout
+        self.interval = interval
+        self.retry = retry
+        self.threads = threads
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="verify")
+        self._checks: dict[CheckId, _Check] = {}
+        self._by_key: dict[Key, set[CheckId]] = {}
+        # First checks and retries of failures go before re-checks of good endpoints:
+        # a new rollout waits on them, a healthy one does not.
+        self._urgent: deque[_Check] = deque()
+        self._routine: deque[_Check] = deque()
+        self._busy = 0  # verify threads in use, late ones included
+
+    def known(self, key: Key) -> dict[int, dict[str, EndpointCheck]]:
+        """The results a pass of ``key`` may use: version -> endpoint -> latest check."""
+        known: dict[int, dict[str, EndpointCheck]] = {}
+        for check_id in self._by_key.get(key, ()):
+            entry = self._checks[check_id]
+            if entry.result is not None:
+                known.setdefault(check_id[1], {})[entry.endpoint] = entry.result
+        return known
+
+    def update(self, key: Key, in_use: frozenset[CheckId], request: VerifyRequest | None) -> None:
+        """After a pass of ``key``: check what it asked for, keep what it used, forget the rest."""
+        wanted = {check_id for check_id in in_use if check_id in self._checks}
+        if request is not None:
+            for endpoint in request.endpoints:
+                check_id = (endpoint, request.expected.version)
+                entry = self._checks.get(check_id)
+                if entry is not None and entry.expected != request.expected:
+                    # Same endpoint and version number, another model or signature: start over.
+                    self._drop(entry)
+                    entry = None
+                if entry is None:
+                    entry = self._checks[check_id] = _Check(endpoint, request.expected)
+                wanted.add(check_id)
+                if entry.result is None:
+                    self._want(entry)
+        for check_id in self._by_key.get(key, set()) - wanted:
+            entry = self._checks[check_id]
+            entry.keys.discard(key)
+            if not entry.keys:
+                self._drop(entry)
+        for check_id in wanted:
+            self._checks[check_id].keys.add(key)
+        if wanted:
+            self._by_key[key] = wanted
+        else:
+            self._by_key.pop(key, None)
+
+    def forget(self, key: Key) -> None:
+        for check_id in self._by_key.pop(key, set()):
+            entry = self._checks[check_id]
+            entry.keys.discard(key)
+            if not entry.keys:
+                self._drop(entry)
+
+    @property
+    def busy(self) -> bool:
+        """A check is running or waiting for a thread."""
+        return bool(self._busy or any(not e.dropped for e in (*self._urgent, *self._routine)))
+
+    def close(self) -> None:
+        for entry in list(self._checks.values()):
+            self._drop(entry)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- scheduling
+
+    def _drop(self, entry: _Check) -> None:
+        entry.dropped = True
+        for timer in (entry.timer, entry.deadline):
+            if timer is not None:
+                timer.cancel()
+        entry.timer = entry.deadline = None
+        check_id = (entry.endpoint, entry.expected.version)
+        if self._checks.get(check_id) is entry:
+            del self._checks[check_id]
+        for key in entry.keys:
+            ids = self._by_key.get(key)
+            if ids is not None:
+                ids.discard(check_id)
+                if not ids:
+                    del self._by_key[key]
+        entry.keys.clear()
+
+    def _want(self, entry: _Check) -> None:
+        """Check ``entry`` as soon as a thread is free (once, however often asked)."""
+        if entry.dropped or entry.queued:
+            return
+        if entry.running:
+            # A check in time will answer; a late one holds its thread, so wait for it to return
+            # rather than pile a second thread onto an endpoint that does not answer.
+            entry.again = entry.late
+            return
+        if entry.timer is not None:
+            entry.timer.cancel()
+            entry.timer = None
+        entry.queued = True
+        good = entry.result is not None and entry.result.ok
+        (self._routine if good else self._urgent).append(entry)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        while self._busy < self.threads and (self._urgent or self._routine):
+            entry = (self._urgent or self._routine).popleft()
+            entry.queued = False
+            if not entry.dropped:
+                self._launch(entry)
+
+    def _launch(self, entry: _Check) -> None:
+        # Full (with the smoke inference) unless the last answer was good: the first check
+        # of an endpoint at a version, and the first after any failure, prove inference works.
+        smoke = not (entry.result is not None and entry.result.ok)
+        entry.attempt += 1
+        attempt = entry.attempt
+        entry.running, entry.late = True, False
+        self._busy += 1
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(
+            self.pool, self.check, entry.endpoint, entry.expected, self.timeout, smoke
+        )
+        # There is a free thread (see _dispatch), so the deadline counts from the real start.
+        entry.deadline = self.clock.call_later(self.timeout, lambda: self._expired(entry, attempt))
+        future.add_done_callback(lambda done: self._returned(entry, attempt, done))
+
+    def _expired(self, entry: _Check, attempt: int) -> None:
+        entry.deadline = None
+        if entry.dropped or not entry.running or attempt != entry.attempt:
+            return
+        entry.late = True
+        self._deliver(entry, EndpointCheck(entry.endpoint, False, f"no answer within {self.timeout:g} s"))
+
+    def _returned(self, entry: _Check, attempt: int, done: asyncio.Future[EndpointCheck]) -> None:
+        self._busy -= 1
+        entry.running = False
+        if entry.deadline is not None:
+            entry.deadline.cancel()
+            entry.deadline = None
+        late, again = entry.late, entry.again
+        entry.late = entry.again = False
+        if done.cancelled():
+            return  # the pool was shut down
+        if not entry.dropped and attempt == entry.attempt:
+            if not late:
+                exc = done.exception()
+                if exc is None:
+                    result = done.result()
+                else:  # a bug in the check, or an error it does not expect: a failed check all the same
+                    result = EndpointCheck(entry.endpoint, False, f"{type(exc).__name__}: {exc}"[:300])
+                self._deliver(entry, result)
+            elif again:
+                self._want(entry)
+        self._dispatch()
+
+    def _deliver(self, entry: _Check, result: EndpointCheck) -> None:
+        previous = entry.result
+        entry.result, entry.checked_at = result, self.clock.now()
+        if entry.timer is not None:
+            entry.timer.cancel()
+        delay = self.interval if result.ok else self.retry
+        entry.timer = self.clock.call_later(delay, lambda: self._due(entry))
+        if previous is None or (previous.ok, previous.message) != (result.ok, result.message):
+            for key in sorted(entry.keys):
+                self.on_change(key)
+
+    def _due(self, entry: _Check) -> None:
+        entry.timer = None
+        self._want(entry)
+
+
+class _Consulted(Mapping[str, EndpointCheck]):
+    """``Observed.verification`` that remembers which endpoints ``plan`` looked up.
+
+    Those are the endpoints the resource is verified on; the runtime keeps
+    re-checking them and forgets checks of endpoints ``plan`` no longer asks
+    about (a replaced pod, a scale-down, a rollout under way).
+    """
+
+    def __init__(self, checks: Mapping[str, EndpointCheck]) -> None:
+        self._checks = checks
+        self.asked: set[str] = set()
+        self.listed = False  #: plan iterated the mapping: count every endpoint as used
+
+    def __getitem__(self, endpoint: str) -> EndpointCheck:
+        self.asked.add(endpoint)
+        return self._checks[endpoint]
+
+    def __contains__(self, endpoint: object) -> bool:
+        if isinstance(endpoint, str):
+            self.asked.add(endpoint)
+        return endpoint in self._checks
+
+    def __iter__(self) -> Iterator[str]:
+        self.listed = True
+        return iter(self._checks)
+
+    def __len__(self) -> int:
+        return len(self._checks)
+
+    def used(self) -> set[str]:
+        return set(self._checks) if self.listed else self.asked & set(self._checks)
+
+
+# -- passes -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What one pass may read; built on the event loop, read on a worker thread."""
+
+    key: Key
+    resource: Mapping[str, Any]
+    children: Mapping[ChildKey, Mapping[str, Any]]  #: a copy of this resource's children
+    peers: Sequence[Mapping[str, Any]]  #: the namespace's TritonResNets (this one included)
+    checks: Mapping[int, Mapping[str, EndpointCheck]]  #: version -> endpoint -> latest check
+
+
+@dataclass(frozen=True)
+class PassOutcome:
+    """What a pass did, for the event loop to fold into the cache."""
+
+    applied: tuple[dict[str, Any], ...] = ()  #: the API server's copy of each applied child
+    status_patch: Mapping[str, Any] = field(default_factory=dict)  #: what was written, empty if nothing
+    refused: tuple[str, ...] = ()  #: children the API server refused, with its reasons
+    verify: VerifyRequest | None = None  #: endpoints plan wants checked
+    in_use: frozenset[CheckId] = frozenset()  #: the checks plan used (or asked for)
+
+
+class Runtime:
+    """The operator's in-memory view (rebuilt from the watches on every start) and its work queue."""
+
+    def __init__(
+        self,
+        kube: KubeWriter,
+        settings: Settings,
+        *,
+        plan: PlanFunction = reconcile_plan,
+        check: CheckEndpoint = check_endpoint,
+        clock: Clock | None = None,
+        workers: int = WORKERS,
+        verifiers: int = VERIFIERS,
+        warmup_seconds: float = CACHE_WARMUP_SECONDS,
+        rng: random.Random | None = None,
+        wall_clock: Callable[[], str] = now_rfc3339,
+    ) -> None:
+        self.kube = kube
+        self.settings = settings
+        self.plan = plan
+        self.clock: Clock = clock or LoopClock()
+        self.workers = workers
+        self.warmup_seconds = warmup_seconds
+        self.rng = rng or random.Random()
+        self.wall_clock = wall_clock
+
+        # The cache. Objects in it are replaced, never modified (snapshots share them).
+        self.resources: dict[Key, Mapping[str, Any]] = {}
+        self._namespaces: dict[str, dict[str, Mapping[str, Any]]] = {}
+        self._peers: dict[str, tuple[Mapping[str, Any], ...]] = {}  # built on demand, dropped on change
+        # Children are filed under their instance label, which is the owner's name cut and
+        # hashed when long, so a child seen before its owner is still found.
+        self.children: dict[tuple[str, str], dict[ChildKey, Mapping[str, Any]]] = {}
+        self.by_label: dict[tuple[str, str], str] = {}  # (namespace, label value) -> name
+
+        self.queue = WorkQueue()
+        # TODO(lead): read settings.verify_interval_seconds directly once Settings has the field.
+        interval = float(getattr(settings, "verify_interval_seconds", DEFAULT_VERIFY_INTERVAL_SECONDS))
+        self.checks = EndpointChecks(
+            check,
+            self.clock,
+            self._check_changed,
+            timeout=settings.verify_timeout_seconds,
+            interval=interval,
+            threads=verifiers,
+        )
+        # Passes block on HTTP; they get their own threads, and events (best
+        # effort) are posted from another pool, off the reconcile path.
+        self.passes = ThreadPoolExecutor(workers, thread_name_prefix="reconcile")
+        self.events = ThreadPoolExecutor(2, thread_name_prefix="events")
+
+        self.failures: dict[Key, int] = {}  # failed passes in a row
+        self.retry_at: dict[Key, float] = {}  # when a failing key runs again
+        self._retry_timers: dict[Key, Timer] = {}
+        self._open = asyncio.Event()  # set once the warm-up is over
+        self._tasks: list[asyncio.Task[None]] = []
+        self._resync_timer: Timer | None = None
+        self._warmup_timer: Timer | None = None
+
+    # -- lifecycle (on the event loop) ----------------------------------------------------
+
+    def start(self) -> None:
+        """Start the workers and the resync; the first passes wait for the warm-up."""
+        self._tasks = [
+            asyncio.create_task(self._worker(), name=f"tritonresnet-reconcile-{i}")
+            for i in range(self.workers)
+        ]
+        self._resync_timer = self.clock.call_later(self.settings.resync_seconds, self._resync)
+        if self.warmup_seconds > 0:
+            self._warmup_timer = self.clock.call_later(self.warmup_seconds, self._open.set)
+        else:
+            self._open.set()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        for timer in (self._resync_timer, self._warmup_timer, *self._retry_timers.values()):
+            if timer is not None:
+                timer.cancel()
+        self._resync_timer = self._warmup_timer = None
+        self._retry_timers = {}
+        self.checks.close()
+        self.passes.shutdown(wait=False, cancel_futures=True)
+        self.events.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def pending(self) -> frozenset[Key]:
+        """Keys waiting for a worker."""
+        return self.queue.queued
+
+    @property
+    def quiet(self) -> bool:
+        """Nothing queued, no pass and no check under way (timers may be set)."""
+        return not self.queue.queued and not self.queue.running and not self.checks.busy
+
+    # -- the cache (on the event loop) ----------------------------------------------------
+
+    def observe_resource(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        key = _key(body)
+        if event_type == "DELETED":
+            self._drop_resource(key)
+            return
+        self._put_resource(key, cached(body))
+        self.by_label[(key[0], names.label_value(key[1]))] = key[1]
+        self.enqueue(key)
+
+    def observe_child(self, event_type: str | None, kind: str, body: Mapping[str, Any]) -> None:
+        meta = body["metadata"]
+        label = (meta.get("labels") or {}).get(names.LABEL_INSTANCE)
+        if not label:
+            return
+        namespace = meta.get("namespace", "")
+        owner = (namespace, label)
+        entry = (kind, meta["name"])
+        if event_type == "DELETED":
+            bucket = self.children.get(owner)
+            if bucket is not None:
+                bucket.pop(entry, None)
+                if not bucket:
+                    del self.children[owner]
+        else:
+            self.children.setdefault(owner, {})[entry] = cached(body)
+        name = self.by_label.get(owner)
+        if name is not None:  # else the owner's own event, still to come, queues it
+            self.enqueue((namespace, name))
+
+    def _put_resource(self, key: Key, obj: Mapping[str, Any]) -> None:
+        self.resources[key] = obj
+        self._namespaces.setdefault(key[0], {})[key[1]] = obj
+        self._peers.pop(key[0], None)
+
+    def _drop_resource(self, key: Key) -> None:
+        namespace, name = key
+        self.resources.pop(key, None)
+        peers = self._namespaces.get(namespace)
+        if peers is not None:
+            peers.pop(name, None)
+            if not peers:
+                del self._namespaces[namespace]
+        self._peers.pop(namespace, None)
+        label = (namespace, names.label_value(name))
+        if self.by_label.get(label) == name:
+            del self.by_label[label]
+        self._clear_failures(key)
+        self.checks.forget(key)
+
+    def snapshot(self, key: Key) -> Snapshot | None:
+        """What a pass of ``key`` reads; None when there is nothing to reconcile."""
+        resource = self.resources.get(key)
+        if resource is None or resource["metadata"].get("deletionTimestamp"):
+            return None  # owner references let the garbage collector remove the children
+        namespace, name = key
+        peers = self._peers.get(namespace)
+        if peers is None:
+            peers = self._peers[namespace] = tuple(self._namespaces.get(namespace, {}).values())
+        children = self.children.get((namespace, names.label_value(name)), {})
+        known = self.checks.known(key)
+        return Snapshot(
+            key,
+            resource,
+            MappingProxyType(dict(children)),
+            peers,
+            MappingProxyType({v: MappingProxyType(c) for v, c in known.items()}),
+        )
+
+    # -- the queue (on the event loop) ----------------------------------------------------
+
+    def enqueue(self, key: Key, cause: int = CHANGED) -> None:
+        self.queue.add(key, self._priority(key, cause))
+
+    def _priority(self, key: Key, cause: int) -> int:
+        resource = self.resources.get(key) or {}
+        seen = (resource.get("status") or {}).get("observedGeneration")
+        if seen != (resource.get("metadata") or {}).get("generation"):
+            return NEW_GENERATION
+        return cause
+
+    def _check_changed(self, key: Key) -> None:
+        if key in self.resources:
+            self.enqueue(key)
+
+    def _resync(self) -> None:
+        """Level-triggered safety net: revisit everything now and then."""
+        self._resync_timer = self.clock.call_later(self.settings.resync_seconds, self._resync)
+        for key in self.resources:
+            if key not in self._retry_timers:  # a failing key keeps to its backoff
+                self.enqueue(key, RESYNC)
+
+    def _failed(self, key: Key) -> float:
+        """Count a failed pass of ``key`` and set its retry; returns the delay."""
+        failures = self.failures[key] = self.failures.get(key, 0) + 1
+        delay = backoff_delay(failures, self.rng)
+        timer = self._retry_timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        self._retry_timers[key] = self.clock.call_later(delay, lambda: self._retry(key))
+        self.retry_at[key] = self.clock.now() + delay
+        return delay
+
+    def _retry(self, key: Key) -> None:
+        self._retry_timers.pop(key, None)
+        self.retry_at.pop(key, None)
+        if key in self.resources:
+            self.enqueue(key)
+
+    def _clear_failures(self, key: Key) -> None:
+        self.failures.pop(key, None)
+        self.retry_at.pop(key, None)
+        timer = self._retry_timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+
+    async def _worker(self) -> None:
+        await self._open.wait()
+        while True:
+            key = await self.queue.get()
+            try:
+                await self._process(key)
+            finally:
+                self.queue.done(key)
+
+    async def _process(self, key: Key) -> None:
+        snap = self.snapshot(key)
+        if snap is None:
+            self._clear_failures(key)
+            return
+        try:
+            outcome = await asyncio.get_running_loop().run_in_executor(self.passes, self.run_pass, snap)
+            self.finish_pass(snap, outcome)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the next pass starts from the cluster again
+            if namespace_terminating(exc):
+                # Its children's deletions wake the resource until its own deletion arrives.
+                log.info("namespace %s is being deleted; not reconciling %s", *key)
+                self._clear_failures(key)
+                return
+            delay = self._failed(key)
+            log.error(
+                "reconcile of %s/%s failed (%d in a row); retrying in %.1f s",
+                *key,
+                self.failures[key],
+                delay,
+                exc_info=exc,
+            )
+
+    def finish_pass(self, snap: Snapshot, outcome: PassOutcome) -> None:
+        """Fold a pass's writes into the cache (on the event loop)."""
+        key = snap.key
+        namespace, name = key
+        if outcome.applied:
+            bucket = self.children.setdefault((namespace, names.label_value(name)), {})
+            for obj in outcome.applied:
+                entry = (obj["kind"], obj["metadata"]["name"])
+                # Keep the API server's answer, so the next pass does not apply the child again
+                # before its watch event arrives; unless a watch event already replaced what the
+                # pass saw: that one may be newer, and the key is dirty anyway.
+                if bucket.get(entry) is snap.children.get(entry):
+                    bucket[entry] = obj
+        if outcome.status_patch:
+            current = self.resources.get(key)
+            if current is snap.resource:
+                merged = {**(current.get("status") or {}), **outcome.status_patch}
+                status = {k: v for k, v in merged.items() if v is not None}
+                self._put_resource(key, {**current, "status": status})
+        self.checks.update(key, outcome.in_use, outcome.verify)
+        if outcome.refused:
+            delay = self._failed(key)
+            log.warning(
+                "reconcile of %s/%s: the API server refused %s; retrying in %.1f s",
+                *key,
+                "; ".join(outcome.refused),
+                delay,
+            )
+        else:
+            self._clear_failures(key)
+
+    # -- one pass (on a worker thread) ----------------------------------------------------
+
+    def _observed(self, snap: Snapshot, verification: Mapping[str, EndpointCheck]) -> Observed:
+        children = snap.children
+        return Observed(
+            resource=snap.resource,
+            jobs={n: o for (k, n), o in children.items() if k == "Job"},
+            pods=[o for (k, _), o in children.items() if k == "Pod"],
+            children={k: o for k, o in children.items() if k[0] != "Pod"},
+            peers=snap.peers,
+            verification=verification,
+            now=self.wall_clock(),
+        )
+
+    def _plan(self, snap: Snapshot) -> tuple[Plan, frozenset[CheckId]]:
+        """``plan`` with the checks of the right version, and the checks it used or asked for."""
+        # plan verifies at the version the Deployment serves, which the last status recorded;
+        # when the plan says otherwise, plan once more with that version's checks (pure, rare).
+        version = _int((snap.resource.get("status") or {}).get("modelVersion")) or 0
+        consulted = _Consulted(snap.checks.get(version, {}))
+        result = self.plan(self._observed(snap, consulted), self.settings)
+        if result.verify is not None:
+            other: int | None = result.verify.expected.version
+            again = other != version and other in snap.checks
+        else:
+            other = result.status.model_version
+            again = other is not None and other != version and bool(consulted.used())
+        if again and other is not None:
+            version = other
+            consulted = _Consulted(snap.checks.get(version, {}))
+            result = self.plan(self._observed(snap, consulted), self.settings)
+        if result.verify is not None:
+            want = result.verify.expected.version
+            return result, frozenset((e, want) for e in result.verify.endpoints)
+        return result, frozenset((e, version) for e in consulted.used())
+
+    def run_pass(self, snap: Snapshot) -> PassOutcome:
+        """One pass for one resource: plan, then apply, delete, write the status, post events."""
+        namespace, name = snap.key
+        resource = snap.resource
+        result, in_use = self._plan(snap)
+        applied: list[dict[str, Any]] = []
+        refused: list[str] = []
+        rendered: Sequence[Mapping[str, Any]] = result.apply
+        for obj in rendered:
+            try:
+                answer = self.kube.apply(obj)
+            except ApiException as exc:
+                if namespace_terminating(exc):
+                    raise
+                # Keep going: one refused child must not hide the others or the status.
+                refused.append(f"{obj['kind']} {obj['metadata']['name']}: {api_error_message(exc)}")
+                continue
+            applied.append(cached(answer if isinstance(answer, Mapping) else obj))
+        for api_version, kind, child in result.delete:
+            self.kube.delete(api_version, kind, namespace, child)
+        status, events = result.status, list(result.events)
+        if refused:
+            status, events = with_apply_failures(resource, status, refused, self.wall_clock())
+        patch = status_patch(resource.get("status") or {}, status)
+        if patch:
+            self.kube.patch_status(namespace, name, patch)
+        for type_, reason, message in events:
+            try:
+                self.events.submit(self.kube.post_event, resource, type_, reason, message)
+            except RuntimeError:  # the pool is shut down: the operator is stopping
+                break
+        return PassOutcome(tuple(applied), patch, tuple(refused), result.verify, in_use)
