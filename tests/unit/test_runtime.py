@@ -44,6 +44,7 @@ from tritonresnet.controller.runtime import (
     backoff_delay,
 )
 from tritonresnet.controller.settings import Settings
+from unit.worlds import lifecycle_to_ready
 from unit.worlds import resource as world_resource
 
 T = TypeVar("T")
@@ -273,6 +274,11 @@ def make_runtime(
         wall_clock=lambda: NOW,
         **kwargs,
     )
+
+
+def phase(runtime: Runtime, name: str) -> str:
+    """The phase in the runtime's cache: what it last wrote, or last saw."""
+    return str(runtime.resources[(NS, name)]["status"].get("phase"))
 
 
 async def settle(runtime: Runtime, timeout: float = 5.0) -> None:
@@ -637,10 +643,8 @@ def test_checks_run_on_their_own_threads_and_the_pass_does_not_wait_for_them() -
 
     run(main)
     passes = plan.of("r")
-    assert [p.verification for p in passes] == [
-        {},
-        {"10.0.0.1:8000": EndpointCheck("10.0.0.1:8000", True, "answered")},
-    ]
+    assert passes[0].verification == {}
+    assert passes[-1].verification == {"10.0.0.1:8000": EndpointCheck("10.0.0.1:8000", True, "answered")}
     assert all(p.thread.startswith("reconcile") for p in passes)
     assert [c[3].startswith("verify") for c in check.calls] == [True]
     assert check.made() == [("10.0.0.1:8000", 1, True)]  # the first check is a full one
@@ -660,7 +664,7 @@ def test_a_good_endpoint_is_rechecked_cheaply_and_a_model_that_stops_answering_t
         runtime.start()
         runtime.observe_resource("ADDED", resource("r", endpoints=(ep,)))
         await settle(runtime)
-        assert kube.patches[-1][2]["phase"] == "Ready"
+        assert phase(runtime, "r") == "Ready"
         passes = len(plan.of("r"))
         clock.advance(interval)
         await settle(runtime)
@@ -671,7 +675,7 @@ def test_a_good_endpoint_is_rechecked_cheaply_and_a_model_that_stops_answering_t
         clock.advance(interval)
         await settle(runtime)
         assert check.made()[-1] == (ep, 1, False)
-        assert kube.patches[-1][2]["phase"] == "Degraded"
+        assert phase(runtime, "r") == "Degraded"
         # A failed endpoint is checked again, in full, 10 s later; it is back.
         check.answers[ep] = True
         clock.advance(rt.CHECK_RETRY_SECONDS - 0.1)
@@ -680,7 +684,7 @@ def test_a_good_endpoint_is_rechecked_cheaply_and_a_model_that_stops_answering_t
         clock.advance(0.1)
         await settle(runtime)
         assert check.made()[-1] == (ep, 1, True)
-        assert kube.patches[-1][2]["phase"] == "Ready"
+        assert phase(runtime, "r") == "Ready"
         await runtime.stop()
 
     run(main)
@@ -709,7 +713,7 @@ def test_a_check_past_its_deadline_counts_as_failed_and_its_late_answer_is_ignor
             await asyncio.sleep(0.001)
         seen = plan.of("r")[-1].verification[ep]
         assert not seen.ok and seen.message == "no answer within 5 s"
-        assert kube.patches[-1][2]["phase"] == "Degraded"
+        assert phase(runtime, "r") == "Degraded"
         # The retry is due while the stuck thread still holds the endpoint: no second thread.
         clock.advance(rt.CHECK_RETRY_SECONDS)
         await asyncio.sleep(0.01)
@@ -720,7 +724,7 @@ def test_a_check_past_its_deadline_counts_as_failed_and_its_late_answer_is_ignor
 
     run(main)
     assert check.made() == [(ep, 1, True), (ep, 1, True)]
-    assert kube.patches[-1][2]["phase"] == "Ready"
+    assert phase(runtime, "r") == "Ready"
 
 
 def test_checks_follow_the_endpoints_and_versions_plan_asks_about() -> None:
@@ -779,3 +783,46 @@ def test_many_resources_are_verified_by_the_small_pool_first_checks_first() -> N
     assert len(by_key) == 30 and set(by_key.values()) == {1}
     assert {p.thread.split("_")[0] for p in plan.passes} == {"reconcile"}
     assert all(plan.of(f"r{i}")[-1].verification for i in range(30))
+
+
+def test_with_the_real_plan_a_rolled_out_model_is_verified_then_turns_not_ready_when_it_stops_answering() -> (
+    None
+):
+    """What the operator finds after a restart: a served version, nothing checked yet."""
+    cr, objects, pods, _ = lifecycle_to_ready()
+    clock = FakeClock()
+    check = FakeCheck()
+    kube = FakeKube()
+    settings = Settings(resync_seconds=3600.0)
+    runtime = Runtime(kube, settings, check=check, clock=clock, warmup_seconds=0.0, wall_clock=lambda: NOW)
+    ep = "10.1.0.5:8000"
+
+    def phase() -> tuple[str, str]:
+        status = runtime.resources[("vision", "resnet50")]["status"]
+        ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+        return status["phase"], ready["reason"]
+
+    async def main() -> None:
+        for obj in objects:
+            runtime.observe_child("ADDED", obj["kind"], obj)
+        for pod in pods:
+            labels = {**pod["metadata"]["labels"], names.LABEL_INSTANCE: "resnet50"}
+            pod = {**pod, "metadata": {**pod["metadata"], "namespace": "vision", "labels": labels}}
+            runtime.observe_child("ADDED", "Pod", pod)
+        runtime.observe_resource("ADDED", cr)
+        runtime.start()
+        await settle(runtime)
+        assert check.made() == [(ep, 1, True)]
+        assert phase() == ("Ready", "Verified")
+        check.answers[ep] = False
+        clock.advance(rt.DEFAULT_VERIFY_INTERVAL_SECONDS)
+        await settle(runtime)
+        assert check.made()[-1] == (ep, 1, False)
+        assert phase() == ("Degraded", "VerificationFailed")
+        await runtime.stop()
+
+    run(main)
+    # Nothing to apply: the children are current. The pass that found no check wrote nothing
+    # (a restarted operator does not turn served resources not Ready while it checks them).
+    assert kube.applied == []
+    assert [patch.get("phase") for _, _, patch in kube.patches] == ["Degraded"]

@@ -852,6 +852,12 @@ class Runtime:
             applied.append(cached(answer if isinstance(answer, Mapping) else obj))
         for api_version, kind, child in result.delete:
             self.kube.delete(api_version, kind, namespace, child)
+        if result.verify is not None and not refused:
+            # A status that says "verifying" describes what this process has not checked yet,
+            # not the cluster: after a restart it would turn every served resource not Ready
+            # until its checks come back. The checks wake the key when they answer (within
+            # their deadline), and that pass writes the status they decide.
+            return PassOutcome(tuple(applied), {}, (), result.verify, in_use)
         status, events = result.status, list(result.events)
         if refused:
             status, events = with_apply_failures(resource, status, refused, self.wall_clock())
