@@ -50,6 +50,7 @@ from unit.worlds import resource as world_resource
 T = TypeVar("T")
 NS = "vision"
 NOW = "2026-12-01T10:00:00Z"
+INTERVAL = Settings().verify_interval_seconds  #: between re-checks of a good endpoint
 
 
 def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -658,7 +659,7 @@ def test_a_good_endpoint_is_rechecked_cheaply_and_a_model_that_stops_answering_t
     quiet = Settings(resync_seconds=3600.0)  # no resync passes in the way
     runtime = make_runtime(plan, check=check, clock=clock, kube=kube, settings=quiet)
     ep = "10.0.0.1:8000"
-    interval = rt.DEFAULT_VERIFY_INTERVAL_SECONDS
+    interval = INTERVAL
 
     async def main() -> None:
         runtime.start()
@@ -745,14 +746,14 @@ def test_checks_follow_the_endpoints_and_versions_plan_asks_about() -> None:
         runtime.observe_resource("MODIFIED", resource("r", 2, endpoints=(b,), version=2))
         await settle(runtime)
         calls = len(check.calls)
-        clock.advance(rt.DEFAULT_VERIFY_INTERVAL_SECONDS)
+        clock.advance(INTERVAL)
         await settle(runtime)
         assert check.made()[calls:] == [(b, 2, False)]
         # Nothing left to verify (scaled to zero): nothing is re-checked.
         runtime.observe_resource("MODIFIED", resource("r", 3, version=2))
         await settle(runtime)
         calls = len(check.calls)
-        clock.advance(10 * rt.DEFAULT_VERIFY_INTERVAL_SECONDS)
+        clock.advance(10 * INTERVAL)
         await settle(runtime)
         assert len(check.calls) == calls
         await runtime.stop()
@@ -815,7 +816,7 @@ def test_with_the_real_plan_a_rolled_out_model_is_verified_then_turns_not_ready_
         assert check.made() == [(ep, 1, True)]
         assert phase() == ("Ready", "Verified")
         check.answers[ep] = False
-        clock.advance(rt.DEFAULT_VERIFY_INTERVAL_SECONDS)
+        clock.advance(INTERVAL)
         await settle(runtime)
         assert check.made()[-1] == (ep, 1, False)
         assert phase() == ("Degraded", "VerificationFailed")

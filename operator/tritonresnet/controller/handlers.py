@@ -22,7 +22,7 @@ from kubernetes import client, config
 
 from tritonresnet.api import names
 from tritonresnet.controller.kube import Kube
-from tritonresnet.controller.runtime import WORKERS, Runtime
+from tritonresnet.controller.runtime import Runtime
 from tritonresnet.controller.settings import Settings
 
 # Kinds the operator owns, watched so the cache knows what exists.
@@ -49,10 +49,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.client_timeout = 90
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 60
+    # The Settings given to run(); read from the environment when kopf runs this module itself.
     options: Settings = memo.get("settings") or Settings.from_env(os.environ)
-    # TODO(lead): options.workers once Settings has the field.
-    workers = int(getattr(options, "workers", WORKERS))
-    memo["runtime"] = runtime = Runtime(Kube(_api_client()), options, workers=workers)
+    memo["runtime"] = runtime = Runtime(Kube(_api_client()), options)
     runtime.start()
 
 
@@ -92,31 +91,19 @@ def _api_client() -> client.ApiClient:
         return config.new_client_from_config()
 
 
-def run(
-    namespaces: Sequence[str] | None = None,
-    standalone: bool = True,
-    peering: str | None = None,
-    liveness_endpoint: str | None = None,
-    log_format: str = "plain",
-    verbose: bool = False,
-    *,
-    settings: Settings | None = None,
-) -> None:
-    """Run the operator until interrupted (the CLI's ``tritonresnet operator``).
-
-    ``settings`` are the operator's options; without them the startup handler
-    reads them from the environment.
-    """
+def run(settings: Settings) -> None:
+    """Run the operator until interrupted (the CLI's ``tritonresnet operator``)."""
     kopf.configure(
-        verbose=verbose, log_format=kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.PLAIN
+        verbose=settings.verbose,
+        log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.PLAIN,
     )
     asyncio.run(
         kopf.operator(
-            standalone=standalone if peering is None else False,
-            peering_name=peering,
-            namespaces=list(namespaces or ()),
-            clusterwide=not namespaces,
-            liveness_endpoint=liveness_endpoint,
+            standalone=settings.standalone,
+            peering_name=settings.peering or None,
+            namespaces=list(settings.namespaces),
+            clusterwide=settings.all_namespaces,
+            liveness_endpoint=settings.liveness_endpoint or None,
             memo=kopf.Memo(settings=settings),
         )
     )

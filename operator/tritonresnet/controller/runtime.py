@@ -29,11 +29,13 @@ changed, so it is worth a try), the resync skips it (its timer is set).
 Endpoint checks
 ---------------
 ``plan`` asks for endpoints to be checked (``Plan.verify``); the pass does
-not wait for them. The runtime runs checks on a small pool of their own, so a
-slow Triton never holds a reconcile worker, and gives each a deadline.
+not wait for them, and writes no status (the status would only say what this
+process has not checked yet). The runtime runs checks on a small pool of
+their own, so a slow Triton never holds a reconcile worker, and gives each a
+deadline; the answer, or the deadline, wakes the resource.
 Results are kept per (endpoint, model version) with their time. The first
 check of an endpoint at a version is the full one (with a smoke inference);
-while it stays good it is re-checked every ``verify_interval_seconds``
+while it stays good it is re-checked every ``Settings.verify_interval_seconds``
 without the inference, and after a failure it is checked in full again every
 10 s. A result that differs from the last one wakes the resource, so a model
 that stops answering turns the resource not Ready within one interval plus
@@ -79,9 +81,6 @@ Key = tuple[str, str]  #: (namespace, name) of a TritonResNet
 ChildKey = tuple[str, str]  #: (kind, name) of a child
 CheckId = tuple[str, int]  #: (endpoint, model version)
 
-#: Reconcile workers; a pass mostly waits on the API server, so more workers
-#: than cores shorten the queue when many resources change at once.
-WORKERS = 8
 #: Threads for endpoint checks. Each check waits on a Triton that is busy
 #: serving, so a few are enough; they are apart from the reconcile workers so
 #: that a hung endpoint delays other checks, never a reconcile pass.
@@ -106,8 +105,6 @@ BACKOFF_JITTER = 0.5
 
 #: A failed endpoint check is retried after this long.
 CHECK_RETRY_SECONDS = 10.0
-#: A good check is re-checked this often, when Settings has no say.
-DEFAULT_VERIFY_INTERVAL_SECONDS = 60.0
 
 
 class KubeWriter(Protocol):
@@ -528,7 +525,7 @@ class Runtime:
         plan: PlanFunction = reconcile_plan,
         check: CheckEndpoint = check_endpoint,
         clock: Clock | None = None,
-        workers: int = WORKERS,
+        workers: int | None = None,
         verifiers: int = VERIFIERS,
         warmup_seconds: float = CACHE_WARMUP_SECONDS,
         rng: random.Random | None = None,
@@ -538,7 +535,7 @@ class Runtime:
         self.settings = settings
         self.plan = plan
         self.clock: Clock = clock or LoopClock()
-        self.workers = workers
+        self.workers = workers or settings.workers
         self.warmup_seconds = warmup_seconds
         self.rng = rng or random.Random()
         self.wall_clock = wall_clock
@@ -553,19 +550,17 @@ class Runtime:
         self.by_label: dict[tuple[str, str], str] = {}  # (namespace, label value) -> name
 
         self.queue = WorkQueue()
-        # TODO(lead): read settings.verify_interval_seconds directly once Settings has the field.
-        interval = float(getattr(settings, "verify_interval_seconds", DEFAULT_VERIFY_INTERVAL_SECONDS))
         self.checks = EndpointChecks(
             check,
             self.clock,
             self._check_changed,
             timeout=settings.verify_timeout_seconds,
-            interval=interval,
+            interval=settings.verify_interval_seconds,
             threads=verifiers,
         )
         # Passes block on HTTP; they get their own threads, and events (best
         # effort) are posted from another pool, off the reconcile path.
-        self.passes = ThreadPoolExecutor(workers, thread_name_prefix="reconcile")
+        self.passes = ThreadPoolExecutor(self.workers, thread_name_prefix="reconcile")
         self.events = ThreadPoolExecutor(2, thread_name_prefix="events")
 
         self.failures: dict[Key, int] = {}  # failed passes in a row
