@@ -242,6 +242,10 @@ class WorkQueue:
     def running(self) -> frozenset[Key]:
         return frozenset(self._running)
 
+    @property
+    def busy(self) -> bool:
+        return bool(self._queued or self._running)
+
     def __len__(self) -> int:
         return len(self._queued)
 
@@ -607,7 +611,7 @@ class Runtime:
     @property
     def quiet(self) -> bool:
         """Nothing queued, no pass and no check under way (timers may be set)."""
-        return not self.queue.queued and not self.queue.running and not self.checks.busy
+        return not self.queue.busy and not self.checks.busy
 
     # -- the cache (on the event loop) ----------------------------------------------------
 
