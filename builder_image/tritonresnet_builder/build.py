@@ -48,7 +48,9 @@ KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 
 @dataclass(frozen=True)
 class BuiltModelInfo:
-    max_batch_size: int  #: the batch the artifact was built for (the profile's max)
+    #: the batch the artifact was built for (the profile's max); 0: built to be served
+    #: without batching, its profile batch 1 only
+    max_batch_size: int
     model_max_batch: int  #: 0: the model's batch dimension is dynamic
     opset: int
     producer: str
@@ -74,16 +76,16 @@ def check_args(args: BuildArgs) -> None:
     if not KEY_RE.match(args.engine_key):
         raise usage("InvalidArgument", f"engine key {args.engine_key!r} is not a safe folder name")
     engine = args.engine
-    if engine.max_batch_size < 1:
+    if engine.max_batch_size < 0:
         raise usage(
             "InvalidArgument",
-            f"max batch size {engine.max_batch_size} is below 1",
+            f"max batch size {engine.max_batch_size} is below 0",
             "spec.engine.maxBatchSize",
         )
-    if not 1 <= engine.optimum_batch() <= engine.max_batch_size:
+    if not 1 <= engine.optimum_batch() <= engine.largest_batch():
         raise usage(
             "InvalidArgument",
-            f"optimum batch {engine.optimum_batch()} is outside 1..{engine.max_batch_size}",
+            f"optimum batch {engine.optimum_batch()} is outside 1..{engine.largest_batch()}",
             "spec.engine.optBatchSize",
         )
     if engine.workspace_mib < 1:
@@ -167,7 +169,7 @@ def build(args: BuildArgs) -> Result:
         info = onnx_model.inspect(model_path, engine.format)
         seconds["validate"] = round(time.monotonic() - mark, 3)
         max_batch = info.max_batch(engine.max_batch_size)
-        opt_batch = min(engine.optimum_batch(), max_batch)
+        opt_batch = min(engine.optimum_batch(), max(1, max_batch))
         log.info(
             "model: opset %d, %s; inputs %s; outputs %s; max batch %d",
             info.opset,

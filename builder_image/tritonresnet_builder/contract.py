@@ -85,12 +85,18 @@ class Source:
 class EngineSettings:
     format: Format = "tensorrt"
     precision: Precision = "fp16"
+    #: 0: served without a batch dimension (Triton's max_batch_size 0); the model runs at batch 1
     max_batch_size: int = 8
     opt_batch_size: int = 0  #: 0: half of max_batch_size, at least 1
     workspace_mib: int = 4096
 
     def optimum_batch(self) -> int:
         return self.opt_batch_size or max(1, self.max_batch_size // 2)
+
+    def largest_batch(self) -> int:
+        """The largest batch the artifact must run: max_batch_size, and 1 when that is 0
+        (requests then carry no batch dimension and Triton reshapes each to batch 1)."""
+        return max(1, self.max_batch_size)
 
 
 @dataclass(frozen=True)
@@ -133,6 +139,7 @@ class PublishArgs:
     model_name: str
     version_key: str  #: computed by the operator; the same key always maps to the same version
     engine_keys: tuple[str, ...]
+    #: 0: no batch dimension in requests, each reshaped to batch 1, no dynamic batching
     max_batch_size: int = 8
     max_queue_delay_us: int = 100
     preferred_batch_sizes: tuple[int, ...] = ()
@@ -306,7 +313,10 @@ ONNX_FILENAME = "model.onnx"
 class Tensor:
     name: str
     datatype: str  #: Triton datatype, e.g. FP32
-    shape: tuple[int, ...]  #: without the batch dimension; -1 is dynamic
+    #: without the batch dimension; -1 is dynamic. In a publish result, the dims of the
+    #: version's config: what Triton's model metadata reports (after a leading -1 when
+    #: the version batches, i.e. its max_batch_size is above 0)
+    shape: tuple[int, ...]
 
 
 @dataclass(frozen=True)

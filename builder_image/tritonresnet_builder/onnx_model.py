@@ -85,7 +85,12 @@ class ModelInfo:
     external_data: tuple[str, ...]  #: files next to the model, relative names
 
     def max_batch(self, requested: int) -> int:
-        """The max_batch_size to build and serve with, given what the spec asks for."""
+        """The max_batch_size to build and serve with, given what the spec asks for.
+
+        A fixed batch of 1 caps a batching request at 1. A request of 0 (no batch
+        dimension in requests, the model run at batch 1) stays 0 for either kind of
+        model: a fixed batch of 1 is that batch, and a dynamic one accepts it.
+        """
         return min(requested, self.model_max_batch) if self.model_max_batch else requested
 
 

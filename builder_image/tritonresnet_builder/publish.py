@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from tritonclient.grpc.model_config_pb2 import ModelConfig
+
 from tritonresnet_builder import triton_config
 from tritonresnet_builder.build import KEY_RE, BuiltModelInfo, existing_engine
 from tritonresnet_builder.contract import (
@@ -62,7 +64,8 @@ class Engine:
     key: str
     folder: Path
     result: Result
-    max_batch_size: int
+    #: what it was built for (0: batch 1, served without batching); None: not recorded
+    max_batch_size: int | None
 
 
 def check_model_name(name: str) -> None:
@@ -83,12 +86,15 @@ def check_args(args: PublishArgs) -> None:
     if not args.engine_keys:
         raise usage("InvalidArgument", "no engine keys to publish")
     if (
-        args.max_batch_size < 1
+        args.max_batch_size < 0
         or args.instance_count < 1
         or args.keep_versions < 1
         or args.max_queue_delay_us < 0
     ):
-        raise usage("InvalidArgument", "max batch size, instance count and versions kept must be at least 1")
+        raise usage(
+            "InvalidArgument",
+            "max batch size and queue delay must be at least 0, instance count and versions kept at least 1",
+        )
     require_repository(args.repository)
 
 
@@ -102,7 +108,7 @@ def load_engines(layout: RepositoryLayout, keys: tuple[str, ...]) -> list[Engine
                 "EngineMissing", f"engine {key} has not been built (no valid engine.json in {folder})"
             )
         info = BuiltModelInfo.read(folder)
-        engines.append(Engine(key, folder, result, info.max_batch_size if info else 0))
+        engines.append(Engine(key, folder, result, info.max_batch_size if info else None))
     first = engines[0].result
     for engine in engines[1:]:
         if engine.result.format != first.format:
@@ -155,16 +161,21 @@ def version_files(engines: list[Engine]) -> dict[str, Path]:
     }
 
 
-def config_text(args: PublishArgs, engines: list[Engine], version: int) -> str:
+def version_config(args: PublishArgs, engines: list[Engine], version: int) -> ModelConfig:
     first = engines[0].result
-    built_max = min((e.max_batch_size for e in engines if e.max_batch_size), default=args.max_batch_size)
+    # Every artifact runs batch 1, so max batch 0 (no batching) serves any of them; a
+    # batching version gets no more than its smallest engine was built for, and an
+    # engine built for 0 has a batch-1 profile only, so it makes the version unbatched.
+    built = [e.max_batch_size for e in engines if e.max_batch_size is not None]
+    built_max = min(built, default=args.max_batch_size)
     max_batch = min(args.max_batch_size, built_max)
     if max_batch < args.max_batch_size:
         log.warning(
-            "serving max batch %d instead of %d: the engines were built for at most %d",
+            "serving max batch %d instead of %d: the engines were built for at most %d%s",
             max_batch,
             args.max_batch_size,
             built_max,
+            " (0: batch 1 only, without batching)" if max_batch == 0 else "",
         )
     serving = triton_config.ServingSettings(
         max_batch_size=max_batch,
@@ -178,7 +189,7 @@ def config_text(args: PublishArgs, engines: list[Engine], version: int) -> str:
         default = plans[sorted(plans)[0]]
     else:
         plans, default = {}, ONNX_FILENAME
-    config = triton_config.model_config(
+    return triton_config.model_config(
         name=args.model_name,
         fmt="tensorrt" if first.format == "tensorrt" else "onnx",
         inputs=first.inputs,
@@ -188,7 +199,10 @@ def config_text(args: PublishArgs, engines: list[Engine], version: int) -> str:
         plan_files=plans,
         default_model_filename=default,
     )
-    return triton_config.render(config)
+
+
+def config_text(args: PublishArgs, engines: list[Engine], version: int) -> str:
+    return triton_config.render(version_config(args, engines, version))
 
 
 def _assemble(target: Path, args: PublishArgs, engines: list[Engine]) -> list[str]:
@@ -315,13 +329,16 @@ def publish(args: PublishArgs) -> Result:
     ]
     files.append(str(local(layout.pinned_config(args.model_name, version)).relative_to(root)))
     first = engines[0].result
+    # The tensors as the version serves them (its config's dims), which is what the
+    # operator compares Triton's model metadata with; the engines' are the model's.
+    inputs, outputs = triton_config.served_tensors(version_config(args, engines, version))
     return Result(
         ok=True,
         phase="publish",
         engine_key=",".join(args.engine_keys),
         source_sha256=first.source_sha256,
-        inputs=first.inputs,
-        outputs=first.outputs,
+        inputs=inputs,
+        outputs=outputs,
         format=first.format,
         model_name=args.model_name,
         version=version,

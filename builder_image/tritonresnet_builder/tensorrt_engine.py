@@ -46,9 +46,17 @@ class PlanRequest:
     out_dir: Path  #: the plan is written here as model.sm<XY>.plan
     timing_cache_dir: Path
     precision: Precision
-    max_batch_size: int  #: the optimization profile spans batch 1..max
+    #: the optimization profile spans batch 1..max; 0: the version is served without
+    #: batching, so Triton only ever runs batch 1 and the profile is batch 1 alone
+    max_batch_size: int
     opt_batch_size: int
     workspace_mib: int
+
+    def batches(self) -> tuple[int, int, int]:
+        """The profile's (min, opt, max) batch."""
+        if self.max_batch_size == 0:
+            return 1, 1, 1
+        return 1, self.opt_batch_size, self.max_batch_size
 
 
 @dataclass(frozen=True)
@@ -106,16 +114,15 @@ def _parse(parser: OnnxParser, onnx_path: Path) -> None:
 def _profile(
     trt: TensorRT, builder: Builder, network: INetworkDefinition, request: PlanRequest
 ) -> IOptimizationProfile:
-    """Batch 1..max with the optimum in between; every other dimension as exported."""
+    """Batch 1..max with the optimum in between (batch 1 alone for max 0); every other
+    dimension as exported."""
+    low, opt, high = request.batches()
     profile = builder.create_optimization_profile()
     for index in range(network.num_inputs):
         tensor = network.get_input(index)
         rest = [tensor.shape[d] for d in range(1, len(tensor.shape))]
         profile.set_shape(
-            tensor.name,
-            trt.Dims([1, *rest]),
-            trt.Dims([request.opt_batch_size, *rest]),
-            trt.Dims([request.max_batch_size, *rest]),
+            tensor.name, trt.Dims([low, *rest]), trt.Dims([opt, *rest]), trt.Dims([high, *rest])
         )
     return profile
 
@@ -155,14 +162,16 @@ def build_plan(request: PlanRequest) -> BuiltPlan:
     cache_path = timing_cache_path(request.timing_cache_dir, device.compute_capability, version)
     _load_timing_cache(config, cache_path)
 
+    low, opt, high = request.batches()
     log.info(
-        "building a %s TensorRT %s plan for %s (sm %s), batch 1..%d (opt %d), workspace %d MiB",
+        "building a %s TensorRT %s plan for %s (sm %s), batch %d..%d (opt %d), workspace %d MiB",
         request.precision,
         version,
         device.name,
         device.compute_capability,
-        request.max_batch_size,
-        request.opt_batch_size,
+        low,
+        high,
+        opt,
         request.workspace_mib,
     )
     serialized = builder.build_serialized_network(network, config)

@@ -3,6 +3,17 @@
 The config is assembled as a dict, parsed with ``json_format.ParseDict`` into
 ``model_config_pb2.ModelConfig`` (so a misspelt field fails here, not in
 Triton) and written with ``text_format``.
+
+Two layouts, by ``max_batch_size``:
+
+* above 0 (batching): ``dims`` leave out the batch dimension; Triton adds it,
+  requests are ``[N, *dims]`` and the dynamic batcher may merge them.
+* 0 (no batching, as NVIDIA's ResNet-50 tutorial serves it): requests carry no
+  batch dimension at all. ``dims`` are then the whole request shape (the model's
+  shape without its batch dimension) and ``reshape`` gives the model's full
+  shape with batch 1, so Triton hands the backend ``[1, *dims]`` and turns the
+  backend's ``[1, *dims]`` output back into ``dims``. The model itself may have a
+  fixed batch of 1 or a dynamic one; either runs at batch 1.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ def config_datatype(datatype: str) -> str:
 
 @dataclass(frozen=True)
 class ServingSettings:
+    #: 0: no batch dimension in requests, each run at batch 1; no dynamic batcher
     max_batch_size: int = 8
     max_queue_delay_us: int = 100
     preferred_batch_sizes: tuple[int, ...] = ()
@@ -52,28 +64,29 @@ def image_format(shape: Sequence[int]) -> str | None:
     return None
 
 
-def _input(tensor: Tensor) -> dict[str, Any]:
-    config = _tensor(tensor)
+def _input(tensor: Tensor, batched: bool) -> dict[str, Any]:
+    config = _tensor(tensor, batched)
     layout = image_format(tensor.shape)
     if layout is not None:
         config["format"] = layout
     return config
 
 
-def _tensor(tensor: Tensor) -> dict[str, Any]:
-    # Triton needs at least one dim; a batched [N] tensor is served as dims [1] with reshape [].
-    if tensor.shape:
-        return {
-            "name": tensor.name,
-            "data_type": config_datatype(tensor.datatype),
-            "dims": list(tensor.shape),
-        }
-    return {
-        "name": tensor.name,
-        "data_type": config_datatype(tensor.datatype),
-        "dims": [1],
-        "reshape": {"shape": []},
-    }
+def _tensor(tensor: Tensor, batched: bool) -> dict[str, Any]:
+    """One input or output; ``tensor.shape`` is the model's shape without its batch dimension."""
+    config: dict[str, Any] = {"name": tensor.name, "data_type": config_datatype(tensor.datatype)}
+    if not tensor.shape:
+        # Triton needs at least one dim. Batched, the model's [N] is served as dims [1]
+        # reshaped to [] per item; unbatched, its [1] is served as dims [1] as it is.
+        config["dims"] = [1]
+        if batched:
+            config["reshape"] = {"shape": []}
+        return config
+    config["dims"] = list(tensor.shape)
+    if not batched:
+        # Without batching the reshape is the full shape the backend sees: batch 1.
+        config["reshape"] = {"shape": [1, *tensor.shape]}
+    return config
 
 
 def model_config(
@@ -92,17 +105,19 @@ def model_config(
     ``plan_files`` maps compute capability (``8.6``) to the plan file name; Triton
     picks the file matching the GPU it runs on (``cc_model_filenames``).
     """
+    batched = serving.max_batch_size > 0
     preferred = sorted({n for n in serving.preferred_batch_sizes if 0 < n <= serving.max_batch_size})
     config: dict[str, Any] = {
         "name": name,
         "platform": PLATFORMS[fmt],
         "max_batch_size": serving.max_batch_size,
-        "input": [_input(t) for t in inputs],
-        "output": [_tensor(t) for t in outputs],
+        "input": [_input(t, batched) for t in inputs],
+        "output": [_tensor(t, batched) for t in outputs],
         "version_policy": {"specific": {"versions": [version]}},
         "instance_group": [{"count": serving.instance_count, "kind": serving.instance_kind}],
         "default_model_filename": default_model_filename,
     }
+    # Nothing to merge at 1, and Triton has no batcher without batching (0).
     if serving.max_batch_size > 1:
         batching: dict[str, Any] = {"max_queue_delay_microseconds": serving.max_queue_delay_us}
         if preferred:
@@ -111,6 +126,26 @@ def model_config(
     if plan_files:
         config["cc_model_filenames"] = dict(sorted(plan_files.items()))
     return json_format.ParseDict(config, model_config_pb2.ModelConfig())
+
+
+def _api_datatype(data_type: int) -> str:
+    """Config datatype (``TYPE_FP32``) -> API datatype (``FP32``); the inverse of :func:`config_datatype`."""
+    name = str(model_config_pb2.DataType.Name(data_type))
+    return "BYTES" if name == "TYPE_STRING" else name.removeprefix("TYPE_")
+
+
+def served_tensors(config: model_config_pb2.ModelConfig) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+    """Inputs and outputs as Triton's model metadata reports them for ``config``: its dims.
+
+    That is what a client sends and gets (after a leading -1 when the config
+    batches), so the operator's endpoint check compares the server with these,
+    not with the model's own shapes (a per-item scalar is served as [1]).
+    """
+
+    def tensors(items: Sequence[Any]) -> tuple[Tensor, ...]:
+        return tuple(Tensor(t.name, _api_datatype(t.data_type), tuple(int(d) for d in t.dims)) for t in items)
+
+    return tensors(config.input), tensors(config.output)
 
 
 def render(config: model_config_pb2.ModelConfig) -> str:

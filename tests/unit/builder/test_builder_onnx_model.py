@@ -137,3 +137,14 @@ def test_inspect_takes_an_input_of_exactly_the_bound_and_refuses_one_more_elemen
 
 def test_inspect_counts_the_element_size_of_every_fixed_size_datatype() -> None:
     assert set(onnx_model.ELEMENT_BYTES) == set(onnx_model.TRITON_DATATYPES.values()) - {"BYTES"}
+
+
+@pytest.mark.parametrize("batch", ["batch", 1], ids=["dynamic", "fixed-1"])
+def test_max_batch_zero_serves_dynamic_and_batch_one_models_unbatched(
+    tmp_path: Path, batch: str | int
+) -> None:
+    """maxBatchSize 0 (the tutorial's layout) takes both exports: each runs at batch 1."""
+    info = onnx_model.inspect(onnx_graphs.classifier(tmp_path / "m.onnx", batch=batch), "tensorrt")
+    assert info.max_batch(0) == 0
+    assert info.inputs == (Tensor("input", "FP32", (3, 4, 4)),)
+    assert info.outputs == (Tensor("output", "FP32", (10,)),)

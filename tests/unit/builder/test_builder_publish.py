@@ -211,3 +211,51 @@ def test_publish_refuses_unsafe_model_names_before_touching_the_repository(
     assert result.exit_code == ExitCode.BAD_INPUT
     assert result.error is not None and result.error.field == "spec.model.name"
     assert tree(repo) == before
+
+
+# -- max batch 0: no batch dimension in requests, each run at batch 1 --------------------------
+
+
+@pytest.mark.parametrize("batch", ["batch", 1], ids=["dynamic", "fixed-1"])
+def test_publish_without_batching_reshapes_to_batch_one_and_reports_served_shapes(
+    repo: Path, tmp_path: Path, batch: str | int
+) -> None:
+    build_onnx(repo, onnx_graphs.classifier(tmp_path / "src" / "m.onnx", batch=batch), max_batch=0)
+    info = json.loads((repo / ".tritonresnet/engines/k1" / MODEL_INFO).read_text())
+    assert info["max_batch_size"] == 0
+    result = publish(publish_args(repo, "v-a", max_batch_size=0, preferred_batch_sizes=(4,)))
+    config = triton_config.parse((repo / "resnet/configs/v1.pbtxt").read_text())
+    assert config.max_batch_size == 0 and not config.HasField("dynamic_batching")
+    assert [(i.name, list(i.dims), list(i.reshape.shape)) for i in config.input] == [
+        ("input", [3, 4, 4], [1, 3, 4, 4])
+    ]
+    assert [(o.name, list(o.dims), list(o.reshape.shape)) for o in config.output] == [
+        ("output", [10], [1, 10])
+    ]
+    # what Triton's metadata will show for an unbatched model: no -1 in front
+    assert result.inputs == (Tensor("input", "FP32", (3, 4, 4)),)
+    assert result.outputs == (Tensor("output", "FP32", (10,)),)
+
+
+def test_publish_serves_an_engine_built_for_batch_one_only_without_batching(
+    repo: Path, tmp_path: Path
+) -> None:
+    """An engine built with max batch 0 has a batch-1 profile: a batching version would overrun it."""
+    build_onnx(repo, onnx_graphs.classifier(tmp_path / "src" / "m.onnx"), max_batch=0)
+    publish(publish_args(repo, "v-a", max_batch_size=8))
+    config = triton_config.parse((repo / "resnet/configs/v1.pbtxt").read_text())
+    assert config.max_batch_size == 0 and not config.HasField("dynamic_batching")
+
+
+def test_publish_result_reports_a_per_item_scalar_as_triton_serves_it(repo: Path, tmp_path: Path) -> None:
+    build_onnx(repo, onnx_graphs.identity(tmp_path / "src" / "m.onnx", dims=("batch",)))
+    result = publish(publish_args(repo, "v-a"))
+    # dims [1] reshaped to []: Triton's metadata says [-1, 1], so the result says (1,)
+    assert result.inputs == (Tensor("x", "FP32", (1,)),)
+    assert result.outputs == (Tensor("y", "FP32", (1,)),)
+
+
+def test_publish_refuses_a_negative_max_batch(repo: Path, tmp_path: Path) -> None:
+    build_onnx(repo, onnx_graphs.classifier(tmp_path / "src" / "m.onnx"))
+    result = run(publish_args(repo, "v-a", max_batch_size=-1))
+    assert result.exit_code == ExitCode.USAGE and result.error is not None

@@ -248,3 +248,44 @@ def test_product_code_writes_plans_only_from_tensorrt_serialized_engines() -> No
         text = module.read_text()
         assert '.plan"' not in text.replace('"model.plan"', ""), module.name
         assert "build_serialized_network" not in text, module.name
+
+
+@pytest.mark.parametrize(
+    ("input_shape", "export"), [((-1, 3, 4, 4), "batch"), ((1, 3, 4, 4), 1)], ids=["dynamic", "fixed-1"]
+)
+def test_max_batch_zero_builds_a_batch_one_profile_with_stand_in_tensorrt(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    stand_in_gpu: None,
+    input_shape: tuple[int, ...],
+    export: str | int,
+) -> None:
+    """The whole build step with max batch 0, through a recording stand-in ``tensorrt``: the
+    profile is batch 1 alone, for a dynamic export and for the tutorial's fixed batch of 1."""
+    from tritonresnet_builder.build import MODEL_INFO, build
+
+    record = Recorder()
+    monkeypatch.setitem(sys.modules, "tensorrt", stand_in_tensorrt(record, input_shape))
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    result = build(
+        BuildArgs(
+            repository=str(repo),
+            engine_key="k0",
+            source=Source(uri=str(onnx_graphs.classifier(tmp_path / "m.onnx", batch=export))),
+            engine=EngineSettings(format="tensorrt", max_batch_size=0),
+            result_file="",
+        )
+    )
+    assert result.ok and result.artifact == "model.sm86.plan"
+    assert record.named("set_shape") == [("input", [1, 3, 4, 4], [1, 3, 4, 4], [1, 3, 4, 4])]
+    info = json.loads((repo / ".tritonresnet/engines/k0" / MODEL_INFO).read_text())
+    assert info["max_batch_size"] == 0
+
+
+def test_max_batch_zero_renders_an_optimum_of_one() -> None:
+    """--opt-batch-size is rendered from optimum_batch(): 1 with max batch 0, which the build accepts."""
+    engine = EngineSettings(max_batch_size=0)
+    assert (engine.optimum_batch(), engine.largest_batch()) == (1, 1)
+    argv = BuildArgs(repository="/m", engine_key="k", source=Source(uri="/m/x.onnx"), engine=engine).to_argv()
+    assert "--max-batch-size=0" in argv and "--opt-batch-size=1" in argv

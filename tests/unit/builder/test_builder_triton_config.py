@@ -113,3 +113,58 @@ def test_image_inputs_carry_their_layout(shape: tuple[int, ...], expected: int) 
     )
     parsed = triton_config.parse(triton_config.render(config))
     assert parsed.input[0].format == expected
+
+
+# -- max_batch_size 0: the tutorial's layout -------------------------------------------------
+
+
+def test_model_config_without_batching_reshapes_requests_to_batch_one() -> None:
+    """max_batch_size 0: requests are [3, 224, 224] (no batch dim), the model sees [1, 3, 224, 224]."""
+    config = config_for("tensorrt", max_batch_size=0, preferred_batch_sizes=(4,), max_queue_delay_us=500)
+    assert config.max_batch_size == 0
+    (image,) = config.input
+    assert list(image.dims) == [3, 224, 224]
+    assert image.HasField("reshape") and list(image.reshape.shape) == [1, 3, 224, 224]
+    assert image.format == mc.ModelInput.FORMAT_NCHW
+    (scores,) = config.output
+    assert list(scores.dims) == [1000]
+    assert list(scores.reshape.shape) == [1, 1000]
+    # no batcher without batching, whatever the serving settings asked of it
+    assert not config.HasField("dynamic_batching")
+
+
+def test_model_config_without_batching_serves_a_per_item_scalar_as_one_element() -> None:
+    """A model output [1] (one value per item) is served as dims [1] as it is: no reshape needed."""
+    config = triton_config.model_config(
+        name="m",
+        fmt="onnx",
+        inputs=INPUTS,
+        outputs=(Tensor("score", "FP32", ()),),
+        serving=triton_config.ServingSettings(max_batch_size=0),
+        version=1,
+        default_model_filename="model.onnx",
+    )
+    parsed = triton_config.parse(triton_config.render(config))
+    assert list(parsed.output[0].dims) == [1] and not parsed.output[0].HasField("reshape")
+
+
+def test_batched_config_has_no_reshape_on_image_tensors() -> None:
+    config = config_for("onnx", max_batch_size=8)
+    assert not config.input[0].HasField("reshape") and not config.output[0].HasField("reshape")
+
+
+@pytest.mark.parametrize("max_batch", [0, 8])
+def test_served_tensors_are_the_config_dims_triton_reports(max_batch: int) -> None:
+    config = triton_config.model_config(
+        name="m",
+        fmt="onnx",
+        inputs=(*INPUTS, Tensor("label", "BYTES", (2,))),
+        outputs=(*OUTPUTS, Tensor("score", "FP16", ())),
+        serving=triton_config.ServingSettings(max_batch_size=max_batch),
+        version=1,
+        default_model_filename="model.onnx",
+    )
+    inputs, outputs = triton_config.served_tensors(triton_config.parse(triton_config.render(config)))
+    assert inputs == (Tensor("input", "FP32", (3, 224, 224)), Tensor("label", "BYTES", (2,)))
+    # a per-item scalar is served as [1], batched or not
+    assert outputs == (Tensor("output", "FP32", (1000,)), Tensor("score", "FP16", (1,)))

@@ -55,7 +55,7 @@ MISTAKES = {
         "size = len(serialized.decode())",
     ),
     "parser method": ("parser.parse_from_file(str(onnx_path))", "parser.parse_file(str(onnx_path))"),
-    "dims from a list of str": ("trt.Dims([1, *rest])", "trt.Dims(['1', *rest])"),
+    "dims from a list of str": ("trt.Dims([low, *rest])", "trt.Dims([str(low), *rest])"),
     "missing config": (
         "builder.build_serialized_network(network, config)",
         "builder.build_serialized_network(network)",
