@@ -26,7 +26,7 @@ import pytest
 from kubernetes.client.rest import ApiException
 from tritonresnet.api import names
 from tritonresnet.api.status import TritonResNetStatus
-from tritonresnet.controller import runtime as rt
+from tritonresnet.controller import verification, workqueue
 from tritonresnet.controller.reconcile import (
     EndpointCheck,
     Expected,
@@ -34,12 +34,12 @@ from tritonresnet.controller.reconcile import (
     Plan,
     VerifyRequest,
 )
-from tritonresnet.controller.runtime import (
+from tritonresnet.controller.runtime import Runtime
+from tritonresnet.controller.workqueue import (
     BACKOFF_CAP_SECONDS,
     CHANGED,
     NEW_GENERATION,
     RESYNC,
-    Runtime,
     WorkQueue,
     backoff_delay,
 )
@@ -412,9 +412,9 @@ def test_a_burst_of_500_events_over_100_keys_reconciles_every_key_at_its_last_st
 def test_backoff_doubles_with_jitter_up_to_its_cap() -> None:
     rng = random.Random(11)
     delays = [backoff_delay(n, rng) for n in range(1, 12)]
-    steps = [min(BACKOFF_CAP_SECONDS, rt.BACKOFF_BASE_SECONDS * 2 ** (n - 1)) for n in range(1, 12)]
+    steps = [min(BACKOFF_CAP_SECONDS, workqueue.BACKOFF_BASE_SECONDS * 2 ** (n - 1)) for n in range(1, 12)]
     for delay, step in zip(delays, steps, strict=True):
-        assert step * (1 - rt.BACKOFF_JITTER) <= delay <= step
+        assert step * (1 - workqueue.BACKOFF_JITTER) <= delay <= step
     assert max(delays) <= BACKOFF_CAP_SECONDS
     assert len({round(d / s, 6) for d, s in zip(delays, steps, strict=True)}) > 1, "no jitter"
 
@@ -459,7 +459,7 @@ def test_a_failing_key_backs_off_while_the_others_are_served_and_resets_on_succe
 
     run(main)
     for failures, delay in enumerate(delays, start=1):
-        step = min(BACKOFF_CAP_SECONDS, rt.BACKOFF_BASE_SECONDS * 2 ** (failures - 1))
+        step = min(BACKOFF_CAP_SECONDS, workqueue.BACKOFF_BASE_SECONDS * 2 ** (failures - 1))
         assert step / 2 <= delay <= step, (failures, delay)
     assert delays[-1] > delays[0] * 10
     assert max(delays) <= BACKOFF_CAP_SECONDS
@@ -679,7 +679,7 @@ def test_a_good_endpoint_is_rechecked_cheaply_and_a_model_that_stops_answering_t
         assert phase(runtime, "r") == "Degraded"
         # A failed endpoint is checked again, in full, 10 s later; it is back.
         check.answers[ep] = True
-        clock.advance(rt.CHECK_RETRY_SECONDS - 0.1)
+        clock.advance(verification.CHECK_RETRY_SECONDS - 0.1)
         await settle(runtime)
         assert len(check.made()) == 3
         clock.advance(0.1)
@@ -716,7 +716,7 @@ def test_a_check_past_its_deadline_counts_as_failed_and_its_late_answer_is_ignor
         assert not seen.ok and seen.message == "no answer within 5 s"
         assert phase(runtime, "r") == "Degraded"
         # The retry is due while the stuck thread still holds the endpoint: no second thread.
-        clock.advance(rt.CHECK_RETRY_SECONDS)
+        clock.advance(verification.CHECK_RETRY_SECONDS)
         await asyncio.sleep(0.01)
         assert len(check.calls) == 1
         hold.set()  # the late answer (ok) does not count; the retry it held back runs now

@@ -1,4 +1,4 @@
-"""The controller runtime: a watch cache, a work queue and the endpoint checks.
+"""The controller runtime: the watch cache, and the passes it hands to the work queue's workers.
 
 Who touches what
 ----------------
@@ -15,44 +15,16 @@ checks known so far. Cached objects are replaced on every event and never
 modified in place, so a snapshot can share them. The pass returns what it did
 (:class:`PassOutcome`); the loop folds that back into the cache.
 
-The queue
----------
-One entry per key. A key is never in two passes at once: an event that
-arrives during its pass marks it dirty, and however many arrive it runs once
-more afterwards. A resource whose ``metadata.generation`` has not been
-reconciled yet goes first, then keys woken by an event or a check, then the
-periodic resync. A pass that fails (an exception, or a child the API server
-refused) is retried after an exponential, capped, jittered backoff that
-resets on the next good pass; events still wake such a key at once (something
-changed, so it is worth a try), the resync skips it (its timer is set).
-
-Endpoint checks
----------------
-``plan`` asks for endpoints to be checked (``Plan.verify``); the pass does
-not wait for them, and writes no status (the status would only say what this
-process has not checked yet). The runtime runs checks on a small pool of
-their own, so a slow Triton never holds a reconcile worker, and gives each a
-deadline; the answer, or the deadline, wakes the resource.
-Results are kept per (endpoint, model version) with their time. The first
-check of an endpoint at a version is the full one (with a smoke inference);
-while it stays good it is re-checked every ``Settings.verify_interval_seconds``
-without the inference, and after a failure it is checked in full again every
-10 s. A result that differs from the last one wakes the resource, so a model
-that stops answering turns the resource not Ready within one interval plus
-one deadline. Which checks a resource still needs is learnt from ``plan``
-itself: the runtime records the endpoints a pass looked up in
-``Observed.verification`` and forgets, and stops re-checking, the others.
+The queue and its backoff live in ``workqueue.py``, the scheduling of
+endpoint checks in ``verification.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import logging
 import random
-from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -65,7 +37,6 @@ from tritonresnet.api.status import status_patch
 from tritonresnet.controller.kube import api_error_message, namespace_terminating, now_rfc3339
 from tritonresnet.controller.reconcile import (
     EndpointCheck,
-    Expected,
     Observed,
     Plan,
     VerifyRequest,
@@ -73,38 +44,27 @@ from tritonresnet.controller.reconcile import (
 )
 from tritonresnet.controller.reconcile import plan as reconcile_plan
 from tritonresnet.controller.settings import Settings
+from tritonresnet.controller.verification import VERIFIERS, CheckEndpoint, CheckId, Consulted, EndpointChecks
 from tritonresnet.controller.verify import check_endpoint
+from tritonresnet.controller.workqueue import (
+    CHANGED,
+    NEW_GENERATION,
+    RESYNC,
+    Clock,
+    Key,
+    LoopClock,
+    Timer,
+    WorkQueue,
+    backoff_delay,
+)
 
 log = logging.getLogger("tritonresnet")
 
-Key = tuple[str, str]  #: (namespace, name) of a TritonResNet
 ChildKey = tuple[str, str]  #: (kind, name) of a child
-CheckId = tuple[str, int]  #: (endpoint, model version)
 
-#: Threads for endpoint checks. Each check waits on a Triton that is busy
-#: serving, so a few are enough; they are apart from the reconcile workers so
-#: that a hung endpoint delays other checks, never a reconcile pass.
-VERIFIERS = 4
 #: Seconds before the first pass, so that the first listing of every watched
 #: kind fills the cache: a restarted operator sees its Jobs before it plans.
 CACHE_WARMUP_SECONDS = 2.0
-
-#: Queue priorities, lowest first.
-NEW_GENERATION = 0  #: a spec the operator has not reconciled yet
-CHANGED = 1  #: an event (often the operator's own write) or a changed check result
-RESYNC = 2  #: nothing announced a change; the periodic safety net
-
-#: Backoff of a failing key: the first retry after about this long, doubling...
-BACKOFF_BASE_SECONDS = 2.0
-#: ...up to this; longer than a resync, which is the point: a key that fails
-#: on every pass should not cost a pass every resync.
-BACKOFF_CAP_SECONDS = 120.0
-#: Each delay is drawn from (1 - BACKOFF_JITTER, 1] of its step, so keys that
-#: failed together (an API server outage) come back spread out.
-BACKOFF_JITTER = 0.5
-
-#: A failed endpoint check is retried after this long.
-CHECK_RETRY_SECONDS = 10.0
 
 
 class KubeWriter(Protocol):
@@ -119,35 +79,7 @@ class KubeWriter(Protocol):
     def post_event(self, resource: Mapping[str, Any], type_: str, reason: str, message: str) -> None: ...
 
 
-class CheckEndpoint(Protocol):
-    """``verify.check_endpoint``: one blocking check of one endpoint."""
-
-    def __call__(self, endpoint: str, expected: Expected, timeout: float, smoke: bool) -> EndpointCheck: ...
-
-
 PlanFunction = Callable[[Observed, Settings], Plan]
-
-
-class Timer(Protocol):
-    def cancel(self) -> None: ...
-
-
-class Clock(Protocol):
-    """Time for the runtime's timers; tests replace it to step through minutes at once."""
-
-    def now(self) -> float: ...
-
-    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer: ...
-
-
-class LoopClock:
-    """The running event loop's monotonic clock and timers."""
-
-    def now(self) -> float:
-        return asyncio.get_running_loop().time()
-
-    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
-        return asyncio.get_running_loop().call_later(delay, callback)
 
 
 def cached(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -161,12 +93,6 @@ def cached(body: Mapping[str, Any]) -> dict[str, Any]:
     return obj
 
 
-def backoff_delay(failures: int, rng: random.Random) -> float:
-    """Seconds before the retry that follows the ``failures``-th failure in a row."""
-    step = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2.0 ** min(failures - 1, 30))
-    return step * (1.0 - BACKOFF_JITTER * rng.random())
-
-
 def _key(body: Mapping[str, Any]) -> Key:
     return body["metadata"].get("namespace", ""), body["metadata"]["name"]
 
@@ -176,321 +102,6 @@ def _int(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
-
-
-# -- the queue ----------------------------------------------------------------------------
-
-
-class WorkQueue:
-    """Keys by priority, each queued at most once and run by one worker at a time.
-
-    Loop-confined. A key re-added with a better priority than it is queued with
-    moves up (its old heap entry is skipped when popped).
-    """
-
-    def __init__(self) -> None:
-        self._heap: list[tuple[int, int, Key]] = []
-        self._queued: dict[Key, tuple[int, int]] = {}  # key -> (priority, arrival) of its live entry
-        self._running: set[Key] = set()
-        self._dirty: dict[Key, int] = {}  # running key -> best priority asked for during its pass
-        self._arrivals = itertools.count()
-        self._has_work = asyncio.Event()
-
-    def add(self, key: Key, priority: int) -> None:
-        if key in self._running:
-            self._dirty[key] = min(priority, self._dirty.get(key, priority))
-            return
-        queued = self._queued.get(key)
-        if queued is not None and queued[0] <= priority:
-            return
-        entry = (priority, next(self._arrivals))
-        self._queued[key] = entry
-        heapq.heappush(self._heap, (*entry, key))
-        self._has_work.set()
-
-    def _pop(self) -> Key | None:
-        while self._heap:
-            priority, arrival, key = heapq.heappop(self._heap)
-            if self._queued.get(key) == (priority, arrival):
-                del self._queued[key]
-                self._running.add(key)
-                return key
-        return None
-
-    async def get(self) -> Key:
-        """The next key, now counted as running until :meth:`done`."""
-        while True:
-            key = self._pop()
-            if key is not None:
-                return key
-            # Only cleared with the heap empty, and only the loop adds: no wake-up is lost.
-            self._has_work.clear()
-            await self._has_work.wait()
-
-    def done(self, key: Key) -> None:
-        """The pass of ``key`` ended; a key dirtied meanwhile is queued once more."""
-        self._running.discard(key)
-        priority = self._dirty.pop(key, None)
-        if priority is not None:
-            self.add(key, priority)
-
-    @property
-    def queued(self) -> frozenset[Key]:
-        return frozenset(self._queued)
-
-    @property
-    def running(self) -> frozenset[Key]:
-        return frozenset(self._running)
-
-    @property
-    def busy(self) -> bool:
-        return bool(self._queued or self._running)
-
-    def __len__(self) -> int:
-        return len(self._queued)
-
-
-# -- endpoint checks ----------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class _Check:
-    """One (endpoint, version) the runtime keeps checking, and its latest result."""
-
-    endpoint: str
-    expected: Expected
-    keys: set[Key] = field(default_factory=set)  #: resources that use this result
-    result: EndpointCheck | None = None
-    checked_at: float | None = None
-    queued: bool = False  #: waiting for a verify thread
-    running: bool = False  #: a verify thread is on it
-    late: bool = False  #: the running check passed its deadline (its answer will not count)
-    again: bool = False  #: asked for again while a late check still held its thread
-    attempt: int = 0  #: which dispatch's answer counts
-    timer: Timer | None = None  #: next re-check or retry
-    deadline: Timer | None = None
-    dropped: bool = False
-
-
-class EndpointChecks:
-    """The table of endpoint checks and their scheduling; loop-confined but for the checks themselves."""
-
-    def __init__(
-        self,
-        check: CheckEndpoint,
-        clock: Clock,
-        on_change: Callable[[Key], None],
-        *,
-        timeout: float,
-        interval: float,
-        retry: float = CHECK_RETRY_SECONDS,
-        threads: int = VERIFIERS,
-    ) -> None:
-        self.check = check
-        self.clock = clock
-        self.on_change = on_change
-        self.timeout = timeout
-        self.interval = interval
-        self.retry = retry
-        self.threads = threads
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="verify")
-        self._checks: dict[CheckId, _Check] = {}
-        self._by_key: dict[Key, set[CheckId]] = {}
-        # First checks and retries of failures go before re-checks of good endpoints:
-        # a new rollout waits on them, a healthy one does not.
-        self._urgent: deque[_Check] = deque()
-        self._routine: deque[_Check] = deque()
-        self._busy = 0  # verify threads in use, late ones included
-
-    def known(self, key: Key) -> dict[int, dict[str, EndpointCheck]]:
-        """The results a pass of ``key`` may use: version -> endpoint -> latest check."""
-        known: dict[int, dict[str, EndpointCheck]] = {}
-        for check_id in self._by_key.get(key, ()):
-            entry = self._checks[check_id]
-            if entry.result is not None:
-                known.setdefault(check_id[1], {})[entry.endpoint] = entry.result
-        return known
-
-    def update(self, key: Key, in_use: frozenset[CheckId], request: VerifyRequest | None) -> None:
-        """After a pass of ``key``: check what it asked for, keep what it used, forget the rest."""
-        wanted = {check_id for check_id in in_use if check_id in self._checks}
-        if request is not None:
-            for endpoint in request.endpoints:
-                check_id = (endpoint, request.expected.version)
-                entry = self._checks.get(check_id)
-                if entry is not None and entry.expected != request.expected:
-                    # Same endpoint and version number, another model or signature: start over.
-                    self._drop(entry)
-                    entry = None
-                if entry is None:
-                    entry = self._checks[check_id] = _Check(endpoint, request.expected)
-                wanted.add(check_id)
-                if entry.result is None:
-                    self._want(entry)
-        for check_id in self._by_key.get(key, set()) - wanted:
-            entry = self._checks[check_id]
-            entry.keys.discard(key)
-            if not entry.keys:
-                self._drop(entry)
-        for check_id in wanted:
-            self._checks[check_id].keys.add(key)
-        if wanted:
-            self._by_key[key] = wanted
-        else:
-            self._by_key.pop(key, None)
-
-    def forget(self, key: Key) -> None:
-        for check_id in self._by_key.pop(key, set()):
-            entry = self._checks[check_id]
-            entry.keys.discard(key)
-            if not entry.keys:
-                self._drop(entry)
-
-    @property
-    def busy(self) -> bool:
-        """A check is running or waiting for a thread."""
-        return bool(self._busy or any(not e.dropped for e in (*self._urgent, *self._routine)))
-
-    def close(self) -> None:
-        for entry in list(self._checks.values()):
-            self._drop(entry)
-        self.pool.shutdown(wait=False, cancel_futures=True)
-
-    # -- scheduling
-
-    def _drop(self, entry: _Check) -> None:
-        entry.dropped = True
-        for timer in (entry.timer, entry.deadline):
-            if timer is not None:
-                timer.cancel()
-        entry.timer = entry.deadline = None
-        check_id = (entry.endpoint, entry.expected.version)
-        if self._checks.get(check_id) is entry:
-            del self._checks[check_id]
-        for key in entry.keys:
-            ids = self._by_key.get(key)
-            if ids is not None:
-                ids.discard(check_id)
-                if not ids:
-                    del self._by_key[key]
-        entry.keys.clear()
-
-    def _want(self, entry: _Check) -> None:
-        """Check ``entry`` as soon as a thread is free (once, however often asked)."""
-        if entry.dropped or entry.queued:
-            return
-        if entry.running:
-            # A check in time will answer; a late one holds its thread, so wait for it to return
-            # rather than pile a second thread onto an endpoint that does not answer.
-            entry.again = entry.late
-            return
-        if entry.timer is not None:
-            entry.timer.cancel()
-            entry.timer = None
-        entry.queued = True
-        good = entry.result is not None and entry.result.ok
-        (self._routine if good else self._urgent).append(entry)
-        self._dispatch()
-
-    def _dispatch(self) -> None:
-        while self._busy < self.threads and (self._urgent or self._routine):
-            entry = (self._urgent or self._routine).popleft()
-            entry.queued = False
-            if not entry.dropped:
-                self._launch(entry)
-
-    def _launch(self, entry: _Check) -> None:
-        # Full (with the smoke inference) unless the last answer was good: the first check
-        # of an endpoint at a version, and the first after any failure, prove inference works.
-        smoke = not (entry.result is not None and entry.result.ok)
-        entry.attempt += 1
-        attempt = entry.attempt
-        entry.running, entry.late = True, False
-        self._busy += 1
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(
-            self.pool, self.check, entry.endpoint, entry.expected, self.timeout, smoke
-        )
-        # There is a free thread (see _dispatch), so the deadline counts from the real start.
-        entry.deadline = self.clock.call_later(self.timeout, lambda: self._expired(entry, attempt))
-        future.add_done_callback(lambda done: self._returned(entry, attempt, done))
-
-    def _expired(self, entry: _Check, attempt: int) -> None:
-        entry.deadline = None
-        if entry.dropped or not entry.running or attempt != entry.attempt:
-            return
-        entry.late = True
-        self._deliver(entry, EndpointCheck(entry.endpoint, False, f"no answer within {self.timeout:g} s"))
-
-    def _returned(self, entry: _Check, attempt: int, done: asyncio.Future[EndpointCheck]) -> None:
-        self._busy -= 1
-        entry.running = False
-        if entry.deadline is not None:
-            entry.deadline.cancel()
-            entry.deadline = None
-        late, again = entry.late, entry.again
-        entry.late = entry.again = False
-        if done.cancelled():
-            return  # the pool was shut down
-        if not entry.dropped and attempt == entry.attempt:
-            if not late:
-                exc = done.exception()
-                if exc is None:
-                    result = done.result()
-                else:  # a bug in the check, or an error it does not expect: a failed check all the same
-                    result = EndpointCheck(entry.endpoint, False, f"{type(exc).__name__}: {exc}"[:300])
-                self._deliver(entry, result)
-            elif again:
-                self._want(entry)
-        self._dispatch()
-
-    def _deliver(self, entry: _Check, result: EndpointCheck) -> None:
-        previous = entry.result
-        entry.result, entry.checked_at = result, self.clock.now()
-        if entry.timer is not None:
-            entry.timer.cancel()
-        delay = self.interval if result.ok else self.retry
-        entry.timer = self.clock.call_later(delay, lambda: self._due(entry))
-        if previous is None or (previous.ok, previous.message) != (result.ok, result.message):
-            for key in sorted(entry.keys):
-                self.on_change(key)
-
-    def _due(self, entry: _Check) -> None:
-        entry.timer = None
-        self._want(entry)
-
-
-class _Consulted(Mapping[str, EndpointCheck]):
-    """``Observed.verification`` that remembers which endpoints ``plan`` looked up.
-
-    Those are the endpoints the resource is verified on; the runtime keeps
-    re-checking them and forgets checks of endpoints ``plan`` no longer asks
-    about (a replaced pod, a scale-down, a rollout under way).
-    """
-
-    def __init__(self, checks: Mapping[str, EndpointCheck]) -> None:
-        self._checks = checks
-        self.asked: set[str] = set()
-        self.listed = False  #: plan iterated the mapping: count every endpoint as used
-
-    def __getitem__(self, endpoint: str) -> EndpointCheck:
-        self.asked.add(endpoint)
-        return self._checks[endpoint]
-
-    def __contains__(self, endpoint: object) -> bool:
-        if isinstance(endpoint, str):
-            self.asked.add(endpoint)
-        return endpoint in self._checks
-
-    def __iter__(self) -> Iterator[str]:
-        self.listed = True
-        return iter(self._checks)
-
-    def __len__(self) -> int:
-        return len(self._checks)
-
-    def used(self) -> set[str]:
-        return set(self._checks) if self.listed else self.asked & set(self._checks)
 
 
 # -- passes -------------------------------------------------------------------------------
@@ -814,7 +425,7 @@ class Runtime:
         # plan verifies at the version the Deployment serves, which the last status recorded;
         # when the plan says otherwise, plan once more with that version's checks (pure, rare).
         version = _int((snap.resource.get("status") or {}).get("modelVersion")) or 0
-        consulted = _Consulted(snap.checks.get(version, {}))
+        consulted = Consulted(snap.checks.get(version, {}))
         result = self.plan(self._observed(snap, consulted), self.settings)
         if result.verify is not None:
             other: int | None = result.verify.expected.version
@@ -824,7 +435,7 @@ class Runtime:
             again = other is not None and other != version and bool(consulted.used())
         if again and other is not None:
             version = other
-            consulted = _Consulted(snap.checks.get(version, {}))
+            consulted = Consulted(snap.checks.get(version, {}))
             result = self.plan(self._observed(snap, consulted), self.settings)
         if result.verify is not None:
             want = result.verify.expected.version
