@@ -12,21 +12,19 @@ an HPA with metrics) would.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from testground.controlplane import ControlPlane
 from testground.models import OnnxModels
-from testground.operator_run import OperatorProcess, apply_sample, condition, get_trn, is_ready, wait_for
+from testground.operator_run import OperatorProcess, apply_sample, condition, get_trn, is_ready, wait_for_trn
 from testground.s3 import S3Server
+from testground.waiting import wait_for
 from tritonresnet.api import names
 
 pytestmark = [pytest.mark.cluster, pytest.mark.triton, pytest.mark.slow]
 
 NAME = "scaled"
-T = TypeVar("T")
 
 #: min 1, max 3 on CPU; a CPU request is what utilization is measured against (the CRD requires it).
 AUTOSCALING_PATCH: dict[str, Any] = {
@@ -41,17 +39,6 @@ AUTOSCALING_PATCH: dict[str, Any] = {
         }
     }
 }
-
-
-def eventually(probe: Callable[[], T | None], what: str, timeout: float = 120.0) -> T:
-    """Poll ``probe`` until it returns something other than None."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = probe()
-        if found is not None:
-            return found
-        time.sleep(1.0)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def get_or_none(cp: ControlPlane, namespace: str, kind: str, name: str) -> dict[str, Any] | None:
@@ -79,11 +66,11 @@ def test_hpa_targets_the_resource_and_kubectl_scale_reaches_the_deployment(
     uri = s3.upload(onnx_models.path("resnet18"), f"{namespace}/resnet18/model.onnx")
     apply_sample(cp, namespace, s3, uri, name=NAME)
     cp.kubectl("patch", "trn", NAME, "-n", namespace, "--type=merge", "-p", json.dumps(AUTOSCALING_PATCH))
-    wait_for(cp, namespace, NAME, is_ready(), "Ready", operator=operator)
+    wait_for_trn(cp, namespace, NAME, is_ready(), "Ready", operator=operator)
 
     # The operator owns an HPA whose target is the TritonResNet itself, not its Deployment.
     hpa_name = names.hpa_name(NAME)
-    hpa = eventually(lambda: get_or_none(cp, namespace, "hpa", hpa_name), "the HPA")
+    hpa = wait_for(lambda: get_or_none(cp, namespace, "hpa", hpa_name), "the HPA", 120, every=1.0)
     target = {"apiVersion": names.API_VERSION, "kind": names.KIND, "name": NAME}
     assert hpa["spec"]["scaleTargetRef"] == target
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 3)
@@ -101,7 +88,7 @@ def test_hpa_targets_the_resource_and_kubectl_scale_reaches_the_deployment(
         found = get_or_none(cp, namespace, "hpa", hpa_name)
         return found if found and hpa_condition(found, "AbleToScale").get("status") == "True" else None
 
-    hpa = eventually(able_to_scale, "the HPA controller to get its target's scale", timeout=150)
+    hpa = wait_for(able_to_scale, "the HPA controller to get its target's scale", 150, every=1.0)
     assert hpa_condition(hpa, "AbleToScale")["reason"] == "SucceededGetScale"
     active = hpa_condition(hpa, "ScalingActive")
     assert active.get("reason") != "FailedGetScale", active
@@ -112,7 +99,7 @@ def test_hpa_targets_the_resource_and_kubectl_scale_reaches_the_deployment(
     trn = get_trn(cp, namespace, NAME)
     assert trn["spec"]["serving"]["replicas"] == 2
     # ... and the operator carries it to the Deployment and reports both pods ready.
-    trn = wait_for(
+    trn = wait_for_trn(
         cp,
         namespace,
         NAME,
@@ -143,10 +130,11 @@ def test_hpa_targets_the_resource_and_kubectl_scale_reaches_the_deployment(
         "-p",
         json.dumps([{"op": "remove", "path": "/spec/serving/autoscaling"}]),
     )
-    eventually(
-        lambda: True if get_or_none(cp, namespace, "hpa", hpa_name) is None else None,
-        "the HPA to be deleted",
+    wait_for(
+        lambda: get_or_none(cp, namespace, "hpa", hpa_name) is None, "the HPA to be deleted", 120, every=1.0
     )
-    trn = wait_for(cp, namespace, NAME, is_ready(), "Ready after autoscaling was removed", operator=operator)
+    trn = wait_for_trn(
+        cp, namespace, NAME, is_ready(), "Ready after autoscaling was removed", operator=operator
+    )
     assert trn["spec"]["serving"]["replicas"] == 2
     assert trn["status"]["readyReplicas"] == 2

@@ -25,7 +25,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import tritonresnet
@@ -39,9 +39,10 @@ from testground.operator_run import (
     condition,
     get_trn,
     is_ready,
-    wait_for,
+    wait_for_trn,
 )
 from testground.s3 import S3Server, start_s3
+from testground.waiting import wait_for
 from tritonresnet.api import names
 from tritonresnet.client.classify import classify
 from tritonresnet_builder.contract import VERSION_MARKER, pinned_config_name
@@ -55,8 +56,6 @@ MODEL = "resnet50"
 MISSING_RELEASE = "99.99"
 PAUSE_VARIABLE = "TRITONRESNET_BUILDER_PAUSE_AT"
 CONDITION_TYPES = ("Ready", "Reconciling", "Stalled", "EngineBuilt", "Available")
-
-T = TypeVar("T")
 
 
 # -- reading the cluster ---------------------------------------------------------------------
@@ -83,19 +82,8 @@ def job_pods(cp: ControlPlane, namespace: str, job: str) -> list[dict[str, Any]]
     return items(cp, "pods", namespace, f"job-name={job}")
 
 
-def wait_until(check: Callable[[], T | None], what: str, timeout: float = 120.0, every: float = 0.2) -> T:
-    """Poll ``check`` until it returns something truthy (returned), or fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def wait_ready(operator: OperatorProcess, namespace: str, name: str = NAME) -> dict[str, Any]:
-    return wait_for(operator.cp, namespace, name, is_ready(), "Ready", operator=operator)
+    return wait_for_trn(operator.cp, namespace, name, is_ready(), "Ready", operator=operator)
 
 
 def assert_one_job_per_key(cp: ControlPlane, namespace: str, cr: str = NAME) -> dict[str, dict[str, Any]]:
@@ -243,10 +231,10 @@ def admission_policy(
             cp.kubectl("delete", "mutatingadmissionpolicybinding", name, "--ignore-not-found")
             cp.kubectl("delete", "mutatingadmissionpolicy", name, "--ignore-not-found")
             removed = True
-            wait_until(lambda: not took_effect(dry_run_pod(cp, namespace, probe)), f"policy {name} gone", 30)
+            wait_for(lambda: not took_effect(dry_run_pod(cp, namespace, probe)), f"policy {name} gone", 30)
 
     try:
-        wait_until(lambda: took_effect(dry_run_pod(cp, namespace, probe)), f"policy {name} in effect", 30)
+        wait_for(lambda: took_effect(dry_run_pod(cp, namespace, probe)), f"policy {name} in effect", 30)
         yield remove
     finally:
         remove()
@@ -412,10 +400,7 @@ def test_operator_killed_during_build_converges_without_duplicate_job(
     uri = upload_model(s3, onnx_models, namespace)
     with s3_paused(s3, "hang"):
         apply_sample(cp, namespace, s3, uri)
-        build = wait_until(
-            lambda: component_jobs(cp, namespace, "build"),
-            "the build Job",
-        )[0]
+        build = wait_for(lambda: component_jobs(cp, namespace, "build"), "the build Job", 120)[0]
         with operator_restarted_after(operator):
             running = kubectl_json(cp, "get", "job", build["metadata"]["name"], "-n", namespace)
             assert not (running.get("status") or {}).get("conditions"), "the build finished before the kill"
@@ -440,7 +425,7 @@ def test_operator_killed_during_rollout_converges_without_second_rollout(
         found = items(cp, "deployments", namespace)
         return next((d for d in found if d["metadata"]["name"] == deployment_name), None)
 
-    created = wait_until(deployment, "the Triton Deployment", timeout=300)
+    created = wait_for(deployment, "the Triton Deployment", 300)
     with operator_restarted_after(operator):
         assert condition(get_trn(cp, namespace, NAME), "Ready").get("status") != "True"
         time.sleep(3)  # Triton starts and gets ready while nobody watches
@@ -472,12 +457,7 @@ def test_operator_killed_during_status_updates_loses_no_status(
             trn = get_trn(cp, namespace, NAME)
             return trn if trn["metadata"]["resourceVersion"] != since else None
 
-        written = wait_until(
-            changed,
-            "a status write by the restarted operator",
-            timeout=120,
-            every=0.05,
-        )
+        written = wait_for(changed, "a status write by the restarted operator", 120, every=0.05)
         with operator_restarted_after(operator):
             seen = get_trn(cp, namespace, NAME)["metadata"]["resourceVersion"]
         assert written.get("status"), "a write that is not a status write"
@@ -506,17 +486,14 @@ def test_builder_killed_mid_publish_shows_no_partial_version_and_publishes_once(
     cp = operator.cp
     with publish_pause_policy(cp, namespace, point) as remove_policy:
         apply_sample(cp, namespace, s3, upload_model(s3, onnx_models, namespace))
-        publish = wait_until(
-            lambda: component_jobs(cp, namespace, "publish"),
-            "the publish Job",
-            timeout=300,
-        )[0]
+        publish = wait_for(lambda: component_jobs(cp, namespace, "publish"), "the publish Job", 300)[0]
         job_name = publish["metadata"]["name"]
-        pod = wait_until(lambda: job_pods(cp, namespace, job_name), "the publish pod")[0]["metadata"]["name"]
-        wait_until(
+        pods = wait_for(lambda: job_pods(cp, namespace, job_name), "the publish pod", 120)
+        pod = pods[0]["metadata"]["name"]
+        wait_for(
             lambda: f"paused at {point}" in node_agent.pod_log(namespace, pod, "builder"),
             f"the publisher to pause at {point}",
-            timeout=120,
+            120,
         )
         remove_policy()  # the retry runs unpaused
 
@@ -527,7 +504,7 @@ def test_builder_killed_mid_publish_shows_no_partial_version_and_publishes_once(
 
     repository = node_agent.volume_path(namespace, "models")
     model_dir = repository / MODEL
-    wait_until(lambda: not process_groups_with("publish", f"--version-key={version_key}"), "the kill")
+    wait_for(lambda: not process_groups_with("publish", f"--version-key={version_key}"), "the kill", 120)
     # What Triton could see right after the kill: no version folder at all.
     assert not model_dir.is_dir() or not [p for p in model_dir.iterdir() if p.name.isdigit()]
     assert list((repository / ".tritonresnet").rglob(f"publish~{MODEL}~*")), "no staging left by the kill"
@@ -561,12 +538,10 @@ def test_s3_refusing_for_a_while_is_retried_then_ready(
     uri = upload_model(s3, onnx_models, namespace)
     with s3_paused(s3, "refuse"):
         apply_sample(cp, namespace, s3, uri)
-        build = wait_until(
-            lambda: component_jobs(cp, namespace, "build"),
-            "the build Job",
-        )[0]["metadata"]["name"]
-        pod = wait_until(lambda: job_pods(cp, namespace, build), "the build pod")[0]["metadata"]["name"]
-        wait_until(lambda: "retrying in" in node_agent.pod_log(namespace, pod, "builder"), "a retry", 60)
+        builds = wait_for(lambda: component_jobs(cp, namespace, "build"), "the build Job", 120)
+        build = builds[0]["metadata"]["name"]
+        pod = wait_for(lambda: job_pods(cp, namespace, build), "the build pod", 120)[0]["metadata"]["name"]
+        wait_for(lambda: "retrying in" in node_agent.pod_log(namespace, pod, "builder"), "a retry", 60)
         time.sleep(12)
         during = get_trn(cp, namespace, NAME)
     trn = wait_ready(operator, namespace)
@@ -608,7 +583,7 @@ def test_s3_permanent_error_fails_fast_with_the_reason(
         credentials = {k: v for k, v in s3.env.items() if k.startswith("AWS_")}
         expected = "no/such/model.onnx"
     apply_resource(cp, namespace, NAME, uri, server.endpoint, credentials, "s3-credentials")
-    trn = wait_for(cp, namespace, NAME, is_failed, "Failed", timeout=180, operator=operator)
+    trn = wait_for_trn(cp, namespace, NAME, is_failed, "Failed", timeout=180, operator=operator)
 
     built = condition(trn, "EngineBuilt")
     assert (built["status"], built["reason"]) == ("False", "BuildFailed")
@@ -637,7 +612,7 @@ def test_apiserver_restart_mid_build_operator_reconnects_and_converges(
     pid, starts = operator.proc.pid, operator.starts
     with s3_paused(s3, "hang"):
         apply_sample(cp, namespace, s3, uri)
-        wait_until(lambda: jobs_of(cp, namespace), "the build Job")
+        wait_for(lambda: jobs_of(cp, namespace), "the build Job", 120)
         cp.restart_apiserver()
     trn = wait_ready(operator, namespace)
 
@@ -666,7 +641,7 @@ def test_release_that_never_runs_degrades_keeps_old_version_serving_and_recovers
 
     with missing_release_policy(cp, namespace):
         patch_spec(cp, namespace, {"serving": {"release": MISSING_RELEASE}})
-        degraded = wait_for(
+        degraded = wait_for_trn(
             cp,
             namespace,
             NAME,
@@ -711,7 +686,7 @@ def test_second_resource_with_same_model_on_same_volume_is_refused_first_keeps_s
     first = wait_ready(operator, namespace, "first")
 
     apply_sample(cp, namespace, s3, uri, name="second", model_name=MODEL)
-    second = wait_for(
+    second = wait_for_trn(
         cp,
         namespace,
         "second",
@@ -772,7 +747,7 @@ def test_secret_values_appear_in_no_status_event_or_log(
     apply_resource(
         cp, namespace, "denied", s3_auth.uri("x/model.onnx"), s3_auth.endpoint, bad, "bad-credentials"
     )
-    wait_for(cp, namespace, "denied", is_failed, "Failed", timeout=180, operator=operator)
+    wait_for_trn(cp, namespace, "denied", is_failed, "Failed", timeout=180, operator=operator)
 
     texts = {
         "status": cp.kubectl("get", "trn", "-n", namespace, "-o", "yaml").stdout,
@@ -811,7 +786,7 @@ def test_child_refused_by_a_resource_quota_is_reported_and_applied_once_the_quot
     }
     cp.kubectl("apply", "-f", "-", input=json.dumps(quota))
     apply_sample(cp, namespace, s3, upload_model(s3, onnx_models, namespace))
-    refused = wait_for(
+    refused = wait_for_trn(
         cp,
         namespace,
         NAME,

@@ -36,7 +36,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -55,8 +54,9 @@ from testground.chart import (
 from testground.controlplane import ControlPlane
 from testground.models import OnnxModels
 from testground.nodeagent_pods import image_kind
-from testground.operator_run import OperatorProcess, apply_sample, condition, is_ready, wait_for
+from testground.operator_run import OperatorProcess, apply_sample, condition, is_ready, wait_for_trn
 from testground.s3 import S3Server
+from testground.waiting import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.triton, pytest.mark.slow]
 
@@ -164,14 +164,6 @@ def installed_deployment(cp: ControlPlane, namespace: str) -> dict[str, Any]:
     return dict(deployment)
 
 
-def wait_until(check: Any, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.5)
-
-
 def serve_sample_as_installed_operator(
     cp: ControlPlane,
     operator_namespace: str,
@@ -197,19 +189,20 @@ def serve_sample_as_installed_operator(
 
     # A cluster-wide operator would also act on earlier tests' resources in namespaces still
     # being deleted, where the API server refuses every create (403, "being terminated").
-    wait_until(
+    wait_for(
         lambda: not cp.kubectl("get", "trn", "--all-namespaces", "-o", "name").stdout.strip(),
         "earlier tests' TritonResNets to be gone",
-        timeout=180,
+        180,
+        every=0.5,
     )
     operator = DeploymentOperator(cp, workdir, kubeconfig, container)
     operator.start()
     try:
         probe_path = container["livenessProbe"]["httpGet"]["path"]
-        wait_until(lambda: operator.healthz(probe_path) == 200, "the liveness endpoint")
+        wait_for(lambda: operator.healthz(probe_path) == 200, "the liveness endpoint", 60, every=0.5)
         uri = s3.upload(onnx_models.path("resnet18"), f"{namespace}/resnet18/model.onnx")
         apply_sample(cp, namespace, s3, uri, name=SAMPLE)
-        trn = wait_for(cp, namespace, SAMPLE, is_ready(), "Ready", operator=operator)
+        trn = wait_for_trn(cp, namespace, SAMPLE, is_ready(), "Ready", operator=operator)
         run_documented(
             INSTALL_COMMANDS["wait"].format(namespace=namespace, name=SAMPLE), f"--kubeconfig={cp.kubeconfig}"
         )
@@ -302,13 +295,15 @@ def kustomize_base(sole_operator: ControlPlane) -> Iterator[ControlPlane]:
                 "matchLabels"
             ].items()
         )
-        wait_until(
+        wait_for(
             lambda: (
                 not cp.kubectl(
                     "get", "pods", "-n", KUSTOMIZE_NAMESPACE, "-l", selector, "-o", "name"
                 ).stdout.strip()
             ),
             "the operator pod to go away",
+            60,
+            every=0.5,
         )
         yield cp
     finally:

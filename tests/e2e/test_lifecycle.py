@@ -16,7 +16,7 @@ import pytest
 import tritonresnet
 from testground.controlplane import ControlPlane
 from testground.models import OnnxModels
-from testground.operator_run import OperatorProcess, apply_sample, condition, get_trn, is_ready, wait_for
+from testground.operator_run import OperatorProcess, apply_sample, condition, get_trn, is_ready, wait_for_trn
 from testground.s3 import S3Server
 from tritonresnet.client.classify import classify
 
@@ -39,7 +39,7 @@ def test_onnx_sample_goes_from_apply_to_ready_and_classifies(
     cp = operator.cp
     uri = s3.upload(onnx_models.path("resnet18"), f"{namespace}/resnet18/model.onnx")
     apply_sample(cp, namespace, s3, uri)
-    trn = wait_for(cp, namespace, "resnet50", is_ready(), "Ready", operator=operator)
+    trn = wait_for_trn(cp, namespace, "resnet50", is_ready(), "Ready", operator=operator)
 
     status = trn["status"]
     assert status["phase"] == "Ready"

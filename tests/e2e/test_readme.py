@@ -43,7 +43,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +53,7 @@ from testground.models import OnnxModels
 from testground.nodeagent import NodeAgent
 from testground.operator_run import OperatorProcess
 from testground.s3 import S3Server
+from testground.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
@@ -192,12 +192,12 @@ def running_operator_pods(cp: ControlPlane) -> list[str]:
 
 def wait_until_gone(cp: ControlPlane, namespace: str, timeout: float = 180.0) -> None:
     """An earlier test's namespace of the same name may still be terminating."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cp.kubectl("get", "namespace", namespace, check=False).returncode != 0:
-            return
-        time.sleep(1.0)
-    raise AssertionError(f"namespace {namespace} still exists; the README walk needs it free")
+    wait_for(
+        lambda: cp.kubectl("get", "namespace", namespace, check=False).returncode != 0,
+        f"namespace {namespace} to be gone (the README walk needs it free)",
+        timeout,
+        every=1.0,
+    )
 
 
 @pytest.fixture

@@ -17,11 +17,11 @@ non-terminating Triton pods itself, as endpoints would.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,8 +32,9 @@ import tritonclient.http as httpclient
 from testground.controlplane import ControlPlane
 from testground.models import OnnxModels
 from testground.nodeagent import NodeAgent
-from testground.operator_run import OperatorProcess, apply_sample, condition, get_trn, is_ready, wait_for
+from testground.operator_run import OperatorProcess, apply_sample, condition, get_trn, is_ready, wait_for_trn
 from testground.s3 import S3Server
+from testground.waiting import WaitTimeout, wait_for
 from tritonresnet.api import names
 
 pytestmark = [pytest.mark.cluster, pytest.mark.triton, pytest.mark.slow]
@@ -102,12 +103,9 @@ class FollowingClient:
 
 @pytest.fixture(scope="module")
 def ns(cluster: ControlPlane) -> Iterator[str]:
-    name = f"r-{uuid.uuid4().hex[:8]}"
-    cluster.create_namespace(name)
-    try:
+    """One namespace for the whole module: the steps share one resource's life."""
+    with cluster.throwaway_namespace("r") as name:
         yield name
-    finally:
-        cluster.delete_namespace(name)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +113,7 @@ def served(operator: OperatorProcess, ns: str, s3: S3Server, onnx_models: OnnxMo
     """Version 1 of the sample, Ready."""
     uri = s3.upload(onnx_models.path("resnet18"), f"{ns}/v1/model.onnx")
     apply_sample(operator.cp, ns, s3, uri, name=NAME)
-    return wait_for(operator.cp, ns, NAME, is_ready(), "Ready", operator=operator)
+    return wait_for_trn(operator.cp, ns, NAME, is_ready(), "Ready", operator=operator)
 
 
 def patch_spec(cp: ControlPlane, ns: str, patch: dict[str, Any]) -> int:
@@ -136,7 +134,7 @@ def test_new_source_rolls_out_version_two_with_no_failed_request(
     with FollowingClient(cp, ns) as client:
         time.sleep(2)  # traffic on version 1 first
         gen = patch_spec(cp, ns, {"source": {"uri": uri}})
-        trn = wait_for(
+        trn = wait_for_trn(
             cp,
             ns,
             NAME,
@@ -165,7 +163,7 @@ def test_broken_onnx_keeps_version_two_serving_and_reports_the_builder_message(
         engine = condition(t, "EngineBuilt")
         return engine.get("reason") == "BuildFailed" and engine.get("observedGeneration") == gen
 
-    trn = wait_for(cp, ns, NAME, build_failed, "EngineBuilt=False", timeout=240, operator=operator)
+    trn = wait_for_trn(cp, ns, NAME, build_failed, "EngineBuilt=False", timeout=240, operator=operator)
     engine = condition(trn, "EngineBuilt")
     assert engine["status"] == "False"
     assert "onnx" in engine["message"].lower(), engine["message"]
@@ -191,7 +189,7 @@ def test_scale_to_three_reaches_three_ready_verified_replicas(
     good = s3.uri(f"{ns}/v2/model.onnx")
     patch_spec(cp, ns, {"source": {"uri": good}})
     cp.kubectl("scale", "trn", NAME, "-n", ns, "--replicas=3")
-    trn = wait_for(
+    trn = wait_for_trn(
         cp,
         ns,
         NAME,
@@ -214,14 +212,16 @@ def test_delete_removes_every_child_and_leaves_the_users_volume(
     before = sorted(p.name for p in (volume / NAME).iterdir())
     cp.kubectl("delete", "trn", NAME, "-n", ns, "--wait=true")
     kinds = "jobs,deployments,replicasets,services,poddisruptionbudgets,horizontalpodautoscalers,pods"
-    deadline = time.monotonic() + 120
     left: list[str] = []
-    while time.monotonic() < deadline:
+
+    def all_gone() -> bool:
         out = cp.kubectl("get", kinds, "-n", ns, "-l", f"{names.LABEL_INSTANCE}={NAME}", "-o", "name").stdout
-        left = out.split()
-        if not left:
-            break
-        time.sleep(1)
+        left[:] = out.split()
+        return not left
+
+    # The assertion below names what is left, which the timeout's message cannot.
+    with contextlib.suppress(WaitTimeout):
+        wait_for(all_gone, "every child to be deleted", 120, every=1.0)
     assert left == [], left
     pvc = json.loads(cp.kubectl("get", "pvc", "models", "-n", ns, "-o", "json").stdout)
     assert pvc["status"]["phase"] == "Bound"

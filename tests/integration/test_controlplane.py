@@ -16,7 +16,8 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from testground.binaries import KUBERNETES_VERSION
-from testground.controlplane import ControlPlane, wait_for
+from testground.controlplane import ControlPlane
+from testground.waiting import wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -25,12 +26,8 @@ CEL_GROUP = "cel.testground.tritonresnet.io"
 
 @pytest.fixture
 def own_namespace(control_plane: ControlPlane) -> Iterator[str]:
-    name = f"cp-{uuid.uuid4().hex[:8]}"
-    control_plane.create_namespace(name)
-    try:
+    with control_plane.throwaway_namespace("cp") as name:
         yield name
-    finally:
-        control_plane.delete_namespace(name)
 
 
 def _status_of(error: ApiException) -> dict[str, Any]:
@@ -88,7 +85,7 @@ def test_crd_cel_rule_rejects_an_invalid_object(control_plane: ControlPlane, own
     with control_plane.api_client() as api:
         client.ApiextensionsV1Api(api).create_custom_resource_definition(crd)
         try:
-            wait_for(lambda: _established(api, name), 30, f"CRD {name} to be established")
+            wait_for(lambda: _established(api, name), f"CRD {name} to be established", 30)
             objects = client.CustomObjectsApi(api)
 
             def make(obj_name: str, minimum: int, maximum: int) -> dict[str, Any]:
@@ -168,7 +165,7 @@ def test_rbac_denies_a_service_account_until_a_role_binding_allows_it(
                     return False  # the authorizer's cache has not seen the binding yet
                 return True
 
-            wait_for(allowed, 30, "the RoleBinding to take effect")
+            wait_for(allowed, "the RoleBinding to take effect", 30)
             assert _pod_names(reader, own_namespace) == []
             # A Role grants nothing outside its namespace.
             with pytest.raises(ApiException) as elsewhere:
@@ -198,6 +195,22 @@ def test_namespaces_are_created_ready_for_pods_and_deleted_with_their_content(
         leftovers = core.list_config_map_for_all_namespaces(field_selector=f"metadata.namespace={name}")
         assert leftovers.items == []
     control_plane.delete_namespace(name)  # deleting a missing namespace is not an error
+
+
+def test_a_throwaway_namespace_is_ready_for_pods_and_deleted_on_exit(control_plane: ControlPlane) -> None:
+    with control_plane.throwaway_namespace("cp", labels={"purpose": "throwaway"}) as name:
+        assert name.startswith("cp-")
+        with control_plane.api_client() as api:
+            core = client.CoreV1Api(api)
+            assert core.read_namespace(name).metadata.labels["purpose"] == "throwaway"
+            assert core.read_namespaced_service_account("default", name).metadata.name == "default"
+    with control_plane.api_client() as api:
+        try:
+            leaving = client.CoreV1Api(api).read_namespace(name)
+        except ApiException as error:
+            assert error.status == 404  # already gone
+        else:
+            assert leaving.metadata.deletion_timestamp is not None  # deletion asked for, not awaited
 
 
 def _deployment(name: str) -> dict[str, Any]:
@@ -245,8 +258,8 @@ def test_controllers_and_scheduler_act_when_no_node_fits(
 
         wait_for(
             lambda: len(pods()) == 2 and all(unschedulable(p) for p in pods()),
-            60,
             "two pods the scheduler cannot place",
+            60,
         )
         replica_sets = apps.list_namespaced_replica_set(own_namespace).items
         assert [rs.metadata.owner_references[0].name for rs in replica_sets] == ["web"]
@@ -256,15 +269,15 @@ def test_controllers_and_scheduler_act_when_no_node_fits(
                     own_namespace, label_selector="kubernetes.io/service-name=web"
                 ).items
             ),
-            60,
             "the Service's EndpointSlice",
+            60,
         )
 
         apps.delete_namespaced_deployment("web", own_namespace, propagation_policy="Background")
         wait_for(
             lambda: not pods() and not apps.list_namespaced_replica_set(own_namespace).items,
-            60,
             "the garbage collector to delete the ReplicaSet and its pods",
+            60,
         )
 
 

@@ -133,27 +133,24 @@ def test_helm_install_namespaced_grants_only_the_listed_namespaces(
 ) -> None:
     cp = crd_installed
     namespace, release = f"trn-helm-{unique}", f"trn-ns-{unique}"
-    watched, other = f"watched-{unique}", f"other-{unique}"
-    for name in (watched, other):
-        cp.create_namespace(name)
-    values = {"watchNamespaces": [watched], "replicas": 2}
-    try:
-        helm_install(cp.kubeconfig, values, namespace=namespace, release=release)
-        _, sa_name = operator_service_account(render_chart(values, namespace=namespace, release=release))
-        kubeconfig = cp.service_account_kubeconfig(namespace, sa_name)
-        assert can_i(cp, kubeconfig, "list", TRN, "-n", watched)
-        assert can_i(cp, kubeconfig, "create", "jobs.batch", "-n", watched)
-        assert can_i(cp, kubeconfig, "patch", "kopfpeerings.kopf.dev", "-n", watched)
-        assert not can_i(cp, kubeconfig, "list", TRN, "-n", other)
-        assert not can_i(cp, kubeconfig, "list", TRN, "--all-namespaces")
-        assert not can_i(cp, kubeconfig, "create", "jobs.batch", "-n", other)
-        assert not can_i(cp, kubeconfig, "get", "secrets", "-n", watched)
-        # The peering object kopf needs exists in the watched namespace.
-        cp.kubectl("get", "kopfpeerings.kopf.dev", "tritonresnet-operator", "-n", watched)
-    finally:
-        helm_uninstall(cp.kubeconfig, namespace=namespace, release=release)
-        for name in (namespace, watched, other):
-            cp.delete_namespace(name)
+    with cp.throwaway_namespace("watched") as watched, cp.throwaway_namespace("other") as other:
+        values = {"watchNamespaces": [watched], "replicas": 2}
+        try:
+            helm_install(cp.kubeconfig, values, namespace=namespace, release=release)
+            _, sa_name = operator_service_account(render_chart(values, namespace=namespace, release=release))
+            kubeconfig = cp.service_account_kubeconfig(namespace, sa_name)
+            assert can_i(cp, kubeconfig, "list", TRN, "-n", watched)
+            assert can_i(cp, kubeconfig, "create", "jobs.batch", "-n", watched)
+            assert can_i(cp, kubeconfig, "patch", "kopfpeerings.kopf.dev", "-n", watched)
+            assert not can_i(cp, kubeconfig, "list", TRN, "-n", other)
+            assert not can_i(cp, kubeconfig, "list", TRN, "--all-namespaces")
+            assert not can_i(cp, kubeconfig, "create", "jobs.batch", "-n", other)
+            assert not can_i(cp, kubeconfig, "get", "secrets", "-n", watched)
+            # The peering object kopf needs exists in the watched namespace.
+            cp.kubectl("get", "kopfpeerings.kopf.dev", "tritonresnet-operator", "-n", watched)
+        finally:
+            helm_uninstall(cp.kubeconfig, namespace=namespace, release=release)
+            cp.delete_namespace(namespace)  # made by helm install --create-namespace
 
 
 def apply_in_order(cp: ControlPlane, objects: list[dict[str, Any]]) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -34,6 +33,7 @@ from testground.nodeagent import (
     claim_volume_path,
 )
 from testground.nodeagent_kube import Kube
+from testground.waiting import wait_for
 from tritonclient.grpc import model_config_pb2
 from tritonresnet_builder.contract import parse_result
 
@@ -59,18 +59,6 @@ def phase_is(kube: Kube, namespace: str, name: str, *phases: str) -> Callable[[]
         return found if found["status"].get("phase") in phases else None
 
     return probe
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = TIMEOUT) -> Any:
-    """Poll ``probe`` until it returns something truthy; return that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.25)
 
 
 def apply(cluster: ControlPlane, *objects: dict[str, Any]) -> None:
@@ -133,8 +121,7 @@ def bound_claim(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
         found = kube.get(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{name}")
         return found if found.get("status", {}).get("phase") == "Bound" else None
 
-    result: dict[str, Any] = wait_for(f"claim {name} to be bound", bound)
-    return result
+    return wait_for(bound, f"claim {name} to be bound", TIMEOUT)
 
 
 def pid_of(status: dict[str, Any]) -> int:
@@ -196,9 +183,9 @@ def test_gpu_pod_lands_on_tolerated_gpu_node_and_plain_pod_on_cpu_node(
     def node_of(name: str) -> Callable[[], str]:
         return lambda: str(kube.get(pod_path(namespace, name))["spec"].get("nodeName", ""))
 
-    assert wait_for("gpu pod scheduled", node_of("gpu")) == "gpu-t4-0"
+    assert wait_for(node_of("gpu"), "gpu pod scheduled", TIMEOUT) == "gpu-t4-0"
     # The GPU nodes are tainted: a pod without the toleration can only go to the CPU node.
-    assert wait_for("plain pod scheduled", node_of("plain")) == CPU_NODE
+    assert wait_for(node_of("plain"), "plain pod scheduled", TIMEOUT) == CPU_NODE
 
 
 def test_pod_wanting_three_gpus_stays_pending_unschedulable(
@@ -210,7 +197,9 @@ def test_pod_wanting_three_gpus_stays_pending_unschedulable(
     }
     apply(cluster, pod("greedy", namespace, spec))
     scheduled = wait_for(
-        "the scheduler's verdict", lambda: condition(kube.get(pod_path(namespace, "greedy")), "PodScheduled")
+        lambda: condition(kube.get(pod_path(namespace, "greedy")), "PodScheduled"),
+        "the scheduler's verdict",
+        TIMEOUT,
     )
     assert scheduled["status"] == "False"
     assert scheduled["reason"] == "Unschedulable"
@@ -230,7 +219,7 @@ def test_unknown_image_stays_pending_with_clear_reason(
         statuses = kube.get(pod_path(namespace, "mystery")).get("status", {}).get("containerStatuses") or []
         return statuses[0]["state"].get("waiting") if statuses else None
 
-    state = wait_for("the container status", waiting)
+    state = wait_for(waiting, "the container status", TIMEOUT)
     assert state["reason"] == UNKNOWN_IMAGE_REASON
     assert "docker.io/library/busybox:1" in state["message"]
     assert kube.get(pod_path(namespace, "mystery"))["status"]["phase"] == "Pending"
@@ -242,11 +231,12 @@ def test_unknown_image_stays_pending_with_clear_reason(
 def test_job_with_builder_image_completes(cluster: ControlPlane, kube: Kube, namespace: str) -> None:
     apply(cluster, job("help", namespace, {"name": "builder", "image": BUILDER_IMAGE, "args": ["--help"]}))
     done = wait_for(
-        "the Job to finish",
         lambda: (
             condition(kube.get(f"/apis/batch/v1/namespaces/{namespace}/jobs/help"), "Complete")
             or condition(kube.get(f"/apis/batch/v1/namespaces/{namespace}/jobs/help"), "Failed")
         ),
+        "the Job to finish",
+        TIMEOUT,
     )
     assert done["type"] == "Complete", done
     (only,) = job_pods(kube, namespace, "help")
@@ -287,8 +277,9 @@ def test_failing_builder_job_reports_exit_code_and_termination_message(
     ]
     apply(cluster, config_map, claim("m", namespace), failing)
     wait_for(
-        "the Job to fail",
         lambda: condition(kube.get(f"/apis/batch/v1/namespaces/{namespace}/jobs/broken"), "Failed"),
+        "the Job to fail",
+        TIMEOUT,
     )
     (only,) = job_pods(kube, namespace, "broken")
     assert only["status"]["phase"] == "Failed"
@@ -318,10 +309,7 @@ def test_fallback_to_logs_on_error_gives_the_log_tail_as_message(
         ],
     }
     apply(cluster, pod("bad-flags", namespace, spec))
-    terminal = wait_for(
-        "the pod to fail",
-        phase_is(kube, namespace, "bad-flags", "Failed"),
-    )
+    terminal = wait_for(phase_is(kube, namespace, "bad-flags", "Failed"), "the pod to fail", TIMEOUT)
     terminated = terminal["status"]["containerStatuses"][0]["state"]["terminated"]
     assert terminated["exitCode"] != 0
     assert "/no/such/repository" in terminated["message"]
@@ -442,8 +430,9 @@ def test_triton_deployment_becomes_available_and_serves_from_its_volume(
 
     deployments = f"/apis/apps/v1/namespaces/{namespace}/deployments/triton"
     available = wait_for(
-        "the Deployment to be Available",
         lambda: condition(kube.get(deployments), "Available").get("status") == "True",
+        "the Deployment to be Available",
+        TIMEOUT,
     )
     assert available
     (running,) = kube.get(pod_path(namespace), labelSelector="app=triton")["items"]
@@ -458,7 +447,9 @@ def test_triton_deployment_becomes_available_and_serves_from_its_volume(
     assert process_alive(pid)
     kube.delete(deployments, {"propagationPolicy": "Foreground"})
     wait_for(
-        "the pod to go away", lambda: not kube.get(pod_path(namespace), labelSelector="app=triton")["items"]
+        lambda: not kube.get(pod_path(namespace), labelSelector="app=triton")["items"],
+        "the pod to go away",
+        TIMEOUT,
     )
     assert not process_alive(pid)
 
@@ -486,8 +477,7 @@ def test_operator_image_runs_with_its_service_account_not_admin(
     }
     apply(cluster, pod("who-am-i", namespace, spec))
     terminal = wait_for(
-        "the pod to finish",
-        phase_is(kube, namespace, "who-am-i", "Succeeded", "Failed"),
+        phase_is(kube, namespace, "who-am-i", "Succeeded", "Failed"), "the pod to finish", TIMEOUT
     )
     terminated = terminal["status"]["containerStatuses"][0]["state"]["terminated"]
     assert terminated["exitCode"] != 0
@@ -510,7 +500,7 @@ def test_on_failure_pod_is_restarted_and_counts_restarts(
         statuses = kube.get(pod_path(namespace, "crashy"))["status"].get("containerStatuses") or []
         return statuses[0] if statuses and statuses[0]["restartCount"] >= 2 else None
 
-    status = wait_for("two restarts", restarted_twice)
+    status = wait_for(restarted_twice, "two restarts", TIMEOUT)
     assert status["lastState"]["terminated"]["exitCode"] != 0
     assert kube.get(pod_path(namespace, "crashy"))["status"]["phase"] in ("Pending", "Running")
 
@@ -540,17 +530,11 @@ def test_agent_restart_keeps_nodes_and_fails_never_pods_it_lost(
     }
     with start_node_agent(cluster, tmp_path / "agent", nodes=[node]) as agent:
         apply(cluster, pod("lost", namespace, spec))
-        running = wait_for(
-            "the pod to run",
-            phase_is(kube, namespace, "lost", "Running"),
-        )
+        running = wait_for(phase_is(kube, namespace, "lost", "Running"), "the pod to run", TIMEOUT)
         pid = pid_of(running["status"]["containerStatuses"][0])
         agent.kill()
         agent.start()  # kills the groups the crashed agent left, then takes the pod over
-        failed = wait_for(
-            "the pod to be marked Failed",
-            phase_is(kube, namespace, "lost", "Failed"),
-        )
+        failed = wait_for(phase_is(kube, namespace, "lost", "Failed"), "the pod to be marked Failed", TIMEOUT)
         terminated = failed["status"]["containerStatuses"][0]["state"]["terminated"]
         assert terminated["reason"] == "NodeAgentRestarted"
         assert not process_alive(pid)

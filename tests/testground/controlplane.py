@@ -33,6 +33,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ import yaml
 
 from testground.binaries import ensure_binaries
 from testground.pki import CertPair, Pki, generate_pki
+from testground.waiting import WaitTimeout, wait_for
 
 # Room for 65k Services: every TritonResNet owns one, and the benchmarks make 500.
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/16"
@@ -50,7 +52,7 @@ CLUSTER_NAME = "testground"
 
 STARTUP_TIMEOUT = 90.0  # seconds; cold start on two busy cores takes a few
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
-POLL_INTERVAL = 0.1
+POLL_INTERVAL = 0.1  # start-up is timed (startup_seconds), so its checks poll often
 PORT_ATTEMPTS = 3  # free ports are picked before binding, so another process can win one
 
 
@@ -119,16 +121,6 @@ def rss_of(pid: int) -> int:
     except (FileNotFoundError, ProcessLookupError):
         pass
     return 0
-
-
-def wait_for(
-    predicate: Callable[[], bool], timeout: float, what: str, interval: float = POLL_INTERVAL
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def http_get(url: str, context: ssl.SSLContext | None = None, timeout: float = 5.0) -> tuple[int, str] | None:
@@ -246,9 +238,9 @@ def _wait_ready(component: Component, check: Callable[[], bool], timeout: float 
         return check()
 
     try:
-        wait_for(ready, timeout, f"{component.name} to become ready")
-    except TimeoutError as error:
-        raise TimeoutError(f"{error}; last lines of {component.log_path}:\n{component.log_tail()}") from None
+        wait_for(ready, f"{component.name} to become ready", timeout, every=POLL_INTERVAL)
+    except WaitTimeout as error:
+        raise error.with_detail(f"last lines of {component.log_path}:\n{component.log_tail()}") from None
     return time.monotonic() - started
 
 
@@ -336,9 +328,25 @@ class ControlPlane:
                 self._exists(f"/api/v1/namespaces/{name}/serviceaccounts/default")
                 and self._exists(f"/api/v1/namespaces/{name}/configmaps/kube-root-ca.crt")
             ),
-            60,
             f"the default ServiceAccount in namespace {name}",
+            60,
+            every=POLL_INTERVAL,
         )
+
+    @contextlib.contextmanager
+    def throwaway_namespace(self, prefix: str = "t", labels: dict[str, str] | None = None) -> Iterator[str]:
+        """A new namespace named ``<prefix>-<random>``, ready for pods, deleted on exit.
+
+        The one way a test gets a namespace of its own, whatever the scope of its
+        fixture. The deletion is not awaited: the name is never used again, and
+        waiting for the namespace controller would add seconds to every test.
+        """
+        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        self.create_namespace(name, labels)
+        try:
+            yield name
+        finally:
+            self.delete_namespace(name)
 
     def delete_namespace(self, name: str, wait: bool = False, timeout: float = 120) -> None:
         """Delete a namespace (a missing one is fine); with ``wait``, until it is gone."""
@@ -354,9 +362,8 @@ class ControlPlane:
         if wait:
             wait_for(
                 lambda: not self._exists(f"/api/v1/namespaces/{name}"),
-                timeout,
                 f"namespace {name} to be deleted",
-                interval=0.25,
+                timeout,
             )
 
     def _exists(self, path: str) -> bool:
@@ -567,8 +574,9 @@ def _bring_up(cp: ControlPlane) -> None:
     started = time.monotonic()
     wait_for(
         lambda: cp._exists("/api/v1/namespaces/default/serviceaccounts/default"),
-        STARTUP_TIMEOUT,
         "the default ServiceAccount",
+        STARTUP_TIMEOUT,
+        every=POLL_INTERVAL,
     )
     cp.startup_seconds["default-serviceaccount"] = time.monotonic() - started
 

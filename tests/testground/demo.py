@@ -16,13 +16,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from testground.binaries import ensure_binaries
 from testground.controlplane import start_control_plane
 from testground.models import ensure_models
 from testground.nodeagent import start_node_agent
-from testground.operator_run import OperatorProcess, apply_sample, get_trn, install_crd
+from testground.operator_run import OperatorProcess, apply_sample, install_crd, wait_for_trn
 from testground.s3 import start_s3
+from testground.waiting import WaitTimeout
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_IMAGE = REPO / "operator" / "tritonresnet" / "client" / "data" / "sample.jpg"
@@ -41,20 +43,23 @@ def say(message: str) -> None:
     print(f"==> {message}", flush=True)
 
 
-def wait_ready(operator: OperatorProcess, namespace: str, name: str, timeout: float) -> dict:  # type: ignore[type-arg]
-    """Print each phase change until Ready; raise with the operator's log on timeout."""
-    deadline, last = time.monotonic() + timeout, ""
-    while time.monotonic() < deadline:
-        trn = get_trn(operator.cp, namespace, name)
+def wait_ready(operator: OperatorProcess, namespace: str, name: str, timeout: float) -> dict[str, Any]:
+    """Print each phase change until Ready; exit with the status and operator log on timeout."""
+    last = ""
+
+    def ready(trn: dict[str, Any]) -> bool:
+        nonlocal last
         status = trn.get("status") or {}
         line = f"{status.get('phase', 'Pending')}: {status.get('message') or 'waiting for the operator'}"
         if line != last:
             say(line)
             last = line
-        if status.get("phase") == "Ready":
-            return trn
-        time.sleep(1)
-    raise SystemExit(f"timed out waiting for Ready; operator log:\n{operator.log_text()[-3000:]}")
+        return bool(status.get("phase") == "Ready")
+
+    try:
+        return wait_for_trn(operator.cp, namespace, name, ready, "Ready", timeout, operator)
+    except WaitTimeout as error:
+        raise SystemExit(str(error)) from None  # a message for the user, not a traceback
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,13 +7,13 @@ pytest so there is one list of what a test can ask for:
 * ``node_agent``     session: the emulated nodes' kubelet (a process), see testground.nodeagent
 * ``cluster``        session: the control plane plus emulated GPU nodes and storage
 * ``namespace``      function: a fresh namespace in ``cluster``, deleted afterwards
+                     (ControlPlane.throwaway_namespace, for other scopes)
 * ``s3``             session: moto's standalone server on loopback with a bucket
 * ``onnx_models``    session: ResNet ONNX files made with CPU torch, cached
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -45,12 +45,9 @@ def cluster(control_plane: ControlPlane, node_agent: NodeAgent) -> ControlPlane:
 
 @pytest.fixture
 def namespace(cluster: ControlPlane) -> Iterator[str]:
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    cluster.create_namespace(name)
-    try:
+    # Fixtures of other scopes, or without the nodes, use the same context manager.
+    with cluster.throwaway_namespace() as name:
         yield name
-    finally:
-        cluster.delete_namespace(name)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from tritonresnet.api import names
 
 from testground.controlplane import ControlPlane
 from testground.s3 import S3Server
+from testground.waiting import WaitTimeout, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "crds" / "tritonresnet.io_tritonresnets.yaml"
@@ -31,10 +31,12 @@ def install_crd(cp: ControlPlane) -> None:
     cp.kubectl("apply", "--server-side", "-f", str(CRD))
     cp.kubectl("wait", "--for=condition=Established", "crd/tritonresnets.tritonresnet.io", "--timeout=60s")
     # kubectl's discovery cache needs a moment to learn the new kind.
-    for _ in range(50):
-        if cp.kubectl("get", "trn", "-A", check=False).returncode == 0:
-            return
-        time.sleep(0.2)
+    wait_for(
+        lambda: cp.kubectl("get", "trn", "-A", check=False).returncode == 0,
+        "kubectl to know the TritonResNet kind",
+        30,
+        every=0.2,
+    )
 
 
 class OperatorProcess:
@@ -108,7 +110,7 @@ def condition(trn: dict[str, Any], type_: str) -> dict[str, Any]:
     return {}
 
 
-def wait_for(
+def wait_for_trn(
     cp: ControlPlane,
     namespace: str,
     name: str,
@@ -117,18 +119,23 @@ def wait_for(
     timeout: float = READY_TIMEOUT,
     operator: OperatorProcess | None = None,
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    trn: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        trn = get_trn(cp, namespace, name)
-        if predicate(trn):
-            return trn
-        time.sleep(1.0)
-    tail = operator.log_text()[-4000:] if operator else ""
-    raise AssertionError(
-        f"{name} never became {what}; status: {json.dumps(trn.get('status'), indent=1)}\n"
-        f"operator log tail:\n{tail}"
-    )
+    """The TritonResNet once ``predicate`` holds for it; on timeout the failure carries its
+    last status and the operator's log tail, which is what tells why it never got there."""
+    last: dict[str, Any] = {}
+
+    def probe() -> dict[str, Any] | None:
+        nonlocal last
+        last = get_trn(cp, namespace, name)
+        return last if predicate(last) else None
+
+    try:
+        # Each probe runs kubectl; once a second is plenty for a status that moves in seconds.
+        return wait_for(probe, f"{name} to become {what}", timeout, every=1.0)
+    except WaitTimeout as error:
+        tail = operator.log_text()[-4000:] if operator else ""
+        raise error.with_detail(
+            f"status: {json.dumps(last.get('status'), indent=1)}\noperator log tail:\n{tail}"
+        ) from None
 
 
 def is_ready(gen: int | None = None) -> Callable[[dict[str, Any]], bool]:
