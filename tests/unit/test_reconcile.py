@@ -176,7 +176,7 @@ def test_restart_with_status_lost_and_jobs_gone_keeps_serving_without_new_jobs()
 
 def test_invalid_spec_is_failed_and_stalled_naming_the_field_and_creates_nothing() -> None:
     cr = resource()
-    cr["spec"]["engine"]["maxBatchSize"] = 0
+    cr["spec"]["engine"]["maxBatchSize"] = -1
     p = plan(world(cr), SETTINGS)
     assert p.apply == [] and p.delete == []
     assert st(p)["phase"] == c.FAILED
@@ -436,3 +436,35 @@ def test_server_defaults_and_canonical_quantities_are_not_drift() -> None:
     ok = {e: EndpointCheck(e, True, "answered") for e in st(ready)["endpoints"]}
     p = plan(world(cr, live, pods, verification=ok), SETTINGS)
     assert p.apply == []
+
+
+# -- names that are someone else's --------------------------------------------------------
+
+
+def test_a_cached_child_owned_by_someone_else_is_never_written_nor_deleted_and_is_named() -> None:
+    cr, objects, pods, _ = lifecycle_to_ready()
+    svc = copy.deepcopy(_served_child(objects, "Service"))
+    svc["metadata"]["ownerReferences"] = [
+        {"kind": "Shop", "name": "shop", "uid": "other", "controller": True}
+    ]
+    svc["spec"]["selector"] = {"app": "shop"}
+    p = plan(world(cr, [o for o in objects if o["kind"] != "Service"] + [svc], pods), SETTINGS)
+    assert not [o for o in p.apply if o["kind"] == "Service"]
+    ready = condition(p, c.READY)
+    assert (ready["status"], ready["reason"]) == ("False", "NameConflict")
+    assert "Service resnet50 exists and is not this TritonResNet's" in ready["message"]
+    assert condition(p, c.STALLED)["status"] == "True"
+    assert ("Warning", "NameConflict") in [(t, r) for t, r, _ in p.events]
+
+
+def test_an_obsolete_job_that_is_not_ours_is_not_deleted() -> None:
+    cr = resource()
+    p = plan(world(cr), SETTINGS)
+    cr, objects = step(cr, [], p)
+    job = copy.deepcopy(next(o for o in objects if o["kind"] == "Job"))
+    job["metadata"]["name"] = "resnet50-build-0000000000"  # an older spec's name, running
+    ours = plan(world(cr, [*objects, job]), SETTINGS)
+    assert ("batch/v1", "Job", "resnet50-build-0000000000") in ours.delete
+    job["metadata"]["ownerReferences"] = []
+    theirs = plan(world(cr, [*objects, job]), SETTINGS)
+    assert ("batch/v1", "Job", "resnet50-build-0000000000") not in theirs.delete

@@ -35,6 +35,7 @@ from tritonresnet.controller.reconcile import (
     VerifyRequest,
 )
 from tritonresnet.controller.runtime import Runtime
+from tritonresnet.controller.settings import Settings
 from tritonresnet.controller.workqueue import (
     BACKOFF_CAP_SECONDS,
     CHANGED,
@@ -43,7 +44,6 @@ from tritonresnet.controller.workqueue import (
     WorkQueue,
     backoff_delay,
 )
-from tritonresnet.controller.settings import Settings
 from unit.worlds import lifecycle_to_ready
 from unit.worlds import resource as world_resource
 
@@ -113,6 +113,13 @@ class FakeKube:
             self.applied.append(obj)
         meta = {**obj["metadata"], "resourceVersion": "7", "managedFields": [{"manager": "x"}]}
         return {**obj, "metadata": meta}
+
+    def create(self, obj: Mapping[str, Any]) -> Any:
+        # The fake holds nothing of anyone else's: every create succeeds, as an apply would.
+        return self.apply(obj)
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Mapping[str, Any] | None:
+        return None
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         raise AssertionError("nothing to delete in these tests")
@@ -493,6 +500,47 @@ def test_a_refused_child_is_reported_and_retried_with_backoff_while_the_rest_is_
     assert ready["reason"] == "ApplyFailed" and "jobs exceeded quota" in ready["message"]
     assert ("resnet50", "ApplyFailed") in kube.events
     assert key not in runtime.failures
+
+
+def test_a_foreign_object_with_a_childs_name_is_left_alone_and_named_in_status() -> None:
+    """The real plan: the cache has no Job of that name, the create is refused with 409 because
+    someone else's object has it; nothing of it is written, and the status names it."""
+
+    class Taken(FakeKube):
+        def __init__(self) -> None:
+            super().__init__()
+            self.forced: list[str] = []
+
+        def create(self, obj: Mapping[str, Any]) -> Any:
+            if obj["kind"] == "Job":
+                raise ApiException(status=409, reason="Conflict")
+            return super().create(obj)
+
+        def get(self, api_version: str, kind: str, namespace: str, name: str) -> Mapping[str, Any] | None:
+            return {"kind": kind, "metadata": {"name": name, "namespace": namespace, "ownerReferences": []}}
+
+        def apply(self, obj: Mapping[str, Any]) -> Any:
+            self.forced.append(obj["kind"])
+            return super().apply(obj)
+
+    kube = Taken()
+    runtime = Runtime(kube, Settings(), clock=FakeClock(), warmup_seconds=0.0, wall_clock=lambda: NOW)
+    cr = world_resource("resnet50")
+
+    async def main() -> None:
+        runtime.start()
+        runtime.observe_resource("ADDED", cr)
+        await settle(runtime)
+        await runtime.stop()
+
+    run(main)
+    assert "Job" not in kube.forced, "a forced apply would have taken the object over"
+    ready = next(c for c in kube.patches[0][2]["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "NameConflict"
+    assert (
+        ready["message"].startswith("Job resnet50-build-") and "not this TritonResNet's" in ready["message"]
+    )
+    assert ("resnet50", "NameConflict") in kube.events
 
 
 # -- the cache ---------------------------------------------------------------------------

@@ -104,6 +104,8 @@ INVALID_SPEC = Reason("InvalidSpec", "stalled", warning=True)
 MODEL_NAME_CONFLICT = Reason("ModelNameConflict", "stalled", warning=True)
 #: The API server refused a child (quota, admission, a full service range).
 APPLY_FAILED = Reason("ApplyFailed", "stalled", warning=True)
+#: An object with a child's name exists and is not this resource's: the operator leaves it alone.
+NAME_CONFLICT = Reason("NameConflict", "stalled", warning=True)
 
 REASONS: tuple[Reason, ...] = (
     VERIFIED,
@@ -121,6 +123,7 @@ REASONS: tuple[Reason, ...] = (
     INVALID_SPEC,
     MODEL_NAME_CONFLICT,
     APPLY_FAILED,
+    NAME_CONFLICT,
 )
 _BY_NAME = {r.name: r for r in REASONS}
 

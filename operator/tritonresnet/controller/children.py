@@ -51,6 +51,12 @@ def with_applied_hash(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {**obj, "metadata": meta}
 
 
+def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    """``obj`` is the child of the resource with ``uid`` (its controller owner reference says so)."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or ()
+    return any(r.get("uid") == uid and r.get("controller") for r in refs if isinstance(r, Mapping))
+
+
 def applied_hash_of(existing: Mapping[str, Any]) -> str | None:
     """The hash an existing child was applied with; None for one we did not apply."""
     have = ((existing.get("metadata") or {}).get("annotations") or {}).get(APPLIED_HASH)

@@ -3,6 +3,8 @@
 Every write the operator makes goes through :class:`Kube`, which keeps two
 promises that GitOps tools and a quiet control plane depend on:
 
+* a child is created (never applied) when the operator has not seen it, so
+  an object of that name that someone else made is refused, not taken over;
 * children are written with server-side apply under one field manager, and
   only when the rendered object differs from what was last applied (the
   reconcile decides that with ``children.is_current``);
@@ -111,6 +113,32 @@ class Kube:
             query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
             content_type="application/apply-patch+yaml",
         )
+
+    def create(self, obj: Mapping[str, Any]) -> Any:
+        """Create ``obj``; the API server answers 409 when an object of that name exists.
+
+        The first write of a child is a create, never an apply: a forced apply
+        onto an object someone else made would take it over (and its owner
+        reference would let the garbage collector delete it with the resource).
+        """
+        meta = obj["metadata"]
+        log.info("create %s %s/%s", obj["kind"], meta["namespace"], meta["name"])
+        return self._call(
+            "POST",
+            object_path(obj["apiVersion"], obj["kind"], meta["namespace"]),
+            body=obj,
+            query=[("fieldManager", FIELD_MANAGER)],
+        )
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object as stored; None when there is none."""
+        try:
+            found: dict[str, Any] = self._call("GET", object_path(api_version, kind, namespace, name))
+            return found
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         log.info("delete %s %s/%s", kind, namespace, name)

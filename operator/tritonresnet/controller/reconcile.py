@@ -17,12 +17,13 @@ what is stored), posts ``events``, and schedules the checks in ``verify``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from tritonresnet.api import status as s
 from tritonresnet.api.spec import SpecError, parse_spec
 from tritonresnet.api.status import TritonResNetStatus
 from tritonresnet.controller import decide, report
-from tritonresnet.controller.children import is_current, with_applied_hash
+from tritonresnet.controller.children import is_current, owned_by, with_applied_hash
 from tritonresnet.controller.observe import EndpointCheck, Expected, Observed
 from tritonresnet.controller.report import Event, with_apply_failures
 from tritonresnet.controller.settings import Settings
@@ -38,7 +39,7 @@ class VerifyRequest:
 
 @dataclass(frozen=True)
 class Plan:
-    apply: list[dict[str, object]]  #: rendered children that differ from what exists (hash annotated)
+    apply: list[dict[str, Any]]  #: rendered children that differ from what exists (hash annotated)
     delete: list[tuple[str, str, str]]  #: (apiVersion, kind, name)
     status: TritonResNetStatus  #: the complete status (written only where it differs)
     events: list[Event]  #: (type, reason, message)
@@ -63,19 +64,27 @@ def plan(observed: Observed, settings: Settings) -> Plan:
 
     decision = decide.decide(observed, spec, settings)
     status = report.status(resource, decision, observed.now)
-    apply = [
-        with_applied_hash(child)
-        for child in decision.children.desired
-        if not is_current(child, observed.child(child["kind"], child["metadata"]["name"]))
+    # Ask whose an object is before writing or deleting it: one of that name that is not this
+    # resource's (no controller reference to its uid) is never written, adopted or deleted.
+    uid = str(resource["metadata"].get("uid") or "")
+    apply, conflicts = [], []
+    for child in decision.children.desired:
+        kind, name = child["kind"], child["metadata"]["name"]
+        existing = observed.child(kind, name)
+        if existing is not None and not owned_by(existing, uid):
+            conflicts.append(report.conflict(kind, name))
+        elif not is_current(child, existing):
+            apply.append(with_applied_hash(child))
+    delete = [
+        (api_version, kind, name)
+        for api_version, kind, name in decision.children.delete
+        if owned_by(observed.child(kind, name) or {}, uid)
     ]
+    events = report.events(old.conditions, status.conditions)
+    if conflicts:
+        status, events = report.with_apply_failures(resource, status, (), observed.now, conflicts)
     request = decision.verification.request
-    return Plan(
-        apply,
-        decision.children.delete,
-        status,
-        report.events(old.conditions, status.conditions),
-        VerifyRequest(*request) if request is not None else None,
-    )
+    return Plan(apply, delete, status, events, VerifyRequest(*request) if request is not None else None)
 
 
 def _refused(observed: Observed, reason: s.Reason, message: str) -> Plan:

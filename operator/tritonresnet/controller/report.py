@@ -72,18 +72,35 @@ def refused(resource: Mapping[str, Any], reason: Reason, message: str, now: str)
     )
 
 
-def with_apply_failures(
-    resource: Mapping[str, Any], planned: TritonResNetStatus, failures: Sequence[str], now: str
-) -> tuple[TritonResNetStatus, list[Event]]:
-    """The status and events to write when the API server refused some of the children.
+def conflict(kind: str, name: str) -> str:
+    """What a name conflict is called in status and events: the kind and name, and what to do."""
+    return (
+        f"{kind} {name} exists and is not this TritonResNet's, so the operator leaves it as it is; "
+        f"rename the TritonResNet or remove the {kind}"
+    )
 
-    What was applied stays applied and the rest is retried; meanwhile the user
-    sees why in ``Ready``/``Stalled`` (reason ``ApplyFailed``) instead of a
-    status that silently stops moving.
+
+def with_apply_failures(
+    resource: Mapping[str, Any],
+    planned: TritonResNetStatus,
+    failures: Sequence[str],
+    now: str,
+    conflicts: Sequence[str] = (),
+) -> tuple[TritonResNetStatus, list[Event]]:
+    """The status and events to write when children could not be written.
+
+    ``conflicts`` are children whose name another object already has
+    (:func:`conflict`), ``failures`` children the API server refused. What was
+    applied stays applied and the rest is retried; meanwhile the user sees why
+    in ``Ready``/``Stalled`` (reason ``NameConflict`` or ``ApplyFailed``)
+    instead of a status that silently stops moving.
     """
     old = TritonResNetStatus.from_dict(resource.get("status"))
-    message = "the API server refused " + "; ".join(failures)
-    conds = _stalled(s.APPLY_FAILED, message)
+    parts = list(conflicts)
+    if failures:
+        parts.append("the API server refused " + "; ".join(failures))
+    message = "; ".join(parts)
+    conds = _stalled(s.NAME_CONFLICT if conflicts else s.APPLY_FAILED, message)
     replaced = {cond.type for cond in conds}
     kept = [
         Condition(x.type, x.status, x.reason, x.message) for x in planned.conditions if x.type not in replaced

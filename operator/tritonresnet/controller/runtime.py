@@ -34,6 +34,7 @@ from kubernetes.client.rest import ApiException
 
 from tritonresnet.api import names
 from tritonresnet.api.status import status_patch
+from tritonresnet.controller.children import owned_by
 from tritonresnet.controller.kube import api_error_message, namespace_terminating, now_rfc3339
 from tritonresnet.controller.reconcile import (
     EndpointCheck,
@@ -43,6 +44,7 @@ from tritonresnet.controller.reconcile import (
     with_apply_failures,
 )
 from tritonresnet.controller.reconcile import plan as reconcile_plan
+from tritonresnet.controller.report import conflict
 from tritonresnet.controller.settings import Settings
 from tritonresnet.controller.verification import VERIFIERS, CheckEndpoint, CheckId, Consulted, EndpointChecks
 from tritonresnet.controller.verify import check_endpoint
@@ -71,6 +73,10 @@ class KubeWriter(Protocol):
     """What a pass needs from the API; ``kube.Kube`` in the operator, a recorder in tests."""
 
     def apply(self, obj: Mapping[str, Any]) -> Any: ...
+
+    def create(self, obj: Mapping[str, Any]) -> Any: ...
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Mapping[str, Any] | None: ...
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None: ...
 
@@ -450,27 +456,33 @@ class Runtime:
         applied: list[dict[str, Any]] = []
         refused: list[str] = []
         rendered: Sequence[Mapping[str, Any]] = result.apply
+        conflicts: list[str] = []
+        uid = str(resource["metadata"].get("uid") or "")
         for obj in rendered:
+            kind, child = obj["kind"], obj["metadata"]["name"]
             try:
-                answer = self.kube.apply(obj)
+                answer = self._write(obj, (kind, child) in snap.children, uid)
             except ApiException as exc:
                 if namespace_terminating(exc):
                     raise
                 # Keep going: one refused child must not hide the others or the status.
-                refused.append(f"{obj['kind']} {obj['metadata']['name']}: {api_error_message(exc)}")
+                refused.append(f"{kind} {child}: {api_error_message(exc)}")
+                continue
+            if answer is None:
+                conflicts.append(conflict(kind, child))
                 continue
             applied.append(cached(answer if isinstance(answer, Mapping) else obj))
         for api_version, kind, child in result.delete:
             self.kube.delete(api_version, kind, namespace, child)
-        if result.verify is not None and not refused:
+        if result.verify is not None and not refused and not conflicts:
             # A status that says "verifying" describes what this process has not checked yet,
             # not the cluster: after a restart it would turn every served resource not Ready
             # until its checks come back. The checks wake the key when they answer (within
             # their deadline), and that pass writes the status they decide.
             return PassOutcome(tuple(applied), {}, (), result.verify, in_use)
         status, events = result.status, list(result.events)
-        if refused:
-            status, events = with_apply_failures(resource, status, refused, self.wall_clock())
+        if refused or conflicts:
+            status, events = with_apply_failures(resource, status, refused, self.wall_clock(), conflicts)
         patch = status_patch(resource.get("status") or {}, status)
         if patch:
             self.kube.patch_status(namespace, name, patch)
@@ -479,4 +491,24 @@ class Runtime:
                 self.events.submit(self.kube.post_event, resource, type_, reason, message)
             except RuntimeError:  # the pool is shut down: the operator is stopping
                 break
-        return PassOutcome(tuple(applied), patch, tuple(refused), result.verify, in_use)
+        return PassOutcome(tuple(applied), patch, (*refused, *conflicts), result.verify, in_use)
+
+    def _write(self, obj: Mapping[str, Any], seen: bool, uid: str) -> Any:
+        """Apply a child the cache holds; create one it does not. None: the name is someone else's.
+
+        A create answered 409 means an object of that name exists that the cache
+        did not hold: ours if the watch is only behind (then it is applied), else
+        someone else's, which is left exactly as it is.
+        """
+        if seen:
+            return self.kube.apply(obj)
+        try:
+            return self.kube.create(obj)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        meta = obj["metadata"]
+        live = self.kube.get(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+        if live is not None and owned_by(live, uid):
+            return self.kube.apply(obj)
+        return None
