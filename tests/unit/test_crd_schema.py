@@ -351,7 +351,7 @@ def test_the_issue_sample_is_valid(root: Schema) -> None:
         ("source.sha256", "ABC", "spec.source.sha256"),
         ("model.format", "pytorch", "spec.model.format"),
         ("model.name", "a/b", "spec.model.name"),
-        ("engine.maxBatchSize", 0, "spec.engine.maxBatchSize"),
+        ("engine.maxBatchSize", -1, "spec.engine.maxBatchSize"),
         ("engine.maxBatchSize", "8", "spec.engine.maxBatchSize"),
         ("serving.release", "2501", "spec.serving.release"),
         ("serving.replicas", -1, "spec.serving.replicas"),
@@ -409,3 +409,27 @@ def test_integer_ranges_agree_between_crd_and_parse_spec(root: Schema) -> None:
             assert error.value.field == path, (path, bad)
         checked += 1
     assert checked >= 12
+
+
+def test_max_batch_zero_is_valid_for_the_schema_and_parse_spec(root: Schema) -> None:
+    """The tutorial's layout (no batching) passes the schema's ranges and parse_spec, with the
+    batcher's other settings left at their defaults."""
+    body = copy.deepcopy(MINIMAL)
+    body["spec"]["engine"] = {"maxBatchSize": 0}
+    body["spec"]["serving"] = {
+        "dynamicBatching": {"maxQueueDelayMicroseconds": 100, "preferredBatchSizes": []}
+    }
+    assert schema_errors(root, body) == []
+    assert parse_spec(body).engine.max_batch_size == 0
+
+
+def test_rules_on_max_batch_size_speak_of_zero(root: Schema) -> None:
+    """Every CEL rule that reads maxBatchSize was written with 0 in mind: the optBatchSize rule says
+    what 0 allows, and preferredBatchSizes with 0 has a rule (and a message) of its own."""
+    texts = [(r["rule"], r["message"]) for _, _, r in rules(root) if "maxBatchSize" in r["rule"]]
+    assert len(texts) == 3
+    assert any("0 when maxBatchSize is 0" in message for _, message in texts)
+    (zero,) = [message for rule, message in texts if "maxBatchSize != 0" in rule]
+    assert "must be empty with engine.maxBatchSize 0" in zero
+    (bound,) = [rule for rule, message in texts if "at most engine.maxBatchSize" in message]
+    assert "maxBatchSize == 0" in bound  # left to the rule above, so one mistake gives one message

@@ -43,7 +43,7 @@ def test_reference_lists_every_spec_field_with_a_description() -> None:
 
 def test_reference_shows_defaults_enums_ranges_and_rules() -> None:
     rendered = render_markdown(load_crd(DEFAULT_CRD))
-    assert "| `maxBatchSize` | integer | `8` | ≥ 1; ≤ 256 |" in rendered
+    assert "| `maxBatchSize` | integer | `8` | ≥ 0; ≤ 256 |" in rendered
     assert "one of `tensorrt`, `onnx`" in rendered
     assert "set exactly one of claimName (an existing PVC) and create (a new one)" in rendered
     assert "short name `trn`" in rendered

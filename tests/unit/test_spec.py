@@ -171,7 +171,13 @@ BAD_SPECS: list[tuple[str, dict[str, Any], str]] = [
     ("format", {"model": {"format": "pytorch"}}, "spec.model.format"),
     ("precision", {"engine": {"precision": "fp4"}}, "spec.engine.precision"),
     ("int8 without calibration", {"engine": {"precision": "int8"}}, "spec.engine.precision"),
-    ("batch zero", {"engine": {"maxBatchSize": 0}}, "spec.engine.maxBatchSize"),
+    ("batch negative", {"engine": {"maxBatchSize": -1}}, "spec.engine.maxBatchSize"),
+    ("opt with batch zero", {"engine": {"maxBatchSize": 0, "optBatchSize": 1}}, "spec.engine.optBatchSize"),
+    (
+        "preferred with batch zero",
+        {"engine": {"maxBatchSize": 0}, "serving": {"dynamicBatching": {"preferredBatchSizes": [1]}}},
+        "spec.serving.dynamicBatching.preferredBatchSizes",
+    ),
     ("batch too large", {"engine": {"maxBatchSize": 257}}, "spec.engine.maxBatchSize"),
     ("batch bool", {"engine": {"maxBatchSize": True}}, "spec.engine.maxBatchSize"),
     ("opt above max", {"engine": {"maxBatchSize": 8, "optBatchSize": 9}}, "spec.engine.optBatchSize"),
@@ -268,6 +274,21 @@ BAD_SPECS: list[tuple[str, dict[str, Any], str]] = [
         "spec.repository.create.accessModes[0]",
     ),
 ]
+
+
+def test_max_batch_zero_is_the_tutorials_layout_built_at_batch_one() -> None:
+    """maxBatchSize 0: no batching; the engine's profile (optimum and largest batch) is batch 1."""
+    spec = parse_spec(
+        body(
+            engine={"maxBatchSize": 0},
+            serving={"dynamicBatching": {"maxQueueDelayMicroseconds": 500, "preferredBatchSizes": []}},
+        )
+    )
+    assert spec.engine.max_batch_size == 0 and spec.engine.opt_batch_size == 0
+    settings = spec.engine_settings()
+    assert settings.max_batch_size == 0
+    assert (settings.optimum_batch(), settings.largest_batch()) == (1, 1)
+    assert spec.serving.dynamic_batching.preferred_batch_sizes == ()
 
 
 @pytest.mark.parametrize(

@@ -130,6 +130,7 @@ class Target:
 @dataclass(frozen=True)
 class EngineSpec:
     precision: Precision = "fp16"
+    #: 0: no batching, the tutorial's layout (requests without a batch dimension, run at batch 1)
     max_batch_size: int = 8
     opt_batch_size: int = 0  #: 0: half of max_batch_size (contract.EngineSettings.optimum_batch)
     workspace_mib: int = 4096
@@ -139,6 +140,8 @@ class EngineSpec:
 
 @dataclass(frozen=True)
 class DynamicBatching:
+    """Triton's dynamic batcher; not configured with maxBatchSize 1 or 0 (see triton_config)."""
+
     max_queue_delay_us: int = 100
     preferred_batch_sizes: tuple[int, ...] = ()
 
@@ -401,10 +404,16 @@ def _precision(section: Mapping[str, Any], path: str) -> Precision:
 def _engine(spec: Mapping[str, Any], model: ModelSpec) -> EngineSpec:
     path = "spec.engine"
     section = _section(spec, "engine", "spec")
-    max_batch = _integer(section, "maxBatchSize", path, 8, 1, MAX_BATCH)
+    # 0 is the tutorial's layout: no batch dimension in requests, the model run at batch 1.
+    max_batch = _integer(section, "maxBatchSize", path, 8, 0, MAX_BATCH)
     opt_batch = _integer(section, "optBatchSize", path, 0, 0, MAX_BATCH)
     if opt_batch > max_batch:
-        raise SpecError(f"{path}.optBatchSize", f"{opt_batch} is larger than maxBatchSize {max_batch}")
+        detail = (
+            " (with maxBatchSize 0 the plan is built for batch 1 only; leave it 0)" if not max_batch else ""
+        )
+        raise SpecError(
+            f"{path}.optBatchSize", f"{opt_batch} is larger than maxBatchSize {max_batch}{detail}"
+        )
     targets = _targets(section, path)
     if targets and model.format != "tensorrt":
         raise SpecError(
@@ -424,6 +433,11 @@ def _dynamic_batching(serving: Mapping[str, Any], path: str, max_batch: int) -> 
     where = f"{path}.dynamicBatching"
     section = _section(serving, "dynamicBatching", path)
     preferred = _list(section, "preferredBatchSizes", where, MAX_PREFERRED_BATCH_SIZES)
+    if preferred and max_batch == 0:
+        raise SpecError(
+            f"{where}.preferredBatchSizes",
+            "must be empty with engine.maxBatchSize 0, which serves without batching",
+        )
     sizes = []
     for index, size in enumerate(preferred):
         if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= max_batch:

@@ -359,7 +359,13 @@ def verification(
         return Verification(False, "no ready endpoints yet")
     checks = [observed.verification.get(e) for e in rolled.endpoints]
     if any(ch is None for ch in checks):
-        expected = Expected(spec.model.name, deploy.version, deploy.inputs, deploy.outputs)
+        expected = Expected(
+            spec.model.name,
+            deploy.version,
+            deploy.inputs,
+            deploy.outputs,
+            batched=spec.engine.max_batch_size > 0,
+        )
         return Verification(False, f"verifying {len(checks)} endpoint(s)", (rolled.endpoints, expected))
     bad = [ch for ch in checks if ch is not None and not ch.ok]
     if bad:
