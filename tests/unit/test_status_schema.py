@@ -65,7 +65,8 @@ def type_mismatches(annotation: Any, schema: Mapping[str, Any], path: str) -> li
             return [f"{path}: array in the type, {schema.get('type')} in the CRD"]
         return type_mismatches(item, schema.get("items") or {}, f"{path}[]")
     if origin is Mapping or annotation is Mapping:
-        ok = schema.get("type") == "object" and (schema.get("additionalProperties") or {}).get("type") == "string"
+        values = schema.get("additionalProperties") or {}
+        ok = schema.get("type") == "object" and values.get("type") == "string"
         return [] if ok else [f"{path}: a map of strings in the type, not in the CRD"]
     if typing.get_origin(annotation) is typing.Literal:
         annotation = str

@@ -7,6 +7,7 @@ Shared by the reconcile tests and the tests of what reads the status it produces
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Any
 
 from tritonresnet.api import names

@@ -66,8 +66,9 @@ def engine_key(spec: TritonResNetSpec, target: Target, release: str) -> str:
     location: an unpinned object overwritten in place keeps its key, so it is
     not rebuilt; pin the digest to have every new object rebuilt), the
     engine settings, the builder release and the GPU kind (the target's
-    nodeSelector; not its name, so renaming a target rebuilds nothing). An onnx artifact is the validated model itself, so precision,
-    workspace and GPU kind do not enter its key.
+    nodeSelector; not its name, so renaming a target rebuilds nothing). An
+    onnx artifact is the validated model itself, so precision, workspace and
+    GPU kind do not enter its key.
     """
     settings = spec.engine_settings()
     source = spec.source
