@@ -49,7 +49,7 @@ from tritonresnet_builder.contract import VERSION_MARKER, pinned_config_name
 
 pytestmark = [pytest.mark.cluster, pytest.mark.triton, pytest.mark.slow]
 
-SAMPLE_IMAGE = Path(tritonresnet.__file__).parent / "data" / "sample.jpg"
+SAMPLE_IMAGE = Path(tritonresnet.__file__).parent / "client" / "data" / "sample.jpg"
 NAME = "resnet50"
 MODEL = "resnet50"
 #: A release the CRD accepts (YY.MM) and no registry has.

@@ -22,7 +22,7 @@ from tritonresnet.client.classify import classify
 
 pytestmark = [pytest.mark.cluster, pytest.mark.triton, pytest.mark.slow]
 
-SAMPLE_IMAGE = Path(tritonresnet.__file__).parent / "data" / "sample.jpg"
+SAMPLE_IMAGE = Path(tritonresnet.__file__).parent / "client" / "data" / "sample.jpg"
 
 
 def jobs_of(cp: ControlPlane, namespace: str) -> list[str]:
