@@ -100,13 +100,18 @@ BAD_SPECS: list[tuple[str, Callable[[Spec], None], tuple[str, ...]]] = [
         ("spec.engine.precision", "Unsupported value"),
     ),
     ("precision-int8-refused", _set("engine.precision", "int8"), ("spec.engine.precision", "calibration")),
-    ("max-batch-zero", _set("engine.maxBatchSize", 0), ("spec.engine.maxBatchSize",)),
+    ("max-batch-negative", _set("engine.maxBatchSize", -1), ("spec.engine.maxBatchSize",)),
     ("max-batch-1000", _set("engine.maxBatchSize", 1000), ("spec.engine.maxBatchSize",)),
     ("max-batch-not-integer", _set("engine.maxBatchSize", "eight"), ("spec.engine.maxBatchSize",)),
     (
         "opt-batch-over-max",
         _all(_set("engine.maxBatchSize", 4), _set("engine.optBatchSize", 8)),
         ("spec.engine.optBatchSize", "optBatchSize must be at most maxBatchSize"),
+    ),
+    (
+        "opt-batch-with-max-zero",
+        _all(_set("engine.maxBatchSize", 0), _set("engine.optBatchSize", 1)),
+        ("spec.engine.optBatchSize", "0 when maxBatchSize is 0"),
     ),
     ("workspace-too-small", _set("engine.workspaceMiB", 16), ("spec.engine.workspaceMiB",)),
     (
@@ -140,6 +145,11 @@ BAD_SPECS: list[tuple[str, Callable[[Spec], None], tuple[str, ...]]] = [
             _set("engine.maxBatchSize", 8), _set("serving.dynamicBatching", {"preferredBatchSizes": [4, 16]})
         ),
         ("spec.serving.dynamicBatching.preferredBatchSizes", "at most engine.maxBatchSize"),
+    ),
+    (
+        "preferred-batch-with-max-zero",
+        _all(_set("engine.maxBatchSize", 0), _set("serving.dynamicBatching", {"preferredBatchSizes": [1]})),
+        ("spec.serving.dynamicBatching.preferredBatchSizes", "must be empty with engine.maxBatchSize 0"),
     ),
     (
         "autoscaling-min-over-max",
@@ -200,6 +210,37 @@ def test_crd_rejects_bad_spec_at_apply_time(
         assert text in output, f"{case}: {text!r} not in the refusal:\n{output}"
     stored = control_plane.kubectl("get", "trn", obj["metadata"]["name"], "-n", crd_namespace, check=False)
     assert stored.returncode != 0, f"{case}: the resource was stored"
+
+
+# (case id, mutation of a good spec): specs the apiserver must accept, and spec.py too.
+GOOD_SPECS: list[tuple[str, Callable[[Spec], None]]] = [
+    # the tutorial's layout: no batching; the batcher's delay is ignored, an empty list allowed
+    ("max-batch-zero", _set("engine.maxBatchSize", 0)),
+    (
+        "max-batch-zero-with-batcher-defaults",
+        _all(
+            _set("engine", {"maxBatchSize": 0, "optBatchSize": 0}),
+            _set("serving.dynamicBatching", {"maxQueueDelayMicroseconds": 500, "preferredBatchSizes": []}),
+        ),
+    ),
+    (
+        "max-batch-one-preferred-one",
+        _all(_set("engine.maxBatchSize", 1), _set("serving.dynamicBatching", {"preferredBatchSizes": [1]})),
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "mutate"), GOOD_SPECS, ids=[c[0] for c in GOOD_SPECS])
+def test_crd_accepts_good_spec_at_apply_time(
+    control_plane: ControlPlane, crd_namespace: str, case: str, mutate: Callable[[Spec], None]
+) -> None:
+    from tritonresnet.api.spec import parse_spec
+
+    obj = good_resource(f"good-{case}", crd_namespace)
+    mutate(obj["spec"])
+    code, output = apply(control_plane, obj)
+    assert code == 0, f"{case}: the apiserver refused it:\n{output}"
+    parse_spec(get_json(control_plane, crd_namespace, obj["metadata"]["name"]))
 
 
 def test_crd_rejects_default_model_name_from_a_long_metadata_name(
