@@ -73,6 +73,9 @@ def plan(observed: Observed, settings: Settings) -> Plan:
         existing = observed.child(kind, name)
         if existing is not None and not owned_by(existing, uid):
             conflicts.append(report.conflict(kind, name))
+            if kind == "PersistentVolumeClaim":
+                apply = []  # the claim comes first, and everything else would mount it
+                break
         elif not is_current(child, existing):
             apply.append(with_applied_hash(child))
     delete = [

@@ -470,6 +470,8 @@ class Runtime:
                 continue
             if answer is None:
                 conflicts.append(conflict(kind, child))
+                if kind == "PersistentVolumeClaim":
+                    break  # every child after the claim would mount someone else's volume
                 continue
             applied.append(cached(answer if isinstance(answer, Mapping) else obj))
         for api_version, kind, child in result.delete:
