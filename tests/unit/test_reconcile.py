@@ -468,3 +468,38 @@ def test_an_obsolete_job_that_is_not_ours_is_not_deleted() -> None:
     job["metadata"]["ownerReferences"] = []
     theirs = plan(world(cr, [*objects, job]), SETTINGS)
     assert ("batch/v1", "Job", "resnet50-build-0000000000") not in theirs.delete
+
+
+@pytest.mark.parametrize(
+    ("reason", "message"),
+    [
+        ("CreateContainerConfigError", 'secret "s3-creds" not found'),
+        ("ErrImagePull", "pull access denied for registry.example/tritonresnet-builder"),
+        ("ImagePullBackOff", 'Back-off pulling image "registry.example/tritonresnet-builder:25.01"'),
+    ],
+)
+def test_a_build_pod_that_cannot_start_is_reported_with_its_pod_reason_and_the_kubelets_words(
+    reason: str, message: str
+) -> None:
+    cr = resource()
+    p = plan(world(cr), SETTINGS)
+    cr, objects = step(cr, [], p)
+    job = next(o for o in objects if o["kind"] == "Job")
+    pod = {
+        "kind": "Pod",
+        "metadata": {"name": "resnet50-build-x-7f", "labels": {"job-name": job["metadata"]["name"]}},
+        "status": {
+            "phase": "Pending",
+            "conditions": [{"type": "PodScheduled", "status": "True"}],
+            "containerStatuses": [
+                {"name": "builder", "state": {"waiting": {"reason": reason, "message": message}}}
+            ],
+        },
+    }
+    p = plan(world(cr, objects, [pod]), SETTINGS)
+    ready = condition(p, c.READY)
+    assert (ready["status"], ready["reason"]) == ("False", "PodStuck")
+    assert f"resnet50-build-x-7f: {reason}: {message}" in ready["message"]
+    assert condition(p, c.STALLED)["status"] == "True"
+    assert st(p)["targets"][0]["state"] == "Stuck"
+    assert ("Warning", "PodStuck") in [(t, r) for t, r, _ in p.events]

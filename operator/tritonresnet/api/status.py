@@ -94,6 +94,8 @@ NO_DEPLOYMENT = Reason("NoDeployment", "progressing")
 BUILD_FAILED = Reason("BuildFailed", "stalled", warning=True)
 #: The publish Job failed: the engines exist, the version could not be assembled.
 PUBLISH_FAILED = Reason("PublishFailed", "stalled", warning=True)
+#: A build or publish pod will not start without a change (a missing Secret, an image, a crash loop).
+POD_STUCK = Reason("PodStuck", "stalled", warning=True)
 #: Triton pods of the new version cannot start (image, config, crash loop) or the rollout deadline passed.
 ROLLOUT_STUCK = Reason("RolloutStuck", "stalled", warning=True)
 #: An endpoint answered, but not as the published version should.
@@ -118,6 +120,7 @@ REASONS: tuple[Reason, ...] = (
     NO_DEPLOYMENT,
     BUILD_FAILED,
     PUBLISH_FAILED,
+    POD_STUCK,
     ROLLOUT_STUCK,
     VERIFICATION_FAILED,
     INVALID_SPEC,
@@ -175,7 +178,7 @@ class PublishedStatus:
     outputs: tuple[TensorStatus, ...] = ()
 
 
-TargetState = Literal["Pending", "Running", "Unschedulable", "Built", "Failed"]
+TargetState = Literal["Pending", "Running", "Unschedulable", "Stuck", "Built", "Failed"]
 
 
 @dataclass(frozen=True)

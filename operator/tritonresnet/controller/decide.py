@@ -62,6 +62,8 @@ class Engines:
     build_failure: str = ""
     publish_failure: str = ""
     waiting_for_node: str = ""
+    #: A build or publish pod that will not start without a change (its reason and the kubelet's words).
+    stuck: str = ""
 
     @property
     def failure(self) -> str:
@@ -193,7 +195,7 @@ def _builds(
     targets: Sequence[Target],
     engine_keys: Mapping[str, str],
     children: Children,
-) -> tuple[tuple[TargetStatus, ...], str, str]:
+) -> tuple[tuple[TargetStatus, ...], str, str, str]:
     """Per-target build state (failures, waits); renders the missing build Jobs.
 
     A failed build is remembered in its target's status with the hash of the Job
@@ -211,6 +213,7 @@ def _builds(
     out: list[TargetStatus] = []
     failures: list[str] = []
     waiting: list[str] = []
+    stuck: list[str] = []
     for target in targets:
         key = engine_keys[target.name]
         if key in built:
@@ -254,8 +257,10 @@ def _builds(
                 failures.append(f"target {target.name}: {outcome.message}")
             elif outcome.state == "Unschedulable":
                 waiting.append(f"target {target.name}: waiting for a node: {outcome.message}")
+            elif outcome.state == "Stuck":
+                stuck.append(f"target {target.name}: build {outcome.message}")
         out.append(entry)
-    return tuple(out), "; ".join(failures), "; ".join(waiting)
+    return tuple(out), "; ".join(failures), "; ".join(waiting), "; ".join(stuck)
 
 
 def _publish(
@@ -266,24 +271,26 @@ def _publish(
     version_key: str,
     served: Served | None,
     children: Children,
-) -> tuple[Served | None, str, str]:
-    """(published version, publish failure, waiting for a node); renders the publish Job if missing."""
+) -> tuple[Served | None, str, str, str]:
+    """(published version, publish failure, waiting for a node, stuck); renders the publish Job if missing."""
     meta = observed.resource["metadata"]
     job = observed.jobs.get(names.publish_job_name(meta["name"], version_key))
     protect = (served.version,) if served is not None else ()
     if job is None:
         children.desired.append(render.publish_job(meta, spec, engine_keys, version_key, protect, settings))
-        return None, "", ""
+        return None, "", "", ""
     outcome = observe.job_outcome(job, observed.pods)
     if outcome.state == "Succeeded" and outcome.result is not None:
         r = outcome.result
         release = settings.release_for(spec)
-        return Served(r.version, version_key, r.inputs, r.outputs, release), "", ""
+        return Served(r.version, version_key, r.inputs, r.outputs, release), "", "", ""
     if outcome.state == "Failed":
-        return None, f"publish: {outcome.message}", ""
+        return None, f"publish: {outcome.message}", "", ""
     if outcome.state == "Unschedulable":
-        return None, "", f"publish: waiting for a node: {outcome.message}"
-    return None, "", ""
+        return None, "", f"publish: waiting for a node: {outcome.message}", ""
+    if outcome.state == "Stuck":
+        return None, "", "", f"publish {outcome.message}"
+    return None, "", "", ""
 
 
 def engines(
@@ -308,13 +315,15 @@ def engines(
     if published is not None:
         built = _published_targets(name, old, targets, engine_keys)
         return Engines(version_key, len(targets), built, published)
-    target_status, failure, waiting = _builds(observed, spec, settings, targets, engine_keys, children)
+    target_status, failure, waiting, stuck = _builds(observed, spec, settings, targets, engine_keys, children)
     publish_failure = ""
     if all(t.state == "Built" for t in target_status) and not failure:
-        published, publish_failure, waiting = _publish(
+        published, publish_failure, waiting, stuck = _publish(
             observed, spec, settings, sorted(engine_keys.values()), version_key, served, children
         )
-    return Engines(version_key, len(targets), target_status, published, failure, publish_failure, waiting)
+    return Engines(
+        version_key, len(targets), target_status, published, failure, publish_failure, waiting, stuck
+    )
 
 
 # -- serving ------------------------------------------------------------------------------

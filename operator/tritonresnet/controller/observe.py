@@ -88,7 +88,7 @@ def _labels(obj: Mapping[str, Any]) -> Mapping[str, str]:
 
 # -- Jobs ---------------------------------------------------------------------------------
 
-JobState = Literal["Pending", "Running", "Unschedulable", "Succeeded", "Failed"]
+JobState = Literal["Pending", "Running", "Unschedulable", "Stuck", "Succeeded", "Failed"]
 
 
 @dataclass(frozen=True)
@@ -139,6 +139,9 @@ def job_outcome(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> Jo
     waiting = unschedulable(mine)
     if waiting:
         return JobOutcome("Unschedulable", None, waiting)
+    stuck = stuck_pod(mine, "pod")
+    if stuck:
+        return JobOutcome("Stuck", None, stuck)
     running = any((p.get("status") or {}).get("phase") == "Running" for p in mine)
     return JobOutcome("Running" if running else "Pending")
 
@@ -164,14 +167,16 @@ class Rollout:
     serving_versions: tuple[int, ...] = ()  #: model versions on ready Triton pods
 
 
-def _stuck(pods: Sequence[Mapping[str, Any]]) -> str:
+def stuck_pod(pods: Sequence[Mapping[str, Any]], what: str) -> str:
+    """``<what> <pod>: <reason>: <the kubelet's message>`` for a pod that will not start without a
+    change (a missing Secret, an image that cannot be pulled, a crash loop); empty when none is."""
     stuck = ""
     for pod in pods:
         for cs in (pod.get("status") or {}).get("containerStatuses") or ():
             waiting = (cs.get("state") or {}).get("waiting") or {}
             if waiting.get("reason") in STUCK_REASONS or int(cs.get("restartCount") or 0) >= 3:
                 stuck = (
-                    f"Triton pod {pod['metadata']['name']}: {waiting.get('reason') or 'restarting'}: "
+                    f"{what} {pod['metadata']['name']}: {waiting.get('reason') or 'restarting'}: "
                     f"{waiting.get('message') or 'restarted ' + str(cs.get('restartCount')) + ' times'}"
                 )
     return stuck
@@ -209,7 +214,7 @@ def rollout(
             if (p.get("status") or {}).get("podIP") and _true(p, "Ready")
         )
     )
-    stuck = _stuck(new)
+    stuck = stuck_pod(new, "Triton pod")
     progressing = condition(deployment, "Progressing")
     if progressing.get("reason") == "ProgressDeadlineExceeded":
         stuck = stuck or str(progressing.get("message"))

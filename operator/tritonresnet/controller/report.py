@@ -126,6 +126,8 @@ def _engine_condition(engines: Engines) -> Condition:
         return Condition(s.ENGINE_BUILT, "False", s.BUILD_FAILED.name, engines.build_failure)
     if engines.publish_failure:
         return Condition(s.ENGINE_BUILT, "False", s.PUBLISH_FAILED.name, engines.publish_failure)
+    if engines.stuck:
+        return Condition(s.ENGINE_BUILT, "False", s.POD_STUCK.name, engines.stuck)
     if engines.waiting_for_node:
         return Condition(s.ENGINE_BUILT, "False", s.WAITING_FOR_NODE.name, engines.waiting_for_node)
     return Condition(
@@ -145,6 +147,8 @@ def _summary(d: Decision, ready: bool) -> tuple[s.Phase, Reason, str]:
     if engines.failure:
         reason = s.BUILD_FAILED if engines.build_failure else s.PUBLISH_FAILED
         return (s.DEGRADED if something_serves else s.FAILED), reason, engines.failure + keeps_serving
+    if engines.stuck and published is None:
+        return (s.DEGRADED if something_serves else s.FAILED), s.POD_STUCK, engines.stuck + keeps_serving
     if rolled.stuck:
         return (s.DEGRADED if old else s.FAILED), s.ROLLOUT_STUCK, rolled.stuck + keeps_serving
     if verification.failed:
