@@ -1,9 +1,14 @@
 """Fetch the source model: S3 (or an S3-compatible store) or a local path.
 
-S3 objects are fetched as parallel ranged GETs written in place into one
-preallocated file, so a 100 MB+ model streams to disk without holding it in
-memory. Every range after the first is pinned to the first response's ETag,
-so an object replaced mid-download fails instead of mixing two versions.
+The transfer itself is boto3's transfer manager (``s3transfer``): parallel
+ranged GETs written in place into one file, so a 100 MB+ model streams to disk
+without being held in memory, every range pinned with ``If-Match`` to one
+ETag, so an object replaced mid-download fails (412) instead of mixing two
+versions. This module adds what the builder needs around it: the part size
+and concurrency (``TRITONRESNET_FETCH_PART_MIB``,
+``TRITONRESNET_FETCH_CONCURRENCY``), the sha256 hashed while the download
+runs, progress lines, a log line for every retry, and the sorting of errors
+into exit codes.
 
 Credentials come only from the environment or boto3's default chain (IRSA,
 instance profiles, ``AWS_*`` variables); no argument carries them.
@@ -11,7 +16,8 @@ instance profiles, ``AWS_*`` variables); no argument carries them.
 Errors are sorted for the Job's ``podFailurePolicy``: a missing object or
 bucket, denied credentials, a malformed URI and a digest mismatch are
 ``BAD_INPUT``; connection failures, throttling and 5xx are retried with
-backoff and then reported ``TRANSIENT``.
+backoff and then reported ``TRANSIENT``, as is an object replaced during the
+download (the Job's next pod fetches the new version whole).
 """
 
 from __future__ import annotations
@@ -24,18 +30,21 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import boto3
 import botocore.exceptions as boto_errors
+from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
+from s3transfer import exceptions as transfer_errors
+from s3transfer.manager import TransferManager
+from s3transfer.subscribers import BaseSubscriber
 
 from tritonresnet_builder.contract import ExitCode, Source
-from tritonresnet_builder.failures import BuilderError, bad_input, transient
+from tritonresnet_builder.failures import BuilderError, bad_input, transient, usage
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +53,15 @@ URI_FIELD = "spec.source.uri"
 ENDPOINT_FIELD = "spec.source.endpoint"
 SHA256_FIELD = "spec.source.sha256"
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+PART_MIB_ENV = "TRITONRESNET_FETCH_PART_MIB"
+CONCURRENCY_ENV = "TRITONRESNET_FETCH_CONCURRENCY"
+
+#: Bounds of the automatic part size (see :meth:`FetchSettings.part_size`).
+MIN_AUTO_PART = 16 * MiB
+MAX_AUTO_PART = 128 * MiB
+#: botocore's attempts per request (standard mode), the retries of a refused or failed request.
+REQUEST_ATTEMPTS = 3
 
 # S3 error codes that mean "the user named something that is not there or not theirs".
 _NOT_FOUND = {"NoSuchKey": "ObjectNotFound", "NoSuchBucket": "BucketNotFound", "404": "ObjectNotFound"}
@@ -65,7 +83,6 @@ _RETRYABLE_CODES = {
     "ThrottlingException",
     "RequestTimeout",
     "RequestTimeTooSkewed",
-    "PreconditionFailed",
     "OperationAborted",
 }
 _CONNECTION_ERRORS = (
@@ -96,11 +113,53 @@ class S3Location:
 
 @dataclass(frozen=True)
 class FetchSettings:
-    part_bytes: int = 16 * MiB
+    #: 0: about one part per thread, between MIN_AUTO_PART and MAX_AUTO_PART (see part_size)
+    part_bytes: int = 0
     concurrency: int = 8
-    attempts: int = 4  #: per part, on top of botocore's own retries of the request
+    #: whole-object attempts, on top of botocore's per request and s3transfer's per part
+    attempts: int = 3
     backoff_seconds: float = 0.5
     progress_every_seconds: float = 5.0
+
+    def part_size(self, total: int) -> int:
+        """The part size for an object of ``total`` bytes.
+
+        Without a fixed size, one part per thread keeps every connection busy
+        with the fewest requests. Few requests matter on stores that pay per
+        request (moto's server copies the whole object for every ranged GET,
+        so 32 parts of 512 MiB took 13 s and 8 parts 4 s); the 16 MiB floor
+        keeps the requests of a small model few, and the 128 MiB ceiling keeps
+        a part that s3transfer fetches again after a broken stream short.
+        """
+        if self.part_bytes:
+            return self.part_bytes
+        per_thread = -(-total // max(self.concurrency, 1))
+        return min(max(-(-per_thread // MiB) * MiB, MIN_AUTO_PART), MAX_AUTO_PART)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> FetchSettings:
+        """Defaults, with the part size and concurrency a deployment may set in the environment.
+
+        Environment variables, not builder arguments: the argv is the
+        operator's versioned contract, and these are tuning of one image.
+        """
+        env = os.environ if env is None else env
+
+        def number(name: str, low: int, high: int) -> int | None:
+            text = env.get(name, "").strip()
+            if not text:
+                return None
+            if not text.isdigit() or not low <= int(text) <= high:
+                raise usage("InvalidFetchSetting", f"{name}={text!r} is not a whole number in {low}..{high}")
+            return int(text)
+
+        part_mib = number(PART_MIB_ENV, 5, 5 * 1024)  # S3's own limits on a part
+        concurrency = number(CONCURRENCY_ENV, 1, 64)
+        defaults = cls()
+        return cls(
+            part_bytes=part_mib * MiB if part_mib else defaults.part_bytes,
+            concurrency=concurrency or defaults.concurrency,
+        )
 
 
 @dataclass(frozen=True)
@@ -160,14 +219,36 @@ def check_digest(fetched: FetchedFile, pin: str, uri: str) -> None:
 # -- error classification -------------------------------------------------------------
 
 
+def _client_error_code(exc: BaseException | None) -> str:
+    if isinstance(exc, boto_errors.ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def _object_changed(uri: str) -> BuilderError:
+    return transient("ObjectChanged", f"{uri} changed while it was being fetched", URI_FIELD)
+
+
 def classify(exc: BaseException, uri: str) -> BuilderError:
-    """Turn a boto3/botocore/OS error into a BuilderError naming ``uri``."""
+    """Turn a boto3/botocore/s3transfer/OS error into a BuilderError naming ``uri``."""
     if isinstance(exc, BuilderError):
         return exc
+    if isinstance(exc, transfer_errors.RetriesExceededError) and exc.last_exception is not None:
+        return classify(exc.last_exception, uri)  # s3transfer gave up re-reading a broken stream
+    if isinstance(exc, transfer_errors.S3DownloadFailedError):
+        # s3transfer raises it, from the 412, when a part no longer matches the pinned ETag.
+        if _client_error_code(exc.__context__) == "PreconditionFailed" or "ETag" in str(exc):
+            return _object_changed(uri)
+        return transient("StorageUnavailable", f"{uri}: the download failed ({exc})", URI_FIELD)
+    if isinstance(exc, transfer_errors.S3ValidationError):
+        # A range answered with other bytes than asked for: a confused proxy or server, not the user.
+        return transient("StorageUnavailable", f"{uri}: S3 answered a wrong range ({exc})", URI_FIELD)
     if isinstance(exc, boto_errors.ClientError):
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if code == "PreconditionFailed" or status == 412:
+            return _object_changed(uri)
         if code in _NOT_FOUND:
             what = "bucket" if code == "NoSuchBucket" else "object"
             return bad_input(_NOT_FOUND[code], f"{uri}: no such {what} ({code})", URI_FIELD)
@@ -211,13 +292,18 @@ T = TypeVar("T")
 
 
 def with_retries(action: Callable[[], T], uri: str, settings: FetchSettings) -> T:
-    """Run ``action``; retry transient failures with jittered exponential backoff."""
+    """Run ``action``; retry transient failures with jittered exponential backoff.
+
+    A changed object is not retried here: it fails the fetch, and the Job's
+    next pod starts over on the new version.
+    """
     for attempt in range(settings.attempts):
         try:
             return action()
         except Exception as exc:
             error = classify(exc, uri)
-            if error.exit_code != ExitCode.TRANSIENT or attempt == settings.attempts - 1:
+            final = attempt == settings.attempts - 1 or error.kind == "ObjectChanged"
+            if error.exit_code != ExitCode.TRANSIENT or final:
                 raise error from exc
             delay = settings.backoff_seconds * (2**attempt) * (0.5 + random.random())
             log.warning(
@@ -232,7 +318,7 @@ def with_retries(action: Callable[[], T], uri: str, settings: FetchSettings) -> 
     raise AssertionError("unreachable")
 
 
-# -- progress -------------------------------------------------------------------------
+# -- progress and retries -------------------------------------------------------------
 
 
 class Progress:
@@ -266,13 +352,186 @@ class Progress:
         )
 
 
+class _TransferWatch(BaseSubscriber):
+    """s3transfer's subscriber: hands it the object's size and ETag, and counts progress.
+
+    Giving both spares s3transfer its own HEAD and pins every range to the
+    ETag we read. A negative progress is s3transfer starting a part again
+    after its stream broke; it says nothing else about it, so we do.
+    """
+
+    def __init__(self, progress: Progress, size: int, etag: str) -> None:
+        self.progress, self.size, self.etag = progress, size, etag
+
+    def on_queued(self, future: Any, **kwargs: Any) -> None:
+        future.meta.provide_transfer_size(self.size)
+        future.meta.provide_object_etag(self.etag)
+
+    def on_progress(self, future: Any, bytes_transferred: int, **kwargs: Any) -> None:
+        if bytes_transferred < 0:
+            log.warning(
+                "fetch %s: a part's stream broke; fetching its %.1f MiB again",
+                self.progress.uri,
+                -bytes_transferred / MiB,
+            )
+        self.progress.add(bytes_transferred)
+
+
+_RETRY_REASON = "tritonresnet_retry_reason"
+
+
+def _report_request_retries(client: Any, uri: str) -> Callable[[], None]:
+    """Log each request botocore retries, with what went wrong; returns the undo.
+
+    botocore retries a 5xx, a throttle or a dropped connection silently. Its
+    ``needs-retry`` event sees the failure; the ``request-created`` event of
+    the next attempt is where we know the retry happens.
+    """
+    events = client.meta.events
+    tag = f"tritonresnet-fetch-{id(events)}-{time.monotonic_ns()}"
+
+    def remember(request_dict: dict[str, Any], response: Any, caught_exception: Any, **_: Any) -> None:
+        reason = ""
+        if caught_exception is not None:
+            reason = f"{type(caught_exception).__name__} ({caught_exception})"
+        elif response is not None and response[0].status_code >= 300:
+            code = response[1].get("Error", {}).get("Code", "")
+            reason = f"HTTP {response[0].status_code}" + (f" {code}" if code else "")
+        request_dict["context"][_RETRY_REASON] = reason
+
+    def announce(request: Any, operation_name: str, **_: Any) -> None:
+        attempt = int(request.context.get("retries", {}).get("attempt", 1))
+        if attempt > 1:
+            where = request.headers.get("Range", "")
+            log.warning(
+                "fetch %s: %s%s failed with %s; retrying (request attempt %d of %d)",
+                uri,
+                operation_name,
+                f" {where.decode() if isinstance(where, bytes) else where}" if where else "",
+                request.context.get(_RETRY_REASON) or "an error",
+                attempt,
+                REQUEST_ATTEMPTS,
+            )
+
+    events.register("needs-retry.s3", remember, unique_id=tag + "-needs")
+    events.register("request-created.s3", announce, unique_id=tag + "-created")
+
+    def undo() -> None:
+        events.unregister("needs-retry.s3", unique_id=tag + "-needs")
+        events.unregister("request-created.s3", unique_id=tag + "-created")
+
+    return undo
+
+
+# -- the file being downloaded --------------------------------------------------------
+
+
+class HashingFile:
+    """The download's file: writes land in place, and a thread hashes the written prefix.
+
+    s3transfer writes each part's chunks in order, but the parts out of order
+    (a seek, then a write, from its one IO thread). A thread follows the
+    prefix written so far and hashes it from the page cache, so by the last
+    byte the sha256 is nearly done instead of costing a full read after it.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._position = 0
+        self._runs: list[tuple[int, int]] = []  #: written [start, end), sorted and merged
+        self._changed = threading.Condition()
+        self._finished = False
+        self._digest = hashlib.sha256()
+        self._hashed = 0
+        self._failure: BaseException | None = None
+        self._hasher = threading.Thread(target=self._hash_prefix, name="fetch-sha256", daemon=True)
+        self._hasher.start()
+
+    # the file-object methods s3transfer calls
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_CUR:
+            offset += self._position
+        elif whence != os.SEEK_SET:
+            raise OSError("HashingFile seeks from the start or the current position only")
+        self._position = offset
+        return offset
+
+    def tell(self) -> int:
+        return self._position
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        done = 0
+        while done < len(view):
+            done += os.pwrite(self._fd, view[done:], self._position + done)
+        with self._changed:
+            self._add_run(self._position, self._position + done)
+            self._changed.notify()
+        self._position += done
+        return done
+
+    def _add_run(self, start: int, end: int) -> None:
+        merged: list[tuple[int, int]] = []
+        for begin, stop in sorted([*self._runs, (start, end)]):
+            if merged and begin <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], stop))
+            else:
+                merged.append((begin, stop))
+        self._runs = merged
+
+    def _prefix(self) -> int:
+        return self._runs[0][1] if self._runs and self._runs[0][0] == 0 else 0
+
+    def _hash_prefix(self) -> None:
+        try:
+            while True:
+                with self._changed:
+                    while not self._finished and self._prefix() <= self._hashed:
+                        self._changed.wait()
+                    end = self._prefix()
+                    if end <= self._hashed:
+                        return  # finished, and all of the prefix is hashed
+                while self._hashed < end:
+                    chunk = os.pread(self._fd, min(4 * MiB, end - self._hashed), self._hashed)
+                    if not chunk:
+                        raise OSError(f"read {self._hashed} of {end} written bytes back")
+                    self._digest.update(chunk)
+                    self._hashed += len(chunk)
+        except BaseException as exc:  # handed to finish(), which runs in the fetching thread
+            self._failure = exc
+
+    def _stop(self) -> None:
+        with self._changed:
+            self._finished = True
+            self._changed.notify()
+        self._hasher.join()
+
+    def finish(self) -> tuple[str, int]:
+        """Flush to disk and wait for the hash: the sha256 and length of the bytes in place from 0."""
+        os.fsync(self._fd)
+        self._stop()
+        if self._failure is not None:
+            raise self._failure
+        return self._digest.hexdigest(), self._hashed
+
+    def close(self) -> None:
+        if self._hasher.is_alive():
+            self._stop()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 # -- S3 -------------------------------------------------------------------------------
 
 
 def s3_client(source: Source, settings: FetchSettings) -> Any:
     """A client from the default credential chain; never credentials from arguments."""
     config = Config(
-        retries={"max_attempts": 3, "mode": "standard"},
+        retries={"max_attempts": REQUEST_ATTEMPTS, "mode": "standard"},
         max_pool_connections=settings.concurrency + 2,
         connect_timeout=5,
         read_timeout=60,
@@ -292,80 +551,72 @@ def s3_client(source: Source, settings: FetchSettings) -> Any:
         ) from exc
 
 
-def _total_size(response: dict[str, Any]) -> int:
-    content_range = str(response.get("ContentRange", ""))
-    if "/" in content_range:
-        return int(content_range.rsplit("/", 1)[1])
-    return int(response.get("ContentLength", 0))
+def _head(client: Any, location: S3Location) -> tuple[int, str]:
+    """The object's size and ETag; a 404 is told apart into a missing bucket or key.
+
+    A HEAD answer has no body, so S3 cannot say which was missing; asking for
+    the bucket (only on this failure) can.
+    """
+    try:
+        response = client.head_object(Bucket=location.bucket, Key=location.key)
+    except boto_errors.ClientError as exc:
+        if _client_error_code(exc) not in ("404", "NoSuchKey", "NotFound"):
+            raise
+        try:
+            client.head_bucket(Bucket=location.bucket)
+        except boto_errors.ClientError as bucket_exc:
+            if _client_error_code(bucket_exc) in ("404", "NoSuchBucket", "NotFound"):
+                raise bad_input(
+                    "BucketNotFound", f"{location.uri}: no such bucket (NoSuchBucket)", URI_FIELD
+                ) from exc
+        raise bad_input("ObjectNotFound", f"{location.uri}: no such object (NoSuchKey)", URI_FIELD) from exc
+    return int(response.get("ContentLength", 0)), str(response.get("ETag", ""))
 
 
-def _stream_into(fd: int, offset: int, body: Any, progress: Progress | None) -> int:
-    written = 0
-    for chunk in body.iter_chunks(MiB):
-        os.pwrite(fd, chunk, offset + written)
-        written += len(chunk)
-        if progress:
-            progress.add(len(chunk))
-    return written
-
-
-def _ranges(total: int, part: int, start: int) -> Iterator[tuple[int, int]]:
-    for begin in range(start, total, part):
-        yield begin, min(begin + part, total) - 1
+def transfer_config(settings: FetchSettings, total: int) -> TransferConfig:
+    part = settings.part_size(total)
+    return TransferConfig(
+        # Ranged GETs for any object that has a byte: s3transfer pins those to the ETag
+        # (its single-GET path for a small object has no If-Match).
+        multipart_threshold=1,
+        multipart_chunksize=part,
+        max_concurrency=settings.concurrency,
+        # The classic manager, never the CRT one: the errors, the ETag pin and the
+        # retries sorted here are botocore's, and boto3's CRT path speaks to AWS only.
+        preferred_transfer_client="classic",
+    )
 
 
 def fetch_s3(client: Any, location: S3Location, dest: Path, settings: FetchSettings) -> FetchedFile:
-    """Download one object with parallel ranged GETs into ``dest``."""
+    """Download one object with boto3's transfer manager into ``dest``, hashing it on the way."""
     uri = location.uri
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
+    undo = _report_request_retries(client, uri)
 
-        def first() -> tuple[int, str, int]:
-            try:
-                response = client.get_object(
-                    Bucket=location.bucket, Key=location.key, Range=f"bytes=0-{settings.part_bytes - 1}"
-                )
-            except boto_errors.ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") == "InvalidRange":
-                    return 0, "", 0  # an empty object: no byte range exists
-                raise
-            written = _stream_into(fd, 0, response["Body"], None)
-            return _total_size(response), str(response.get("ETag", "")), written
-
-        total, etag, head = with_retries(first, uri, settings)
-        if head > total:
-            raise transient("ObjectChanged", f"{uri} changed while it was being fetched", URI_FIELD)
-        os.ftruncate(fd, total)
+    def attempt() -> FetchedFile:
+        total, etag = _head(client, location)
         progress = Progress(uri, total, settings.progress_every_seconds)
-        progress.add(head)
-
-        def part(span: tuple[int, int]) -> None:
-            begin, end = span
-
-            def attempt() -> None:
-                extra = {"IfMatch": etag} if etag else {}
-                response = client.get_object(
-                    Bucket=location.bucket, Key=location.key, Range=f"bytes={begin}-{end}", **extra
+        target = HashingFile(dest)
+        try:
+            with TransferManager(client, transfer_config(settings, total)) as manager:
+                future = manager.download(
+                    location.bucket, location.key, target, subscribers=[_TransferWatch(progress, total, etag)]
                 )
-                got = _stream_into(fd, begin, response["Body"], progress)
-                if got != end - begin + 1:
-                    raise ConnectionError(f"short read of bytes {begin}-{end}: got {got}")
-
-            with_retries(attempt, uri, settings)
-
-        with ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="fetch") as pool:
-            # list() re-raises the first failure; the pool waits for the others.
-            list(pool.map(part, _ranges(total, settings.part_bytes, head)))
-        os.fsync(fd)
+                future.result()
+            digest, written = target.finish()
+        finally:
+            target.close()
+        if written != total:
+            # Every range is pinned to the HEAD's ETag; this is the last word if
+            # a store ignored the pin and answered another version's length.
+            raise _object_changed(uri)
         progress.report()
-    except BuilderError:
-        raise
-    except Exception as exc:
-        raise classify(exc, uri) from exc
+        return FetchedFile(path=dest, sha256=digest, size=total, etag=etag.strip('"'))
+
+    try:
+        return with_retries(attempt, uri, settings)
     finally:
-        os.close(fd)
-    return FetchedFile(path=dest, sha256=file_sha256(dest), size=total, etag=etag.strip('"'))
+        undo()
 
 
 # -- local ----------------------------------------------------------------------------
@@ -394,7 +645,7 @@ class SourceFetcher:
 
     def __init__(self, source: Source, settings: FetchSettings | None = None) -> None:
         self.source = source
-        self.settings = settings or FetchSettings()
+        self.settings = settings or FetchSettings.from_env()
         self.location = parse_uri(source.uri)
         validate_sha256(source.sha256)
         self._client: Any = None

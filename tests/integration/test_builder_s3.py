@@ -1,19 +1,41 @@
-"""Fetching from moto's S3 server and building (format onnx) the test ground's ResNets, as the Job would."""
+"""Fetching from moto's S3 server and building (format onnx) the test ground's ResNets, as the Job would.
+
+The fault cases reach moto for real; where moto has no such fault (a 503, an
+object replaced between two ranges), a botocore ``before-send`` hook on the
+fetch's own client answers or acts in its place, so the retries and the
+412 are botocore's and s3transfer's own handling.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from botocore.awsrequest import AWSResponse
 from testground.models import OnnxModels
 from testground.s3 import S3Server
 from tritonresnet_builder.contract import BuildArgs, EngineSettings, ExitCode, Source, Tensor, parse_result
-from tritonresnet_builder.fetch import FetchSettings, S3Location, fetch_s3, s3_client
+from tritonresnet_builder.failures import BuilderError
+from tritonresnet_builder.fetch import (
+    CONCURRENCY_ENV,
+    MAX_AUTO_PART,
+    MIN_AUTO_PART,
+    PART_MIB_ENV,
+    FetchSettings,
+    S3Location,
+    fetch_s3,
+    s3_client,
+)
+
+MiB = 1 << 20
 
 
 def run_builder(argv: list[str], s3: S3Server) -> subprocess.CompletedProcess[str]:
@@ -97,3 +119,140 @@ def test_build_fetches_external_data_next_to_the_model(
     for file in folder.iterdir():
         assert sha256(engine / file.name) == sha256(file)
     assert parse_result(done.stdout).artifact_bytes == sum(f.stat().st_size for f in folder.iterdir())
+
+
+# -- faults on the way -------------------------------------------------------------------
+
+
+class _Body(io.BytesIO):
+    """The raw body botocore reads from an AWSResponse."""
+
+    def stream(self, amt: int = 1024, decode_content: bool | None = None) -> Iterator[bytes]:
+        while chunk := self.read(amt):
+            yield chunk
+
+
+def _slow_down(request: Any) -> AWSResponse:
+    body = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+    return AWSResponse(request.url, 503, {"Content-Type": "application/xml"}, _Body(body))
+
+
+@pytest.fixture
+def blob(s3: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Path]:
+    """A 6 MiB object under a key of its own (so replacing it touches no other test)."""
+    path = tmp_path / "blob.bin"
+    path.write_bytes(os.urandom(6 * MiB + 321))
+    key = f"faults/{tmp_path.name}.bin"
+    s3.upload(path, key)
+    for name, value in s3.env.items():
+        monkeypatch.setenv(name, value)
+    return key, path
+
+
+def _fetch_client(s3: S3Server, key: str, settings: FetchSettings) -> Any:
+    return s3_client(Source(uri=s3.uri(key), endpoint=s3.endpoint), settings)
+
+
+def _ranged_gets(client: Any, act: Any) -> list[str]:
+    """Call ``act(request, n)`` before the n-th ranged GET is sent; returns the Range headers seen."""
+    seen: list[str] = []
+
+    def before_send(request: Any, **_: Any) -> AWSResponse | None:
+        if request.method != "GET" or "Range" not in request.headers:
+            return None
+        value = request.headers["Range"]
+        seen.append(value.decode() if isinstance(value, bytes) else value)
+        return act(request, len(seen))  # type: ignore[no-any-return]
+
+    client.meta.events.register("before-send.s3.GetObject", before_send)
+    return seen
+
+
+def test_fetch_s3_retries_a_503_and_says_so(
+    s3: S3Server, blob: tuple[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    key, path = blob
+    settings = FetchSettings(part_bytes=2 * MiB, concurrency=2)
+    client = _fetch_client(s3, key, settings)
+    # The first two ranged GETs answer 503 SlowDown; botocore's standard retries go on.
+    _ranged_gets(client, lambda request, n: _slow_down(request) if n <= 2 else None)
+    with caplog.at_level(logging.INFO, logger="tritonresnet_builder.fetch"):
+        fetched = fetch_s3(client, S3Location(s3.bucket, key), tmp_path / "out.bin", settings)
+    assert fetched.sha256 == sha256(path) and fetched.size == path.stat().st_size
+    retries = [r.getMessage() for r in caplog.records if "retrying (request attempt" in r.getMessage()]
+    assert len(retries) == 2 and all("HTTP 503 SlowDown" in line for line in retries), retries
+
+
+def test_fetch_s3_reports_a_lasting_503_as_transient(
+    s3: S3Server, blob: tuple[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    key, _ = blob
+    settings = FetchSettings(part_bytes=2 * MiB, concurrency=2, attempts=2, backoff_seconds=0.01)
+    client = _fetch_client(s3, key, settings)
+    _ranged_gets(client, lambda request, n: _slow_down(request))
+    with caplog.at_level(logging.INFO, logger="tritonresnet_builder.fetch"):
+        with pytest.raises(BuilderError) as raised:
+            fetch_s3(client, S3Location(s3.bucket, key), tmp_path / "out.bin", settings)
+    assert raised.value.exit_code == ExitCode.TRANSIENT
+    assert raised.value.kind == "StorageUnavailable" and "SlowDown" in raised.value.message
+    assert any("retrying in" in r.getMessage() for r in caplog.records)  # the whole object, once
+
+
+def test_fetch_s3_fails_when_the_object_is_replaced_mid_download(
+    s3: S3Server, blob: tuple[str, Path], tmp_path: Path
+) -> None:
+    key, _ = blob
+    settings = FetchSettings(part_bytes=1 * MiB, concurrency=2)
+    client = _fetch_client(s3, key, settings)
+    other = tmp_path / "other.bin"
+    other.write_bytes(os.urandom(6 * MiB + 321))  # the same length: only the ETag tells them apart
+    replaced: list[int] = []
+
+    def replace_before_the_fourth(request: Any, n: int) -> None:
+        if n == 4 and not replaced:
+            s3.upload(other, key)
+            replaced.append(n)
+
+    seen = _ranged_gets(client, replace_before_the_fourth)
+    with pytest.raises(BuilderError) as raised:
+        fetch_s3(client, S3Location(s3.bucket, key), tmp_path / "out.bin", settings)
+    assert replaced, seen
+    assert raised.value.exit_code == ExitCode.TRANSIENT and raised.value.kind == "ObjectChanged"
+    assert "changed while it was being fetched" in raised.value.message
+    # Not retried in this pod (no range asked twice): the Job's next one fetches the new version whole.
+    assert len(seen) == len(set(seen)), seen
+
+
+def test_fetch_s3_pins_a_one_part_object_too(s3: S3Server, blob: tuple[str, Path], tmp_path: Path) -> None:
+    key, _ = blob
+    settings = FetchSettings(part_bytes=64 * MiB)  # the whole object in one GET
+    client = _fetch_client(s3, key, settings)
+    other = tmp_path / "other.bin"
+    other.write_bytes(os.urandom(6 * MiB + 321))
+    _ranged_gets(client, lambda request, n: s3.upload(other, key) and None)
+    with pytest.raises(BuilderError) as raised:
+        fetch_s3(client, S3Location(s3.bucket, key), tmp_path / "out.bin", settings)
+    assert raised.value.kind == "ObjectChanged"
+
+
+# -- settings ----------------------------------------------------------------------------
+
+
+def test_auto_part_size_is_one_part_per_thread_within_bounds() -> None:
+    settings = FetchSettings(concurrency=8)
+    assert settings.part_size(10 * MiB) == MIN_AUTO_PART
+    assert settings.part_size(512 * MiB) == 64 * MiB
+    assert settings.part_size(100 * MiB) == MIN_AUTO_PART  # 12.5 MiB a thread: the floor
+    assert settings.part_size(200 * MiB + 1) == 26 * MiB  # rounded up to whole MiB
+    assert settings.part_size(8 * 1024 * MiB) == MAX_AUTO_PART
+    assert FetchSettings(part_bytes=5 * MiB).part_size(512 * MiB) == 5 * MiB
+
+
+def test_fetch_settings_from_the_environment() -> None:
+    assert FetchSettings.from_env({}) == FetchSettings()
+    tuned = FetchSettings.from_env({PART_MIB_ENV: "32", CONCURRENCY_ENV: "4"})
+    assert tuned.part_bytes == 32 * MiB and tuned.concurrency == 4
+    for bad in ({PART_MIB_ENV: "lots"}, {PART_MIB_ENV: "1"}, {CONCURRENCY_ENV: "0"}):
+        with pytest.raises(BuilderError) as raised:
+            FetchSettings.from_env(bad)
+        assert raised.value.exit_code == ExitCode.USAGE and raised.value.kind == "InvalidFetchSetting"
