@@ -4,6 +4,12 @@ answered by the real tritonserver, pinned to the published version as the operat
 Triton runs ``platform: onnxruntime_onnx`` through the test ground's onnxruntime
 stand-in backend (the pytriton wheel has no ONNX Runtime backend); the config,
 repository layout, model control and inference are the real server's.
+
+Two layouts: batched (``max_batch_size`` 4, requests ``[N, 3, 224, 224]``) and
+the one of NVIDIA's ResNet-50 tutorial (``max_batch_size`` 0): its client sends
+one image as ``[3, 224, 224]`` with ``class_count=1000`` in binary and reads
+``score:index`` strings back, for the tutorial's own export (a fixed batch of 1)
+and for a dynamic-batch export alike.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import tritonclient.http
 from testground.models import OnnxModels
 from testground.s3 import S3Server
 from testground.triton import start_tritonserver
+from tritonresnet.controller.verify import Expected, check_endpoint
 from tritonresnet_builder.contract import (
     BuildArgs,
     EngineSettings,
@@ -27,6 +34,7 @@ from tritonresnet_builder.contract import (
     PublishArgs,
     Result,
     Source,
+    Tensor,
     parse_result,
 )
 
@@ -46,12 +54,11 @@ def run_builder(argv: list[str], s3: S3Server) -> Result:
     return parse_result(done.stdout)
 
 
-def test_serve_as_onnx_publish_is_loaded_and_answered_by_tritonserver(
-    s3: S3Server, onnx_models: OnnxModels, tmp_path: Path
-) -> None:
-    spec = onnx_models.spec("renamed")
-    source = onnx_models.onnx_file("renamed")
-    uri = s3.upload(source, "serve/renamed.onnx")
+def build_and_publish(
+    s3: S3Server, onnx_models: OnnxModels, tmp_path: Path, variant: str, model_name: str, max_batch: int
+) -> tuple[Path, Result]:
+    """The model variant uploaded to S3, built (format onnx) and published as ``model_name`` version 1."""
+    uri = s3.upload(onnx_models.onnx_file(variant), f"serve/{variant}.onnx")
     repo = tmp_path / "repo"
     repo.mkdir()
     run_builder(
@@ -59,32 +66,46 @@ def test_serve_as_onnx_publish_is_loaded_and_answered_by_tritonserver(
             repository=str(repo),
             engine_key="k-onnx",
             source=Source(uri=uri, endpoint=s3.endpoint),
-            engine=EngineSettings(format="onnx", max_batch_size=4),
+            engine=EngineSettings(format="onnx", max_batch_size=max_batch),
             result_file=str(tmp_path / "build"),
         ).to_argv(),
         s3,
     )
     publish = PublishArgs(
         repository=str(repo),
-        model_name="resnet",
+        model_name=model_name,
         version_key="v-a",
         engine_keys=("k-onnx",),
-        max_batch_size=4,
+        max_batch_size=max_batch,
         instance_kind="KIND_CPU",
         result_file=str(tmp_path / "publish"),
     )
-    assert run_builder(publish.to_argv(), s3).version == 1
+    result = run_builder(publish.to_argv(), s3)
+    assert result.version == 1
+    return repo, result
 
-    batch = np.random.default_rng(3).standard_normal((2, 3, 224, 224)).astype(np.float32)
-    expected = onnxruntime.InferenceSession(str(source)).run([spec.output_name], {spec.input_name: batch})[0]
-    args = (
+
+def serving_args(model_name: str) -> tuple[str, ...]:
+    """How the operator's Triton pods run: explicit control, pinned to the version's config."""
+    return (
         "--model-control-mode=explicit",
-        "--load-model=resnet",
+        f"--load-model={model_name}",
         "--model-config-name=v1",
         "--strict-readiness=true",
         "--exit-on-error=false",
     )
-    with start_tritonserver(repo, *args) as server:
+
+
+def test_serve_as_onnx_publish_is_loaded_and_answered_by_tritonserver(
+    s3: S3Server, onnx_models: OnnxModels, tmp_path: Path
+) -> None:
+    spec = onnx_models.spec("renamed")
+    source = onnx_models.onnx_file("renamed")
+    repo, published = build_and_publish(s3, onnx_models, tmp_path, "renamed", "resnet", max_batch=4)
+
+    batch = np.random.default_rng(3).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    expected = onnxruntime.InferenceSession(str(source)).run([spec.output_name], {spec.input_name: batch})[0]
+    with start_tritonserver(repo, *serving_args("resnet")) as server:
         client = tritonclient.http.InferenceServerClient(server.http_url)
         assert client.is_model_ready("resnet", "1")
         metadata = client.get_model_metadata("resnet")
@@ -94,6 +115,54 @@ def test_serve_as_onnx_publish_is_loaded_and_answered_by_tritonserver(
         request = tritonclient.http.InferInput(spec.input_name, list(batch.shape), "FP32")
         request.set_data_from_numpy(batch)
         answer = client.infer("resnet", [request], model_version="1").as_numpy(spec.output_name)
+        # batched, the operator's check expects a leading -1 in the metadata, and gets it
+        check = check_endpoint(server.http_url, Expected("resnet", 1, published.inputs, published.outputs))
+    assert check.ok, check.message
     assert answer.shape == (2, 1000)
     np.testing.assert_allclose(answer, expected, rtol=1e-4, atol=1e-4)
     assert (answer.argmax(axis=1) == expected.argmax(axis=1)).all()
+
+
+@pytest.mark.parametrize("variant", ["fixed_batch", "resnet18"], ids=["fixed-batch-1", "dynamic-batch"])
+def test_the_tutorials_request_is_answered_with_max_batch_zero(
+    s3: S3Server, onnx_models: OnnxModels, tmp_path: Path, variant: str
+) -> None:
+    """NVIDIA's ResNet-50 tutorial client against a version published with max batch 0: model
+    resnet50, one image as [3, 224, 224] (no batch dimension), class_count=1000, binary data."""
+    spec = onnx_models.spec(variant)
+    assert spec.dynamic_batch == (variant == "resnet18")  # the tutorial's export has a fixed batch of 1
+    repo, published = build_and_publish(s3, onnx_models, tmp_path, variant, "resnet50", max_batch=0)
+    # what the operator will expect Triton's metadata to show: no batch dimension at all
+    assert published.inputs == (Tensor("input", "FP32", (3, 224, 224)),)
+    assert published.outputs == (Tensor("output", "FP32", (1000,)),)
+
+    image = np.random.default_rng(5).standard_normal((3, 224, 224)).astype(np.float32)
+    session = onnxruntime.InferenceSession(str(onnx_models.onnx_file(variant)))
+    (scores,) = session.run(["output"], {"input": image[np.newaxis]})[0]  # the model runs at batch 1
+    with start_tritonserver(repo, *serving_args("resnet50")) as server:
+        client = tritonclient.http.InferenceServerClient(server.http_url)
+        metadata = client.get_model_metadata("resnet50")
+        assert [(t["name"], t["shape"]) for t in metadata["inputs"]] == [("input", [3, 224, 224])]
+        assert [(t["name"], t["shape"]) for t in metadata["outputs"]] == [("output", [1000])]
+        config = client.get_model_config("resnet50")
+        assert config["max_batch_size"] == 0 and "dynamic_batching" not in config
+
+        request = tritonclient.http.InferInput("input", list(image.shape), datatype="FP32")
+        request.set_data_from_numpy(image, binary_data=True)
+        wanted = tritonclient.http.InferRequestedOutput("output", binary_data=True, class_count=1000)
+        ranked = client.infer(model_name="resnet50", inputs=[request], outputs=[wanted]).as_numpy("output")
+        # and the operator's own endpoint check, from the publish result, passes
+        check = check_endpoint(
+            server.http_url, Expected("resnet50", 1, published.inputs, published.outputs, batched=False)
+        )
+    assert check.ok, check.message
+
+    assert ranked.shape == (1000,)
+    entries = [entry.decode().split(":") for entry in ranked]
+    assert all(len(entry) == 2 for entry in entries)  # "score:index"
+    indices = [int(index) for _, index in entries]
+    assert sorted(indices) == list(range(1000))
+    assert indices[:5] == list(np.argsort(-scores)[:5])
+    np.testing.assert_allclose(
+        [float(score) for score, _ in entries[:5]], np.sort(scores)[::-1][:5], rtol=1e-4
+    )
