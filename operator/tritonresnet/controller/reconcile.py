@@ -67,7 +67,8 @@ def plan(observed: Observed, settings: Settings) -> Plan:
     # Ask whose an object is before writing or deleting it: one of that name that is not this
     # resource's (no controller reference to its uid) is never written, adopted or deleted.
     uid = str(resource["metadata"].get("uid") or "")
-    apply, conflicts = [], []
+    apply: list[dict[str, Any]] = []
+    conflicts: list[str] = []
     for child in decision.children.desired:
         kind, name = child["kind"], child["metadata"]["name"]
         existing = observed.child(kind, name)
