@@ -59,6 +59,8 @@ def build(
     endpoint: Callable[[World], str] | None = None,
     fmt: str = "onnx",
     precision: str = "fp16",
+    max_batch: int = 8,
+    opt_batch: int = 0,
 ) -> Callable[[World], list[str]]:
     def argv(world: World) -> list[str]:
         uri = source(world)
@@ -72,7 +74,12 @@ def build(
                 if endpoint
                 else (world.s3.endpoint if uri.startswith("s3://") else ""),
             ),
-            engine=EngineSettings(format=fmt, precision=precision),  # type: ignore[arg-type]
+            engine=EngineSettings(
+                format=fmt,  # type: ignore[arg-type]
+                precision=precision,  # type: ignore[arg-type]
+                max_batch_size=max_batch,
+                opt_batch_size=opt_batch,
+            ),
             result_file=str(world.scratch / "result.json"),
         ).to_argv()
 
@@ -246,6 +253,41 @@ CASES: dict[str, Case] = {
         "InvalidOnnx",
         "outside the model's folder",
         "spec.source.uri",
+    ),
+    "fixed batch of 4 with max batch 0": Case(
+        # max batch 0 runs the model at batch 1, so only a dynamic or batch-1 export will do
+        build(local(lambda p: onnx_graphs.classifier(p, batch=4)), max_batch=0),
+        ExitCode.BAD_INPUT,
+        "UnsupportedModel",
+        "fixed batch dimension of 4",
+        "spec.source.uri",
+    ),
+    "negative max batch": Case(
+        build(local(onnx_graphs.classifier), max_batch=-1),
+        ExitCode.USAGE,
+        "InvalidArgument",
+        "max batch size -1 is below 0",
+        "spec.engine.maxBatchSize",
+    ),
+    "optimum batch above 1 with max batch 0": Case(
+        build(local(onnx_graphs.classifier), max_batch=0, opt_batch=2),
+        ExitCode.USAGE,
+        "InvalidArgument",
+        "optimum batch 2 is outside 1..1",
+        "spec.engine.optBatchSize",
+    ),
+    "publish with a negative max batch": Case(
+        lambda w: PublishArgs(
+            repository=str(w.repo),
+            model_name="resnet",
+            version_key="v",
+            engine_keys=("prebuilt",),
+            max_batch_size=-1,
+            result_file=str(w.scratch / "result.json"),
+        ).to_argv(),
+        ExitCode.USAGE,
+        "InvalidArgument",
+        "max batch size and queue delay must be at least 0",
     ),
     "int8 without calibration": Case(
         build(local(onnx_graphs.classifier), fmt="tensorrt", precision="int8"),
