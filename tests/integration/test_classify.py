@@ -5,7 +5,8 @@ models run in the test ground's STAND-IN for Triton's ONNX Runtime backend (a
 python backend calling onnxruntime on CPU, see testground/triton.py), because
 that wheel has no ONNX Runtime backend. The models are ResNets with random
 weights (testground/models.py), so the expected classes come from running the
-same ONNX file with onnxruntime here, not from what a picture shows.
+same ONNX file with onnxruntime here, not from what a picture shows. Requests
+are counted with Triton's statistics extension (``get_inference_statistics``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import pytest
+import tritonclient.http
 from google.protobuf import text_format
 from PIL import Image
 from testground.models import ensure_models
@@ -36,18 +38,23 @@ PROTOCOLS = ("http", "grpc")
 
 
 def model_config(name: str, input_name: str, output_name: str, max_batch_size: int, labels: str = "") -> str:
+    # Without batching the whole tensor is declared, the ONNX file's batch of one included.
+    batch_dims = [] if max_batch_size else [1]
     config = model_config_pb2.ModelConfig(
         name=name,
         platform="onnxruntime_onnx",
         max_batch_size=max_batch_size,
         input=[
             model_config_pb2.ModelInput(
-                name=input_name, data_type=model_config_pb2.TYPE_FP32, dims=[3, 224, 224]
+                name=input_name, data_type=model_config_pb2.TYPE_FP32, dims=[*batch_dims, 3, 224, 224]
             )
         ],
         output=[
             model_config_pb2.ModelOutput(
-                name=output_name, data_type=model_config_pb2.TYPE_FP32, dims=[1000], label_filename=labels
+                name=output_name,
+                data_type=model_config_pb2.TYPE_FP32,
+                dims=[*batch_dims, 1000],
+                label_filename=labels,
             )
         ],
         instance_group=[
@@ -64,6 +71,7 @@ MODELS = {
     "resnet18_mb2": ("resnet18", "input", "output", 2, ""),
     "renamed": ("renamed", "data", "logits", 8, ""),
     "labelled": ("resnet18", "input", "output", 8, "labels.txt"),
+    "resnet18_nobatch": ("resnet18", "input", "output", 0, ""),
 }
 SERVER_LABELS = [f"server-class-{i}" for i in range(1000)]
 
@@ -101,8 +109,32 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return paths
 
 
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory, images: list[Path]) -> Path:
+    """A tree in which sorting puts an unreadable file second: top/00-sample.jpg, top/01-broken.jpg,
+    top/sub/02-gray.png, top/sub/03-rgba.png; plus a text file that is not picked up."""
+    top = tmp_path_factory.mktemp("folder") / "top"
+    (top / "sub").mkdir(parents=True)
+    shutil.copy2(images[0], top / "00-sample.jpg")
+    (top / "01-broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 a JPEG header and nothing else")
+    shutil.copy2(images[1], top / "sub" / "02-gray.png")
+    shutil.copy2(images[2], top / "sub" / "03-rgba.png")
+    (top / "sub" / "README.txt").write_text("not an image")
+    return top
+
+
 def url(server: TritonServer, protocol: str) -> str:
     return server.http_url if protocol == "http" else server.grpc_url
+
+
+def served(server: TritonServer, model: str) -> tuple[int, int]:
+    """(requests, images) Triton has answered for ``model`` so far, from its statistics."""
+    client = tritonclient.http.InferenceServerClient(server.http_url)
+    try:
+        stats = client.get_inference_statistics(model)["model_stats"][0]
+    finally:
+        client.close()
+    return int(stats["inference_stats"]["success"]["count"]), int(stats["inference_count"])
 
 
 def onnxruntime_top(variant: str, paths: list[Path], top: int) -> list[list[tuple[int, float]]]:
@@ -190,7 +222,7 @@ def test_classify_uses_the_servers_labels_when_the_model_has_a_label_file(
     assert [(p.index, p.label) for p in predictions[0]] == [(i, SERVER_LABELS[i]) for i, _ in expected]
 
 
-def test_cli_classify_prints_top5_lines_and_json_from_triton(
+def test_cli_classify_prints_top5_lines_and_json_lines_from_triton(
     triton: TritonServer, images: list[Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     expected = onnxruntime_top("resnet18", images[:2], TOP)
@@ -201,8 +233,103 @@ def test_cli_classify_prints_top5_lines_and_json_from_triton(
     index, score = expected[0][0]
     assert lines[1] == f"  1. {score:.4f}  (index {index}) {cl.imagenet_label(index)}"
 
+    # --json is JSON Lines: one object per image and line (it was one array before).
     argv = ["classify", str(images[0]), "--url", triton.grpc_url, "--grpc", "--model", "renamed", "--top=3"]
     assert cli.main([*argv, "--json"]) == 0
-    data = json.loads(capsys.readouterr().out)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1
+    data = json.loads(lines[0])
     want = onnxruntime_top("renamed", images[:1], 3)[0]
-    assert [p["index"] for p in data[0]["predictions"]] == [index for index, _ in want]
+    assert data["image"] == str(images[0])
+    assert [p["index"] for p in data["predictions"]] == [index for index, _ in want]
+    assert [p["rank"] for p in data["predictions"]] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_cli_classify_dir_streams_json_lines_in_order_past_a_broken_file(
+    triton: TritonServer,
+    images: list[Path],
+    folder: Path,
+    protocol: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A folder through the decoding processes and several requests in flight (batch 1 makes
+    three requests of the three readable images); the broken file is a line of its own."""
+    argv = ["classify", str(folder), "--url", url(triton, protocol), "--model", "resnet18", "--json"]
+    argv += [
+        "--batch",
+        "1",
+        "--in-flight",
+        "3",
+        "--workers",
+        "2",
+        *(["--grpc"] if protocol == "grpc" else []),
+    ]
+    before = served(triton, "resnet18")
+    assert cli.main(argv) == 1
+    out, err = capsys.readouterr()
+    records = [json.loads(line) for line in out.splitlines()]
+    names = ["00-sample.jpg", "01-broken.jpg", "sub/02-gray.png", "sub/03-rgba.png"]
+    assert [r["image"] for r in records] == [str(folder / name) for name in names]
+    broken = records[1]
+    assert broken["predictions"] == [] and broken["error"].startswith(
+        f"cannot read image {folder}/01-broken.jpg"
+    )
+    good = [r for r in records if "error" not in r]
+    for record, want in zip(good, onnxruntime_top("resnet18", images, TOP), strict=True):
+        assert [p["index"] for p in record["predictions"]] == [index for index, _ in want]
+        np.testing.assert_allclose(
+            [p["score"] for p in record["predictions"]], [s for _, s in want], atol=1e-4
+        )
+    assert f"error: cannot read image {folder}/01-broken.jpg" in err
+    assert "error: 1 of 4 images could not be read" in err
+    after = served(triton, "resnet18")
+    assert (after[0] - before[0], after[1] - before[1]) == (3, 3)
+
+
+@pytest.mark.parametrize(
+    ("model", "extra", "requests"),
+    [
+        ("resnet18_mb2", [], 3),
+        ("resnet18", [], 1),
+        ("resnet18", ["--batch", "2"], 3),
+        ("resnet18_nobatch", [], 5),
+    ],
+)
+def test_cli_classify_fills_batches_to_max_batch_size_as_triton_counts_them(
+    triton: TritonServer,
+    images: list[Path],
+    tmp_path: Path,
+    model: str,
+    extra: list[str],
+    requests: int,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Five images: 2+2+1 with max_batch_size 2, one request of 5 with 8, one each without batching."""
+    for index in range(5):
+        shutil.copy2(images[index % 3], tmp_path / f"{index}{images[index % 3].suffix}")
+    before = served(triton, model)
+    assert (
+        cli.main(["classify", str(tmp_path), "--url", triton.http_url, "--model", model, "--json", *extra])
+        == 0
+    )
+    after = served(triton, model)
+    assert (after[0] - before[0], after[1] - before[1]) == (requests, 5)
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    files = sorted(tmp_path.iterdir())
+    assert [r["image"] for r in records] == [str(f) for f in files]
+    expected = onnxruntime_top("resnet18", files, TOP)
+    assert [[p["index"] for p in r["predictions"]] for r in records] == [[i for i, _ in e] for e in expected]
+
+
+def test_classify_raises_for_a_broken_file_when_asked_for_a_list(triton: TritonServer, folder: Path) -> None:
+    with pytest.raises(cl.ClassifyError, match=r"cannot read image .*01-broken\.jpg"):
+        cl.classify(cl.collect_images([folder]), triton.http_url, "resnet18")
+
+
+def test_classify_fast_decode_answers_every_image(triton: TritonServer, images: list[Path]) -> None:
+    """Its agreement with the exact path is measured by benchmarks/classify_throughput.py, not here."""
+    fast = cl.classify(images, triton.http_url, "resnet18", fast_decode=True)
+    assert [len(p) for p in fast] == [TOP] * len(images)
+    # The PNGs are not JPEGs: draft mode does not apply and they take the exact path.
+    assert fast[1:] == cl.classify(images[1:], triton.http_url, "resnet18")

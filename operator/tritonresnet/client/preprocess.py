@@ -26,6 +26,17 @@ and RGBA files would otherwise give 1, 1 or 4 channels, which the tutorial's
 pipeline cannot feed to a 3-channel model). EXIF orientation is not applied,
 as in the tutorial.
 
+**Fast decode** (``fast_decode=True``, opt-in, ``classify --fast-decode``): a
+JPEG is decoded with Pillow's draft mode (``Image.draft``), which lets libjpeg
+scale by 1/2, 1/4 or 1/8 inside the DCT, never below the size the resize needs;
+the bilinear resize then starts from that smaller picture. The resize target
+and the crop are still computed from the file's own size, so the geometry is
+the exact path's. The pixels are not: the DCT's scaling is a box-like filter,
+so the tensor differs slightly from torchvision's (a few hundredths of a unit
+after normalisation, on average; ``benchmarks/classify_throughput.py`` measures
+the difference and the top-5 agreement). Files other than JPEG take the exact
+path either way.
+
 ``tests/fixtures/make_preprocess_reference.py`` documents how the stored
 reference that the unit tests compare against was computed.
 """
@@ -86,10 +97,27 @@ def shorter_side_for(crop_height: int, crop_width: int) -> int:
 
 def load_rgb(path: Path) -> Image.Image:
     """Open and fully decode an image file as RGB; raises ImageError with the path in the message."""
+    return decode_rgb(path, draft_for=None)[0]
+
+
+def decode_rgb(path: Path, draft_for: tuple[int, int] | None) -> tuple[Image.Image, tuple[int, int]]:
+    """The decoded RGB image and the file's own (width, height).
+
+    ``draft_for`` is the model's (height, width): when given, a JPEG is decoded
+    at the smallest DCT scale that still covers the resize to come.
+    """
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
+            original = image.size
+            if draft_for is not None:
+                image.draft("RGB", resized_size(*original, shorter_side_for(*draft_for)))  # no-op unless JPEG
+            image.load()
+            # An RGB file is used as decoded: convert("RGB") would only copy it.
+            return (image if image.mode == "RGB" else image.convert("RGB")), original
+    except Exception as error:
+        # Pillow's decoders raise OSError, ValueError, SyntaxError, EOFError, struct.error
+        # and more for damaged files; every one of them means "this file", and one bad
+        # file in a folder must be reported, not end the run. Only reading is inside.
         raise ImageError(f"cannot read image {path}: {error}") from error
 
 
@@ -101,9 +129,22 @@ def preprocess_image(
     std: Sequence[float] = STD,
 ) -> npt.NDArray[np.float32]:
     """One image as the model's float32 input: resize, center crop ``size`` (height, width), normalise."""
-    crop_height, crop_width = size
     rgb = image if image.mode == "RGB" else image.convert("RGB")
-    new_size = resized_size(rgb.width, rgb.height, shorter_side_for(crop_height, crop_width))
+    return _to_tensor(rgb, rgb.size, size, layout, mean, std)
+
+
+def _to_tensor(
+    rgb: Image.Image,
+    original: tuple[int, int],
+    size: tuple[int, int],
+    layout: Layout,
+    mean: Sequence[float] = MEAN,
+    std: Sequence[float] = STD,
+) -> npt.NDArray[np.float32]:
+    # The resize target comes from ``original`` (the file's size), not from ``rgb``:
+    # a draft-decoded JPEG is smaller and its rounded-up sides would shift the target.
+    crop_height, crop_width = size
+    new_size = resized_size(*original, shorter_side_for(crop_height, crop_width))
     if new_size != rgb.size:
         rgb = rgb.resize(new_size, Image.Resampling.BILINEAR)
     cropped = rgb.crop(center_crop_box(rgb.width, rgb.height, crop_height, crop_width))
@@ -118,7 +159,8 @@ def preprocess_image(
 
 
 def preprocess(
-    path: Path, size: tuple[int, int] = (CROP, CROP), layout: Layout = "CHW"
+    path: Path, size: tuple[int, int] = (CROP, CROP), layout: Layout = "CHW", fast_decode: bool = False
 ) -> npt.NDArray[np.float32]:
-    """Read an image file and preprocess it as the tutorial does."""
-    return preprocess_image(load_rgb(path), size=size, layout=layout)
+    """Read an image file and preprocess it as the tutorial does (``fast_decode``: see the module notes)."""
+    rgb, original = decode_rgb(path, draft_for=size if fast_decode else None)
+    return _to_tensor(rgb, original, size, layout)
