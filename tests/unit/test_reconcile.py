@@ -503,3 +503,15 @@ def test_a_build_pod_that_cannot_start_is_reported_with_its_pod_reason_and_the_k
     assert condition(p, c.STALLED)["status"] == "True"
     assert st(p)["targets"][0]["state"] == "Stuck"
     assert ("Warning", "PodStuck") in [(t, r) for t, r, _ in p.events]
+
+
+def test_verification_expects_the_served_versions_batching_not_the_new_specs() -> None:
+    cr, objects, pods, _ = lifecycle_to_ready()
+    unbatched = {
+        **cr,
+        "spec": {**cr["spec"], "engine": {"maxBatchSize": 0}},
+        "metadata": {**cr["metadata"], "generation": 2},
+    }
+    p = plan(world(unbatched, objects, pods), SETTINGS)  # version 1 (batched) keeps serving
+    assert p.verify is not None and p.verify.expected.version == 1
+    assert p.verify.expected.batched is True

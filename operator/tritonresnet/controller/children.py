@@ -85,6 +85,9 @@ class Served:
     inputs: tuple[Tensor, ...]
     outputs: tuple[Tensor, ...]
     release: str  #: the NGC release its plans were built for: the Triton image to run it
+    #: Published with max_batch_size > 0: requests (and Triton's metadata) carry a batch dimension.
+    #: A property of the version, not the spec: a spec switching to 0 still serves a batched version.
+    batched: bool = True
 
 
 def tensor_dicts(tensors: Sequence[Tensor]) -> list[dict[str, Any]]:
@@ -101,7 +104,11 @@ def served_annotations(served: Served) -> dict[str, str]:
         VERSION_KEY_ANNOTATION: served.version_key,
         RELEASE_ANNOTATION: served.release,
         MODEL_IO_ANNOTATION: json.dumps(
-            {"inputs": tensor_dicts(served.inputs), "outputs": tensor_dicts(served.outputs)},
+            {
+                "inputs": tensor_dicts(served.inputs),
+                "outputs": tensor_dicts(served.outputs),
+                "batched": served.batched,
+            },
             sort_keys=True,
             separators=(",", ":"),
         ),
@@ -122,6 +129,7 @@ def served_from_deployment(deployment: Mapping[str, Any] | None, default_release
             _tensors(io["inputs"]),
             _tensors(io["outputs"]),
             str(ann.get(RELEASE_ANNOTATION) or default_release),
+            bool(io.get("batched", True)),  # versions served before the field were all batched
         )
     except (KeyError, ValueError, TypeError):
         return None

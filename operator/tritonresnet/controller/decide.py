@@ -144,7 +144,7 @@ def published_status(served: Served) -> PublishedStatus:
 
 
 def _published(
-    old: TritonResNetStatus, version_key: str, served: Served | None, release: str
+    old: TritonResNetStatus, version_key: str, served: Served | None, release: str, batched: bool
 ) -> Served | None:
     """The version published for ``version_key``: the one serving, else the one status remembers."""
     if served is not None and served.version_key == version_key:
@@ -155,7 +155,7 @@ def _published(
         def conv(ts: Sequence[TensorStatus]) -> tuple[Tensor, ...]:
             return tuple(Tensor(t.name, t.datatype, t.shape) for t in ts)
 
-        return Served(pub.version, version_key, conv(pub.inputs), conv(pub.outputs), release)
+        return Served(pub.version, version_key, conv(pub.inputs), conv(pub.outputs), release, batched)
     return None
 
 
@@ -283,7 +283,8 @@ def _publish(
     if outcome.state == "Succeeded" and outcome.result is not None:
         r = outcome.result
         release = settings.release_for(spec)
-        return Served(r.version, version_key, r.inputs, r.outputs, release), "", "", ""
+        batched = spec.engine.max_batch_size > 0
+        return Served(r.version, version_key, r.inputs, r.outputs, release, batched), "", "", ""
     if outcome.state == "Failed":
         return None, f"publish: {outcome.message}", "", ""
     if outcome.state == "Unschedulable":
@@ -311,7 +312,8 @@ def engines(
         if job_name not in current and not observe.finished(job):
             children.delete.append(("batch/v1", "Job", job_name))
 
-    published = _published(old, version_key, served, release)
+    # The version key covers maxBatchSize, so a version published for it is batched as the spec says.
+    published = _published(old, version_key, served, release, spec.engine.max_batch_size > 0)
     if published is not None:
         built = _published_targets(name, old, targets, engine_keys)
         return Engines(version_key, len(targets), built, published)
@@ -368,13 +370,9 @@ def verification(
         return Verification(False, "no ready endpoints yet")
     checks = [observed.verification.get(e) for e in rolled.endpoints]
     if any(ch is None for ch in checks):
-        expected = Expected(
-            spec.model.name,
-            deploy.version,
-            deploy.inputs,
-            deploy.outputs,
-            batched=spec.engine.max_batch_size > 0,
-        )
+        # What the served version was published with, not the spec: they differ while a spec
+        # that switched between maxBatchSize 0 and more builds its version.
+        expected = Expected(spec.model.name, deploy.version, deploy.inputs, deploy.outputs, deploy.batched)
         return Verification(False, f"verifying {len(checks)} endpoint(s)", (rolled.endpoints, expected))
     bad = [ch for ch in checks if ch is not None and not ch.ok]
     if bad:
