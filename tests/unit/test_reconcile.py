@@ -406,6 +406,7 @@ def _served_child(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     ("kind", "edit"),
     [
         ("Service", lambda o: o["spec"].update(selector={"app": "shop"})),
+        ("Service", lambda o: o["spec"]["selector"].update(x="y")),  # selects no pod any more
         ("Service", lambda o: o["spec"]["ports"][0].update(port=9999)),
         ("Deployment", lambda o: o["spec"]["template"]["spec"]["containers"][0].update(image="evil:latest")),
         ("Deployment", lambda o: o["spec"]["template"]["spec"]["containers"][0]["args"].append("--x")),
@@ -515,3 +516,16 @@ def test_verification_expects_the_served_versions_batching_not_the_new_specs() -
     p = plan(world(unbatched, objects, pods), SETTINGS)  # version 1 (batched) keeps serving
     assert p.verify is not None and p.verify.expected.version == 1
     assert p.verify.expected.batched is True
+
+
+def test_empty_maps_and_false_the_api_server_leaves_out_are_no_drift() -> None:
+    cr, objects, pods, ready = lifecycle_to_ready()
+    live = copy.deepcopy(objects)
+    dep = _served_child(live, "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {}  # rendered empty, stored without it
+    del pod["nodeSelector"]
+    ok = {e: EndpointCheck(e, True, "answered") for e in st(ready)["endpoints"]}
+    assert plan(world(cr, live, pods, verification=ok), SETTINGS).apply == []
+    pod["nodeSelector"] = {"pool": "other"}
+    assert [o["kind"] for o in plan(world(cr, live, pods, verification=ok), SETTINGS).apply] == ["Deployment"]

@@ -159,6 +159,15 @@ _KEPT: Mapping[str, tuple[tuple[str, ...], ...]] = {
     "HorizontalPodAutoscaler": (("spec", "scaleTargetRef"), ("spec", "minReplicas"), ("spec", "maxReplicas")),
 }
 _ABSENT = object()
+# Maps we set whole, where a key someone adds changes what the object does (a Service selector
+# with an extra key selects no pod, a nodeSelector with one moves pods): compared exactly.
+_WHOLE: frozenset[tuple[str, ...]] = frozenset(
+    {
+        ("spec", "selector"),
+        ("spec", "selector", "matchLabels"),
+        ("spec", "template", "spec", "nodeSelector"),
+    }
+)
 
 
 def _get(obj: Any, path: Sequence[str]) -> Any:
@@ -169,10 +178,17 @@ def _get(obj: Any, path: Sequence[str]) -> Any:
     return obj
 
 
+#: Values the API server leaves out when it stores an object (``omitempty``): rendered, they are
+#: absent from what it returns, which is no drift.
+_OMITTED: tuple[Any, ...] = ({}, [], None, False)
+
+
 def _kept(want: Any, have: Any) -> bool:
     """``want`` is still in ``have``: equal scalars, maps whose keys we set are kept, lists item by item."""
+    if have is _ABSENT or have is None:
+        return any(want == empty and type(want) is type(empty) for empty in _OMITTED)
     if isinstance(want, Mapping):
-        return isinstance(have, Mapping) and all(k in have and _kept(v, have[k]) for k, v in want.items())
+        return isinstance(have, Mapping) and all(_kept(v, have.get(k, _ABSENT)) for k, v in want.items())
     if isinstance(want, list):
         return (
             isinstance(have, list)
@@ -190,6 +206,13 @@ def drifted(desired: Mapping[str, Any], live: Mapping[str, Any]) -> list[str]:
         if path[-1] == "containers" and isinstance(want, list):
             # Quantities come back canonical ("0.5" -> "500m"): resources would always look changed.
             want = [{k: v for k, v in c.items() if k != "resources"} for c in want]
-        if want is not _ABSENT and not _kept(want, _get(live, path)):
+        have = _get(live, path)
+        if path in _WHOLE and isinstance(want, Mapping):
+            # Only the selector's own labels: a Deployment's and a PDB's sit in matchLabels.
+            whole = (have if isinstance(have, Mapping) else None) or {}
+            if dict(want) != dict(whole):
+                out.append(".".join(path))
+            continue
+        if want is not _ABSENT and not _kept(want, have):
             out.append(".".join(path))
     return out
