@@ -14,6 +14,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -256,3 +257,43 @@ def test_fetch_settings_from_the_environment() -> None:
         with pytest.raises(BuilderError) as raised:
             FetchSettings.from_env(bad)
         assert raised.value.exit_code == ExitCode.USAGE and raised.value.kind == "InvalidFetchSetting"
+
+
+def test_fetch_s3_gets_over_a_connection_cut_mid_stream_and_says_so(
+    s3: S3Server, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "big.bin"
+    path.write_bytes(os.urandom(16 * MiB))
+    key = f"faults/{tmp_path.name}-cut.bin"
+    s3.upload(path, key)
+    for name, value in s3.env.items():
+        monkeypatch.setenv(name, value)
+    settings = FetchSettings(part_bytes=8 * MiB, concurrency=2, progress_every_seconds=0.0)
+    client = _fetch_client(s3, key, settings)
+    cut: list[threading.Timer] = []
+
+    class CutOnce(logging.Handler):
+        """At the first progress line past 1 MiB, drop every connection and refuse new ones for 1 s."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            progress = str(record.msg).startswith("fetch %s: %.1f/%.1f MiB")
+            if progress and not cut and isinstance(record.args, tuple) and float(record.args[1]) >= 1.0:
+                s3.pause("refuse")
+                cut.append(threading.Timer(1.0, s3.resume))
+                cut[0].start()
+
+    handler = CutOnce()
+    logging.getLogger("tritonresnet_builder.fetch").addHandler(handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="tritonresnet_builder.fetch"):
+            fetched = fetch_s3(client, S3Location(s3.bucket, key), tmp_path / "out.bin", settings)
+    finally:
+        logging.getLogger("tritonresnet_builder.fetch").removeHandler(handler)
+        for timer in cut:
+            timer.join()
+        if s3.proxy.paused:
+            s3.resume()
+    assert cut, "the download ended before the cut"
+    assert fetched.sha256 == sha256(path)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("stream broke" in w or "retrying" in w for w in warnings), warnings
