@@ -813,3 +813,160 @@ def test_child_refused_by_a_resource_quota_is_reported_and_applied_once_the_quot
     assert_status_complete(trn)
     assert_one_job_per_key(cp, namespace)
     assert items(cp, "services", namespace, f"{names.LABEL_INSTANCE}={names.label_value(NAME)}")
+
+
+# -- 9. owns only its own, keeps what it owns as declared ------------------------------------------
+
+
+def _get(cp: ControlPlane, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    found = cp.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
+    return dict(json.loads(found.stdout)) if found.returncode == 0 else None
+
+
+def _foreign(obj: dict[str, Any]) -> dict[str, Any]:
+    """What of a user's object must not change: its spec, labels, annotations and owners."""
+    meta = obj["metadata"]
+    return {
+        "spec": {k: v for k, v in obj.get("spec", {}).items() if k not in ("volumeName",)},
+        "labels": meta.get("labels"),
+        "annotations": {k: v for k, v in (meta.get("annotations") or {}).items() if "kubernetes.io" not in k},
+        "ownerReferences": meta.get("ownerReferences"),
+    }
+
+
+def _has_reason(reason: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda trn: condition(trn, "Ready").get("reason") == reason
+
+
+def test_a_users_service_of_the_same_name_survives_the_resources_life_unchanged(
+    operator: OperatorProcess, namespace: str, s3: S3Server, onnx_models: OnnxModels
+) -> None:
+    cp = operator.cp
+    shop = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "shop", "namespace": namespace, "labels": {"app": "shop"}},
+        "spec": {"selector": {"app": "shop"}, "ports": [{"name": "web", "port": 80, "targetPort": 8080}]},
+    }
+    cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(shop))
+    before = _foreign(_get(cp, "service", namespace, "shop") or {})
+    apply_sample(cp, namespace, s3, upload_model(s3, onnx_models, namespace), name="shop", model_name="shop")
+    trn = wait_for_trn(cp, namespace, "shop", _has_reason("NameConflict"), "NameConflict", operator=operator)
+
+    ready = condition(trn, "Ready")
+    assert ready["status"] == "False" and "Service shop" in ready["message"], ready
+    assert condition(trn, "Stalled")["status"] == "True"
+    events = items(cp, "events", namespace)
+    assert any(e["reason"] == "NameConflict" and e["type"] == "Warning" for e in events)
+    assert _foreign(_get(cp, "service", namespace, "shop") or {}) == before
+
+    cp.kubectl("delete", "trn", "shop", "-n", namespace, "--wait=true", "--timeout=60s")
+    # The garbage collector removes what was the resource's: wait for its Deployment to go.
+    wait_for(lambda: _get(cp, "deployment", namespace, "shop-triton") is None, "the Deployment gone", 120)
+    after = _get(cp, "service", namespace, "shop")
+    assert after is not None and _foreign(after) == before
+
+
+def test_a_users_claim_with_data_of_the_created_claims_name_is_never_mounted_nor_deleted(
+    operator: OperatorProcess, node_agent: NodeAgent, namespace: str, s3: S3Server, onnx_models: OnnxModels
+) -> None:
+    cp = operator.cp
+    claim = names.pvc_name("shop")
+    pvc = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": claim, "namespace": namespace},
+        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
+    }
+    cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(pvc))
+    folder = wait_for(lambda: node_agent.volume_path(namespace, claim), "the user's claim bound", 60)
+    (folder / "orders.csv").write_text("id,total\n1,42\n")
+    before = _foreign(_get(cp, "pvc", namespace, claim) or {})
+
+    uri = upload_model(s3, onnx_models, namespace)
+    trn_obj = {
+        "apiVersion": names.API_VERSION,
+        "kind": names.KIND,
+        "metadata": {"name": "shop", "namespace": namespace},
+        "spec": {
+            "source": {"uri": uri, "endpoint": s3.endpoint},
+            "model": {"name": "shop", "format": "onnx"},
+            "repository": {"create": {"size": "1Gi"}},
+        },
+    }
+    cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(trn_obj))
+    trn = wait_for_trn(cp, namespace, "shop", _has_reason("NameConflict"), "NameConflict", operator=operator)
+    assert f"PersistentVolumeClaim {claim}" in condition(trn, "Ready")["message"]
+    assert jobs_of(cp, namespace, "shop") == [], "a Job would have mounted the user's volume"
+
+    cp.kubectl("delete", "trn", "shop", "-n", namespace, "--wait=true", "--timeout=60s")
+    time.sleep(5)  # the garbage collector's turn: nothing of the user's may go
+    after = _get(cp, "pvc", namespace, claim)
+    assert after is not None and _foreign(after) == before
+    assert (folder / "orders.csv").read_text() == "id,total\n1,42\n"
+
+
+def test_hand_edits_of_the_service_selector_and_the_triton_image_are_put_back(
+    operator: OperatorProcess, namespace: str, s3: S3Server, onnx_models: OnnxModels
+) -> None:
+    cp = operator.cp
+    apply_sample(cp, namespace, s3, upload_model(s3, onnx_models, namespace))
+    wait_ready(operator, namespace)
+    service, deployment = names.service_name(NAME), names.deployment_name(NAME)
+    selector = (_get(cp, "service", namespace, service) or {})["spec"]["selector"]
+    image = (_get(cp, "deployment", namespace, deployment) or {})["spec"]["template"]["spec"]["containers"][
+        0
+    ]["image"]
+
+    edited_at = time.monotonic()
+    cp.kubectl(
+        "patch", "service", service, "-n", namespace, "--type=merge", "-p", '{"spec":{"selector":{"x":"y"}}}'
+    )
+    cp.kubectl("set", "image", f"deployment/{deployment}", "-n", namespace, "tritonserver=evil/triton:latest")
+
+    def restored() -> bool:
+        svc = _get(cp, "service", namespace, service) or {}
+        dep = _get(cp, "deployment", namespace, deployment) or {}
+        containers = dep.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or [{}]
+        return svc.get("spec", {}).get("selector") == selector and containers[0].get("image") == image
+
+    wait_for(restored, "the selector and image put back", 90)  # within one resync (60 s) and its pass
+    took = time.monotonic() - edited_at
+    print(f"hand edits reverted after {took:.1f} s")
+    wait_ready(operator, namespace)
+
+
+def test_a_failed_build_is_not_rerun_when_its_job_goes_and_is_rerun_by_a_spec_fix(
+    operator: OperatorProcess, namespace: str, s3: S3Server, onnx_models: OnnxModels
+) -> None:
+    """The object is missing (404, exit 3). The failed Job is deleted as its TTL would delete it
+    (the operator's TTL is an hour here): no new build. Then the object is uploaded and the
+    resource switches credentialsSecret (a field outside the engine key): the build runs again."""
+    cp = operator.cp
+    key = f"{namespace}/later/model.onnx"
+    credentials = {k: v for k, v in s3.env.items() if k.startswith("AWS_")}
+    apply_resource(cp, namespace, NAME, s3.uri(key), s3.endpoint, credentials, "s3-credentials")
+    wait_for_trn(cp, namespace, NAME, is_failed, "Failed", timeout=180, operator=operator)
+    (failed,) = jobs_of(cp, namespace)
+    cp.kubectl("delete", "job", failed["metadata"]["name"], "-n", namespace, "--wait=true")
+
+    time.sleep(20)  # several passes (the deletion is an event) and no new Job
+    assert jobs_of(cp, namespace) == [], "the failed build ran again when its Job went"
+    trn = get_trn(cp, namespace, NAME)
+    assert condition(trn, "EngineBuilt")["reason"] == "BuildFailed", trn["status"]
+    assert condition(trn, "Stalled")["status"] == "True"
+
+    s3.upload(onnx_models.path("resnet18"), key)
+    fixed = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "s3-credentials-2", "namespace": namespace},
+        "stringData": credentials,
+    }
+    cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(fixed))
+    patch = '{"spec":{"source":{"credentialsSecret":"s3-credentials-2"}}}'
+    cp.kubectl("patch", "trn", NAME, "-n", namespace, "--type=merge", "-p", patch)
+    trn = wait_ready(operator, namespace)
+    builds = component_jobs(cp, namespace, "build")
+    assert len(builds) == 1 and builds[0]["metadata"]["name"] == failed["metadata"]["name"]
+    assert trn["status"]["modelVersion"] == 1
