@@ -9,6 +9,9 @@ one work folder:
     workdir/etcd-data/      etcd's data directory
     workdir/kubeconfigs/    admin, controller-manager, scheduler, service accounts
     workdir/logs/<component>.log
+    workdir/audit-policy.yaml, workdir/logs/audit.log
+                            the apiserver's audit log (``testground.audit``): by
+                            default only the e2e operator's ServiceAccount's requests
 
 ``start_control_plane`` always stops every process it started, by PID, also
 when the body raises or the user presses Ctrl-C.
@@ -41,6 +44,7 @@ from typing import Any
 
 import yaml
 
+from testground import audit
 from testground.binaries import ensure_binaries
 from testground.pki import CertPair, Pki, generate_pki
 from testground.waiting import WaitTimeout, wait_for
@@ -262,6 +266,8 @@ class ControlPlane:
     server: str
     ca_file: Path
     pki: Pki
+    #: The apiserver's audit log (JSON lines; ``testground.audit.AuditLog`` reads it).
+    audit_log: Path
     startup_seconds: dict[str, float] = field(default_factory=dict)
     _components: dict[str, Component] = field(default_factory=dict, repr=False)
 
@@ -458,6 +464,11 @@ def _etcd_component(bin_dir: Path, workdir: Path) -> tuple[Component, str]:
     return Component("etcd", argv, workdir / "logs" / "etcd.log"), client_url
 
 
+def _audit_files(workdir: Path) -> tuple[Path, Path]:
+    """(policy, log) of the apiserver's audit log; ``start_control_plane`` writes the policy."""
+    return workdir / "audit-policy.yaml", workdir / "logs" / "audit.log"
+
+
 def _apiserver_component(bin_dir: Path, workdir: Path, pki: Pki, port: int, etcd_url: str) -> Component:
     argv = [
         str(bin_dir / "kube-apiserver"),
@@ -472,6 +483,11 @@ def _apiserver_component(bin_dir: Path, workdir: Path, pki: Pki, port: int, etcd
         f"--tls-private-key-file={pki.apiserver.key}",
         f"--client-ca-file={pki.ca.cert}",
         "--authorization-mode=Node,RBAC",
+        # As OpenShift has it on: setting blockOwnerDeletion on an owner reference needs
+        # `update` on the owner's `finalizers`. A check inside admission, not a request of
+        # its own, so no audit line shows it: with this on, the operator's chart grant for it
+        # is needed here too (a child's create is Forbidden without it).
+        "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
         f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
         f"--service-account-key-file={pki.service_account_pub}",
         f"--service-account-signing-key-file={pki.service_account_key}",
@@ -480,6 +496,7 @@ def _apiserver_component(bin_dir: Path, workdir: Path, pki: Pki, port: int, etcd
         # Without a bound the apiserver waits on the controllers' open watches
         # for more than 30 s after SIGTERM; with it, it exits in about 1 s.
         "--shutdown-watch-termination-grace-period=1s",
+        *audit.apiserver_flags(*_audit_files(workdir)),
     ]
     return Component("kube-apiserver", argv, workdir / "logs" / "kube-apiserver.log")
 
@@ -589,15 +606,28 @@ def _new_control_plane(workdir: Path, bin_dir: Path, pki: Pki) -> ControlPlane:
         kubeconfig_dict(server, pki.ca.cert.read_text(), "kubernetes-admin", client=pki.admin),
     )
     return ControlPlane(
-        workdir=workdir, bin_dir=bin_dir, kubeconfig=kubeconfig, server=server, ca_file=pki.ca.cert, pki=pki
+        workdir=workdir,
+        bin_dir=bin_dir,
+        kubeconfig=kubeconfig,
+        server=server,
+        ca_file=pki.ca.cert,
+        pki=pki,
+        audit_log=_audit_files(workdir)[1],
     )
 
 
 @contextlib.contextmanager
-def start_control_plane(workdir: Path, bin_dir: Path | None = None) -> Iterator[ControlPlane]:
-    """Start etcd, kube-apiserver, kube-controller-manager and kube-scheduler; stop them on exit."""
+def start_control_plane(
+    workdir: Path, bin_dir: Path | None = None, audit_policy: dict[str, Any] | None = None
+) -> Iterator[ControlPlane]:
+    """Start etcd, kube-apiserver, kube-controller-manager and kube-scheduler; stop them on exit.
+
+    ``audit_policy``: what the apiserver's audit log records (default
+    ``testground.audit.policy()``: the e2e operator's requests only).
+    """
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    _audit_files(workdir)[0].write_text(yaml.safe_dump(audit_policy or audit.policy()))
     bin_dir = bin_dir or ensure_binaries(log=log)
     started = time.monotonic()
     pki = generate_pki(workdir / "pki")
