@@ -3,6 +3,11 @@
 Used by the end-to-end tests and the local demo. The operator runs as its
 own process (``python -m tritonresnet operator``), exactly as in its
 container, so a test can SIGKILL it and start it again.
+
+The e2e tests run it as its own ServiceAccount (:func:`install_operator_identity`)
+with exactly the RBAC the Helm chart installs by default, so a permission the
+chart lacks fails a test with ``Forbidden``, and the apiserver's audit log
+(``testground.audit``) records every request it makes.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from typing import Any
 import yaml
 from tritonresnet.api import names
 
+from testground import audit
+from testground.chart import render_chart, to_yaml
 from testground.controlplane import ControlPlane
 from testground.s3 import S3Server
 from testground.waiting import WaitTimeout, wait_for
@@ -37,6 +44,37 @@ def install_crd(cp: ControlPlane) -> None:
         30,
         every=0.2,
     )
+
+
+#: What of the chart makes the operator's identity: its account and what binds rights to it.
+IDENTITY_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+
+
+def operator_identity_objects() -> list[dict[str, Any]]:
+    """The chart's default (cluster-wide) ServiceAccount, roles and bindings, named for the
+    test ground's operator identity (``testground.audit.OPERATOR_USER``).
+
+    Only names change (``fullnameOverride``); the rules are the chart's own.
+    """
+    objects = render_chart(
+        {"fullnameOverride": audit.OPERATOR_ACCOUNT},
+        namespace=audit.OPERATOR_NAMESPACE,
+        release=audit.OPERATOR_RELEASE,
+        include_crds=False,
+    )
+    chosen = [obj for obj in objects if obj["kind"] in IDENTITY_KINDS]
+    accounts = [obj["metadata"]["name"] for obj in chosen if obj["kind"] == "ServiceAccount"]
+    # The audit policy was written before the apiserver started, for this name.
+    assert accounts == [audit.OPERATOR_ACCOUNT], accounts
+    return chosen
+
+
+def install_operator_identity(cp: ControlPlane, path: Path | None = None) -> Path:
+    """Install the operator's ServiceAccount with the chart's RBAC (as admin); returns a
+    kubeconfig that acts as that account (a TokenRequest token, valid for a day)."""
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": audit.OPERATOR_NAMESPACE}}
+    cp.kubectl("apply", "--server-side", "-f", "-", input=to_yaml([namespace, *operator_identity_objects()]))
+    return cp.service_account_kubeconfig(audit.OPERATOR_NAMESPACE, audit.OPERATOR_ACCOUNT, path=path)
 
 
 class OperatorProcess:

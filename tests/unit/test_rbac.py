@@ -1,105 +1,26 @@
-"""Least privilege: every verb on every resource the operator is granted is one it uses.
+"""Least privilege: the chart grants exactly what the operator was seen to use.
 
-The chart (cluster-wide, namespaced, with peering) and the kustomize base are
-rendered, every (apiGroup, resource, verb) their Roles and ClusterRoles grant
-is listed, and each one must appear in :data:`USED` below, which says which
-part of the operator needs it. A wildcard anywhere fails. A grant in USED that
-the chart does not give fails too (the operator would meet ``Forbidden``).
+What the operator uses is not written down here: ``tests/e2e/rbac_observed.json``
+is what its ServiceAccount asked the kube-apiserver for across the whole e2e
+suite (the audit log), plus the rights admission checks inside those requests;
+``tests/e2e/test_permissions.py`` proves the file against a live run. These
+tests hold the chart (cluster-wide, namespaced, with peering) and the kustomize
+base to it, and check what an audit cannot: no wildcards, Roles (not a
+ClusterRole) for a namespaced install, peering rules only with peering.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from testground.audit import CLUSTER, Grant, ObservedRbac, grant_of, rbac_grants
 from testground.chart import MANIFESTS_DIR, of_kind, render_chart
 
-Grant = tuple[str, str, str]  # (apiGroup, resource, verb)
-
-# Every grant the operator needs, and who needs it. Keep in step with
-# helm/tritonresnet-operator/templates/_helpers.tpl and manifests/base/rbac.yaml.
-USED: dict[Grant, str] = {
-    # kopf.on.event in handlers.py watches TritonResNets (list + watch).
-    ("tritonresnet.io", "tritonresnets", "get"): "granted with list (reveals nothing more)",
-    ("tritonresnet.io", "tritonresnets", "list"): "handlers.py resource_event (kopf watch)",
-    ("tritonresnet.io", "tritonresnets", "watch"): "handlers.py resource_event (kopf watch)",
-    # kube.Kube.patch_status: a merge patch on /status, the operator's only write to a TritonResNet.
-    ("tritonresnet.io", "tritonresnets/status", "patch"): "kube.py Kube.patch_status",
-    # render.owner_reference sets blockOwnerDeletion; OwnerReferencesPermissionEnforcement checks this.
-    ("tritonresnet.io", "tritonresnets/finalizers", "update"): "render.py owner_reference",
-    # Pods of build Jobs and Triton: termination messages, scheduling reasons, endpoints (reconcile.py).
-    ("", "pods", "get"): "granted with list (reveals nothing more)",
-    ("", "pods", "list"): "handlers.py CHILD_RESOURCES watch",
-    ("", "pods", "watch"): "handlers.py CHILD_RESOURCES watch",
-    # Job: render.py renders, handlers.py watches, kube.py writes.
-    ("batch", "jobs", "get"): "granted with list (reveals nothing more)",
-    ("batch", "jobs", "list"): "handlers.py CHILD_RESOURCES watch",
-    ("batch", "jobs", "watch"): "handlers.py CHILD_RESOURCES watch",
-    ("batch", "jobs", "create"): "kube.py Kube.apply (SSA creating it)",
-    ("batch", "jobs", "patch"): "kube.py Kube.apply (server-side apply)",
-    ("batch", "jobs", "delete"): "kube.py Kube.delete (reconcile.py plan deletes)",
-    # Deployment: render.py renders, handlers.py watches, kube.py writes.
-    ("apps", "deployments", "get"): "granted with list (reveals nothing more)",
-    ("apps", "deployments", "list"): "handlers.py CHILD_RESOURCES watch",
-    ("apps", "deployments", "watch"): "handlers.py CHILD_RESOURCES watch",
-    ("apps", "deployments", "create"): "kube.py Kube.apply (SSA creating it)",
-    ("apps", "deployments", "patch"): "kube.py Kube.apply (server-side apply)",
-    ("apps", "deployments", "delete"): "kube.py Kube.delete (reconcile.py plan deletes)",
-    # Service: render.py renders, handlers.py watches, kube.py writes.
-    ("", "services", "get"): "granted with list (reveals nothing more)",
-    ("", "services", "list"): "handlers.py CHILD_RESOURCES watch",
-    ("", "services", "watch"): "handlers.py CHILD_RESOURCES watch",
-    ("", "services", "create"): "kube.py Kube.apply (SSA creating it)",
-    ("", "services", "patch"): "kube.py Kube.apply (server-side apply)",
-    ("", "services", "delete"): "kube.py Kube.delete (reconcile.py plan deletes)",
-    # PersistentVolumeClaim (repository.create): render.py renders, handlers.py watches, kube.py writes.
-    ("", "persistentvolumeclaims", "get"): "granted with list (reveals nothing more)",
-    ("", "persistentvolumeclaims", "list"): "handlers.py CHILD_RESOURCES watch",
-    ("", "persistentvolumeclaims", "watch"): "handlers.py CHILD_RESOURCES watch",
-    ("", "persistentvolumeclaims", "create"): "kube.py Kube.apply (SSA creating it)",
-    ("", "persistentvolumeclaims", "patch"): "kube.py Kube.apply (server-side apply)",
-    ("", "persistentvolumeclaims", "delete"): "kube.py Kube.delete (reconcile.py plan deletes)",
-    # PodDisruptionBudget: render.py renders, handlers.py watches, kube.py writes.
-    ("policy", "poddisruptionbudgets", "get"): "granted with list (reveals nothing more)",
-    ("policy", "poddisruptionbudgets", "list"): "handlers.py CHILD_RESOURCES watch",
-    ("policy", "poddisruptionbudgets", "watch"): "handlers.py CHILD_RESOURCES watch",
-    ("policy", "poddisruptionbudgets", "create"): "kube.py Kube.apply (SSA creating it)",
-    ("policy", "poddisruptionbudgets", "patch"): "kube.py Kube.apply (server-side apply)",
-    ("policy", "poddisruptionbudgets", "delete"): "kube.py Kube.delete (reconcile.py plan deletes)",
-    # HorizontalPodAutoscaler (serving.autoscaling): render.py renders, handlers.py watches, kube.py writes.
-    ("autoscaling", "horizontalpodautoscalers", "get"): "granted with list (reveals nothing more)",
-    ("autoscaling", "horizontalpodautoscalers", "list"): "handlers.py CHILD_RESOURCES watch",
-    ("autoscaling", "horizontalpodautoscalers", "watch"): "handlers.py CHILD_RESOURCES watch",
-    ("autoscaling", "horizontalpodautoscalers", "create"): "kube.py Kube.apply (SSA creating it)",
-    ("autoscaling", "horizontalpodautoscalers", "patch"): "kube.py Kube.apply (server-side apply)",
-    ("autoscaling", "horizontalpodautoscalers", "delete"): "kube.py Kube.delete (reconcile.py plan deletes)",
-    # kube.Kube.post_event (POST core/v1 Events); kopf's own event posting is disabled in handlers.py.
-    ("", "events", "create"): "kube.py Kube.post_event",
-    # kopf's resource observer: notices the CRD appearing or changing after start-up.
-    ("apiextensions.k8s.io", "customresourcedefinitions", "list"): "kopf resource observer",
-    ("apiextensions.k8s.io", "customresourcedefinitions", "watch"): "kopf resource observer",
-}
-
-# Granted only in some configurations.
-USED_WHEN_NAMESPACED: dict[Grant, str] = {
-    # kopf's namespace observer lists namespaces when it serves a list of them.
-    ("", "namespaces", "list"): "kopf namespace observer (--namespace)",
-    ("", "namespaces", "watch"): "kopf namespace observer (--namespace)",
-}
-USED_WHEN_PEERING: dict[Grant, str] = {
-    # kopf peering (--peering, replicas > 1): keep-alives in the peering object's status.
-    ("kopf.dev", "clusterkopfpeerings", "get"): "kopf peering, cluster-wide",
-    ("kopf.dev", "clusterkopfpeerings", "list"): "kopf peering, cluster-wide",
-    ("kopf.dev", "clusterkopfpeerings", "watch"): "kopf peering, cluster-wide",
-    ("kopf.dev", "clusterkopfpeerings", "patch"): "kopf peering, cluster-wide",
-    ("kopf.dev", "kopfpeerings", "get"): "kopf peering, namespaced",
-    ("kopf.dev", "kopfpeerings", "list"): "kopf peering, namespaced",
-    ("kopf.dev", "kopfpeerings", "watch"): "kopf peering, namespaced",
-    ("kopf.dev", "kopfpeerings", "patch"): "kopf peering, namespaced",
-}
-ALL_KNOWN = {**USED, **USED_WHEN_NAMESPACED, **USED_WHEN_PEERING}
+OBSERVED_FILE = Path(__file__).resolve().parents[1] / "e2e" / "rbac_observed.json"
 
 CONFIGURATIONS: dict[str, dict[str, Any]] = {
     "cluster-wide": {},
@@ -108,20 +29,33 @@ CONFIGURATIONS: dict[str, dict[str, Any]] = {
     "namespaced-peering": {"replicas": 3, "watchNamespaces": ["vision"]},
 }
 
+#: kopf's namespace observer lists and watches namespaces when it serves a list of them
+#: (kopf/_core/reactor/observation.py); the e2e suite's operator is cluster-wide, so this
+#: is the one grant the audit does not show.
+NAMESPACED_ONLY: set[Grant] = {("list", "", "namespaces"), ("watch", "", "namespaces")}
+#: kopf peering (replicas > 1): the peering object is listed, watched and patched. No e2e
+#: test runs more than one replica, so these too are not from the audit.
+PEERING_RESOURCES = {"clusterkopfpeerings", "kopfpeerings"}
+#: Kinds without a namespace, which only a ClusterRole can grant (even for a namespaced install).
+CLUSTER_KINDS = {"customresourcedefinitions", "namespaces"}
+
+
+def observed() -> ObservedRbac:
+    return ObservedRbac.load(OBSERVED_FILE)
+
 
 def roles(objects: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return [*of_kind(objects, "ClusterRole"), *of_kind(objects, "Role")]
 
 
-def grants(role_objects: Iterable[Mapping[str, Any]]) -> set[Grant]:
-    found: set[Grant] = set()
-    for role in role_objects:
-        for rule in role.get("rules") or ():
-            for group in rule.get("apiGroups", ()):
-                for resource in rule.get("resources", ()):
-                    for verb in rule.get("verbs", ()):
-                        found.add((group, resource, verb))
-    return found
+def cluster_scoped_grants() -> set[Grant]:
+    """The observed requests on cluster-scoped kinds. (A list or watch of a namespaced kind
+    across namespaces is cluster scope too, but a namespaced install makes it per namespace.)"""
+    return {grant_of(p) for p in observed().requests if p.scope == CLUSTER and p.resource in CLUSTER_KINDS}
+
+
+def without_peering(grants: set[Grant]) -> set[Grant]:
+    return {g for g in grants if g[2] not in PEERING_RESOURCES}
 
 
 def wildcards(role_objects: Iterable[Mapping[str, Any]]) -> list[str]:
@@ -145,46 +79,58 @@ def rendered(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]
     return name, render_chart(CONFIGURATIONS[name], include_crds=False)
 
 
+def test_observed_file_is_not_empty_and_names_reads_writes_and_admission() -> None:
+    seen = observed()
+    verbs = {p.verb for p in seen.requests}
+    assert {"list", "watch", "create", "patch"} <= verbs, verbs
+    assert seen.admission and all(seen.why[p] for p in seen.admission)
+
+
+def test_chart_default_grants_exactly_what_the_e2e_suite_used() -> None:
+    granted = rbac_grants(render_chart({}, include_crds=False))
+    wanted = observed().grants
+    assert sorted(granted - wanted) == [], "granted, never used in the e2e suite"
+    assert sorted(wanted - granted) == [], "used in the e2e suite, not granted"
+
+
 def test_chart_rbac_has_no_wildcards(rendered: tuple[str, list[dict[str, Any]]]) -> None:
     _, objects = rendered
     assert wildcards(roles(objects)) == []
 
 
-def test_chart_rbac_grants_only_used_verbs(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+def test_every_configuration_grants_the_observed_set_per_namespace(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    """A namespaced install grants the same verbs in each of its namespaces; it adds only
+    kopf's namespace observer, and peering only the peering object's rules."""
     name, objects = rendered
-    unused = sorted(grants(roles(objects)) - set(ALL_KNOWN))
-    assert unused == [], f"{name}: granted but not in USED: {unused}"
+    extra = NAMESPACED_ONLY if "namespaced" in name else set()
+    assert without_peering(rbac_grants(objects)) == observed().grants | extra
+    for role in of_kind(objects, "Role"):
+        assert without_peering(rbac_grants([role])) == observed().grants - cluster_scoped_grants()
 
 
-def test_chart_rbac_grants_every_used_verb(rendered: tuple[str, list[dict[str, Any]]]) -> None:
-    name, objects = rendered
-    granted = grants(roles(objects))
-    needed = set(USED)
-    if "namespaced" in name:
-        needed |= set(USED_WHEN_NAMESPACED)
-    if "peering" in name:
-        scope = "kopfpeerings" if "namespaced" in name else "clusterkopfpeerings"
-        needed |= {grant for grant in USED_WHEN_PEERING if grant[1] == scope}
-    assert sorted(needed - granted) == []
-
-
-def test_chart_rbac_grants_peering_and_namespaces_only_when_configured(
+def test_peering_rules_only_with_peering_and_of_the_matching_scope(
     rendered: tuple[str, list[dict[str, Any]]],
 ) -> None:
     name, objects = rendered
-    granted = grants(roles(objects))
-    assert bool(granted & set(USED_WHEN_PEERING)) == ("peering" in name)
-    assert bool(granted & set(USED_WHEN_NAMESPACED)) == ("namespaced" in name)
+    peering = {g for g in rbac_grants(objects) if g[2] in PEERING_RESOURCES}
+    if "peering" not in name:
+        assert peering == set()
+        return
+    resource = "kopfpeerings" if "namespaced" in name else "clusterkopfpeerings"
+    assert {g[2] for g in peering} == {resource}
+    assert {g[0] for g in peering} <= {"get", "list", "watch", "patch"}
 
 
 def test_chart_never_grants_secrets_or_tritonresnet_writes(
     rendered: tuple[str, list[dict[str, Any]]],
 ) -> None:
     _, objects = rendered
-    granted = grants(roles(objects))
-    assert not {g for g in granted if g[1] in ("secrets", "configmaps")}
+    granted = rbac_grants(objects)
+    assert not {g for g in granted if g[2] in ("secrets", "configmaps")}
     # GitOps: the operator must never write a TritonResNet's spec or metadata.
-    assert not {g for g in granted if g[1] == "tritonresnets" and g[2] not in ("get", "list", "watch")}
+    assert not {g for g in granted if g[2] == "tritonresnets" and g[0] not in ("get", "list", "watch")}
 
 
 def test_namespaced_chart_uses_roles_and_only_read_only_cluster_roles() -> None:
@@ -193,9 +139,9 @@ def test_namespaced_chart_uses_roles_and_only_read_only_cluster_roles() -> None:
     assert role_namespaces == ["audio", "vision"]
     binding_namespaces = sorted(b["metadata"]["namespace"] for b in of_kind(objects, "RoleBinding"))
     assert binding_namespaces == ["audio", "vision"]
-    cluster_grants = grants(of_kind(objects, "ClusterRole"))
-    assert {verb for _, _, verb in cluster_grants} <= {"list", "watch"}
-    assert {resource for _, resource, _ in cluster_grants} == {"customresourcedefinitions", "namespaces"}
+    cluster_grants = rbac_grants(of_kind(objects, "ClusterRole"))
+    assert {verb for verb, _, _ in cluster_grants} <= {"list", "watch"}
+    assert {resource for _, _, resource in cluster_grants} == CLUSTER_KINDS
 
 
 def test_cluster_wide_chart_binds_the_operator_service_account() -> None:
@@ -208,13 +154,7 @@ def test_cluster_wide_chart_binds_the_operator_service_account() -> None:
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": "ops"}]
 
 
-def test_kustomize_base_rbac_has_no_wildcards_and_only_used_verbs() -> None:
+def test_kustomize_base_rbac_has_no_wildcards_and_equals_the_charts_default() -> None:
     role_objects = roles(kustomize_base_objects())
     assert wildcards(role_objects) == []
-    assert sorted(grants(role_objects) - set(USED)) == []
-    assert sorted(set(USED) - grants(role_objects)) == []
-
-
-def test_kustomize_base_rbac_equals_the_charts_default() -> None:
-    chart = grants(roles(render_chart({}, include_crds=False)))
-    assert grants(roles(kustomize_base_objects())) == chart
+    assert rbac_grants(role_objects) == rbac_grants(render_chart({}, include_crds=False))

@@ -48,42 +48,50 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 
 {{/*
-What the operator does in a namespace it serves. Keep in step with the USED
-table in tests/unit/test_rbac.py, which says which module needs each line, and
-with manifests/base/rbac.yaml. The operator writes with server-side apply
-(create + patch), never update, and never touches the spec or metadata of a
-TritonResNet. `get` is granted wherever `list` is: it reveals nothing more.
+What the operator does in a namespace it serves: exactly the requests its
+ServiceAccount made across the e2e suite, from the apiserver's audit log
+(tests/e2e/rbac_observed.json; tests/e2e/test_permissions.py compares the two,
+tests/unit/test_rbac.py this list with the file). Keep manifests/base/rbac.yaml
+equal. Children are listed and watched (the cache), created when the cache has
+not seen them, read by name only when a create answers 409 (the name is taken:
+ours if the watch is behind, else someone else's), and server-side applied
+(patch) when they differ from what the operator renders; never updated. A
+TritonResNet is only read, and written through its status.
 */}}
 {{- define "tritonresnet-operator.rules" -}}
 - apiGroups: [tritonresnet.io]
   resources: [tritonresnets]
-  verbs: [get, list, watch]
+  verbs: [list, watch]
 - apiGroups: [tritonresnet.io]
   resources: [tritonresnets/status]
   verbs: [patch]
 # Children carry an owner reference with blockOwnerDeletion; clusters with the
-# OwnerReferencesPermissionEnforcement admission plugin require this to set it.
+# OwnerReferencesPermissionEnforcement admission plugin (the test ground has it)
+# require this to create them. A check in admission, so no request of its own.
 - apiGroups: [tritonresnet.io]
   resources: [tritonresnets/finalizers]
   verbs: [update]
-- apiGroups: [batch]
-  resources: [jobs]
-  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch]
-- apiGroups: [apps]
-  resources: [deployments]
-  verbs: [get, list, watch, create, patch, delete]
-- apiGroups: [""]
-  resources: [services, persistentvolumeclaims]
-  verbs: [get, list, watch, create, patch, delete]
-- apiGroups: [policy]
-  resources: [poddisruptionbudgets]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [list, watch]
+# delete: an older spec's unfinished Jobs, and a failed build once its spec is fixed.
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [list, watch, create, get, patch, delete]
+# delete: the HPA when spec.serving.autoscaling is removed.
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [list, watch, create, get, patch, delete]
+# Never deleted by the operator: they go with the TritonResNet (garbage collector).
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [list, watch, create, get, patch]
+- apiGroups: [""]
+  resources: [services, persistentvolumeclaims]
+  verbs: [list, watch, create, get, patch]
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [list, watch, create, get, patch]
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
