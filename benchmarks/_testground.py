@@ -501,3 +501,177 @@ def wait_steady(
             return last_write, trns
         time.sleep(poll)
     return None, trns
+
+
+# -- the operator alone: kwok's fake nodes instead of the node agent --------------------
+
+#: At thousands of resources a line for every client's request makes the audit log
+#: (hundreds of MB) and reading it a load of its own on the same two cores, so the
+#: operator-only ground logs the operator's requests only; every client's count
+#: comes from ``apiserver_request_total``.
+OPERATOR_AUDIT_POLICY: dict[str, Any] = {
+    **AUDIT_POLICY,
+    "rules": [{"level": "Metadata", "users": [OPERATOR_USER]}, {"level": "None"}],
+}
+#: The scheduler's client rate on the operator-only ground, as the controller-manager's.
+#: At its default (50 QPS) it binds at most 50 pods a second: with two builder pods
+#: per resource that alone would hold 5,000 resources for 200 s.
+SCHEDULER_QPS, SCHEDULER_BURST = 200, 400
+#: No builder runs on kwok's nodes, so nothing ever fetches the model: the source
+#: only has to be a valid spec (port 9 is discard; nobody connects to it).
+OFFLINE_MODEL_URI = "s3://bench/resnet18/model.onnx"
+OFFLINE_S3_ENDPOINT = "http://127.0.0.1:9"
+
+
+@contextlib.contextmanager
+def _operator_audited_apiserver(audit_log: Path, policy: Path) -> Iterator[None]:
+    """As :func:`_audited_apiserver`, with :data:`OPERATOR_AUDIT_POLICY` (read when the apiserver starts)."""
+    with _audited_apiserver(audit_log, policy):
+        policy.write_text(yaml.safe_dump(OPERATOR_AUDIT_POLICY))
+        yield
+
+
+@contextlib.contextmanager
+def _scheduler_rate(qps: int, burst: int) -> Iterator[None]:
+    """Start the scheduler with this client rate (no hook for it either: wrap its command line)."""
+    original = controlplane._scheduler_component
+
+    def with_rate(*args: Any, **kwargs: Any) -> controlplane.Component:
+        component = original(*args, **kwargs)
+        component.argv += [f"--kube-api-qps={qps}", f"--kube-api-burst={burst}"]
+        return component
+
+    controlplane._scheduler_component = with_rate
+    try:
+        yield
+    finally:
+        controlplane._scheduler_component = original
+
+
+def offline_trn_manifest(
+    namespace: str,
+    name: str,
+    model_name: str,
+    replicas: int = 0,
+    node_selector: Mapping[str, str] | None = None,
+    tolerations: Sequence[Mapping[str, str]] = (),
+) -> dict[str, Any]:
+    """:func:`trn_manifest`'s resource for a ground without S3 (the source is never fetched),
+    optionally served (and built) on the nodes ``node_selector`` picks."""
+    serving: dict[str, Any] = {"release": "25.01", "replicas": replicas, "instanceCount": 1}
+    if node_selector:
+        serving["nodeSelector"] = dict(node_selector)
+    if tolerations:
+        serving["tolerations"] = [dict(t) for t in tolerations]
+    return {
+        "apiVersion": names.API_VERSION,
+        "kind": names.KIND,
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "source": {
+                "uri": OFFLINE_MODEL_URI,
+                "endpoint": OFFLINE_S3_ENDPOINT,
+                "credentialsSecret": "s3-credentials",
+            },
+            "model": {"name": model_name, "format": "onnx"},
+            "engine": {"maxBatchSize": 4},
+            "serving": serving,
+            "repository": {"claimName": "models"},
+        },
+    }
+
+
+def prepare_offline_namespace(cp: ControlPlane, namespace: str, timeout: float = 60.0) -> None:
+    """As :func:`prepare_namespace` without S3 or the node agent: placeholder credentials, and
+    the models PVC bound to a PersistentVolume made here (no provisioner runs, and the
+    scheduler places no pod whose claim is unbound). Nothing mounts the volume."""
+    cp.create_namespace(namespace)
+    volume = f"bench-models-{namespace}"
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "s3-credentials", "namespace": namespace},
+        "stringData": {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"},
+    }
+    pv = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": volume},
+        "spec": {
+            "capacity": {"storage": "50Gi"},
+            "accessModes": ["ReadWriteMany"],
+            "persistentVolumeReclaimPolicy": "Delete",
+            "storageClassName": "",
+            "hostPath": {"path": "/srv/tritonresnet-bench/models"},
+            "claimRef": {"kind": "PersistentVolumeClaim", "namespace": namespace, "name": "models"},
+        },
+    }
+    pvc = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "models", "namespace": namespace},
+        "spec": {
+            "accessModes": ["ReadWriteMany"],
+            "storageClassName": "",
+            "volumeName": volume,
+            "resources": {"requests": {"storage": "50Gi"}},
+        },
+    }
+    cp.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([secret, pv, pvc]))
+    bound = "--for=jsonpath={.status.phase}=Bound"
+    cp.kubectl("wait", "-n", namespace, bound, "pvc/models", f"--timeout={timeout:.0f}s")
+
+
+def install_crd_file(cp: ControlPlane, crd: Path) -> None:
+    """:func:`install_crd` for another CRD file (an older commit's, with the operator of that commit)."""
+    cp.kubectl("apply", "--server-side", "-f", str(crd))
+    cp.kubectl("wait", "--for=condition=Established", "crd/tritonresnets.tritonresnet.io", "--timeout=60s")
+    for _ in range(50):  # kubectl's discovery cache needs a moment to learn the new kind
+        if cp.kubectl("get", "trn", "-A", check=False).returncode == 0:
+            return
+        time.sleep(0.2)
+
+
+@dataclass
+class KwokGround:
+    """The control plane, kwok's fake nodes and the operator; no node agent, no S3."""
+
+    cp: ControlPlane
+    kwok: controlplane.Component
+    operator: OperatorProcess
+    audit: AuditLog  #: the operator's requests only (:data:`OPERATOR_AUDIT_POLICY`)
+    workdir: Path
+
+    @property
+    def operator_pid(self) -> int:
+        assert self.operator.proc is not None
+        return self.operator.proc.pid
+
+
+@contextlib.contextmanager
+def kwok_test_ground(
+    workdir: Path, operator_env: Mapping[str, str] | None = None, crd: Path | None = None
+) -> Iterator[KwokGround]:
+    """Control plane with the operator-only audit log, kwok (``testground.kwok``) playing the
+    nodes, the CRD (``crd``, default this checkout's) and the operator as :data:`OPERATOR_USER`."""
+    from testground.kwok import start_kwok
+
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    audit_path = workdir / "audit.log"
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_operator_audited_apiserver(audit_path, workdir / "audit-policy.yaml"))
+        stack.enter_context(_scheduler_rate(SCHEDULER_QPS, SCHEDULER_BURST))
+        cp = stack.enter_context(start_control_plane(workdir / "control-plane"))
+        kwok = stack.enter_context(start_kwok(cp, workdir))
+        if crd is None:
+            install_crd(cp)
+        else:
+            install_crd_file(cp, crd)
+        kubeconfig = cp.client_kubeconfig(OPERATOR_USER, groups=["system:masters"])
+        operator = OperatorProcess(cp, workdir, kubeconfig=kubeconfig, extra_env=dict(operator_env or {}))
+        operator.start()
+        stack.callback(operator.kill)
+        ground = KwokGround(cp, kwok, operator, AuditLog(audit_path), workdir)
+        log(f"operator-only test ground up in {workdir}; operator pid {ground.operator_pid}")
+        yield ground

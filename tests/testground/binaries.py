@@ -14,7 +14,12 @@ on a machine pays for the build (about five minutes on two cores).
 Set ``TRITONRESNET_TESTGROUND_BIN`` (or envtest's ``KUBEBUILDER_ASSETS``) to a
 folder that already holds the binaries to skip the build entirely.
 
+kwok (``ensure_kwok``) is built the same way but only when a benchmark asks
+for it: the test suite never runs it, so a fresh machine's first ``make test``
+does not pay for it. It has a cache folder of its own, keyed by its version.
+
     python -m testground.binaries              # build or reuse, print the folder
+    python -m testground.binaries --kwok       # the same for kwok, print its path
     python -m testground.binaries --regenerate # rewrite tools/*/go.mod
 """
 
@@ -34,6 +39,10 @@ from pathlib import Path
 KUBERNETES_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.16"
 HELM_VERSION = "v3.22.0"
+#: kwok's controller fakes kubelets (nodes and pod lifecycles) for the operator-only benchmark.
+KWOK_VERSION = "v0.8.0"
+KWOK_MODULE = "sigs.k8s.io/kwok"
+KWOK_PACKAGE = "sigs.k8s.io/kwok/cmd/kwok"
 
 KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 ALL_BINARIES = (*KUBE_COMMANDS, "etcd", "helm")
@@ -103,6 +112,7 @@ def regenerate() -> None:
     _regenerate_kubernetes()
     _regenerate_simple("etcd", "go.etcd.io/etcd/server/v3", ETCD_VERSION, "go.etcd.io/etcd/server/v3")
     _regenerate_simple("helm", "helm.sh/helm/v3", HELM_VERSION, "helm.sh/helm/v3/cmd/helm")
+    _regenerate_simple("kwok", KWOK_MODULE, KWOK_VERSION, KWOK_PACKAGE)
 
 
 # -- building -----------------------------------------------------------------------
@@ -172,6 +182,51 @@ def ensure_binaries(log=print) -> Path:  # type: ignore[no-untyped-def]
     return folder
 
 
+# -- kwok, for benchmarks only ------------------------------------------------------
+
+
+def kwok_cache_dir() -> Path:
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "tritonresnet" / "testground" / f"kwok-{KWOK_VERSION}"
+
+
+def ensure_kwok(log=print) -> Path:  # type: ignore[no-untyped-def]
+    """Return the path of a kwok binary built from its pinned module, building it once if needed."""
+    folder = kwok_cache_dir()
+    binary = folder / "kwok"
+    if binary.is_file() and os.access(binary, os.X_OK):
+        return binary
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not binary.is_file():
+            with tempfile.TemporaryDirectory(prefix="testground-kwok-") as tmp:
+                # A copy, as in build(): go must not rewrite the committed go.mod/go.sum.
+                work = Path(tmp) / "kwok"
+                shutil.copytree(TOOLS_DIR / "kwok", work)
+                started = time.monotonic()
+                log(f"testground: building kwok from {KWOK_PACKAGE}@{KWOK_VERSION} (first run only) ...")
+                partial = folder / ".kwok.partial"
+                subprocess.run(
+                    ["go", "build", "-trimpath", "-ldflags=-s -w", "-o", str(partial), KWOK_PACKAGE],
+                    cwd=work,
+                    env=_go_env(),
+                    check=True,
+                )
+                partial.rename(binary)
+                log(f"testground: built kwok in {time.monotonic() - started:.0f} s")
+    return binary
+
+
+def kwok_module_dir() -> Path:
+    """kwok's module source in the Go module cache (its stock Stage files live under kustomize/stage)."""
+    with tempfile.TemporaryDirectory(prefix="testground-kwok-") as tmp:
+        work = Path(tmp) / "kwok"
+        shutil.copytree(TOOLS_DIR / "kwok", work)
+        info = json.loads(_go(["mod", "download", "-json", f"{KWOK_MODULE}@{KWOK_VERSION}"], work))
+    return Path(info["Dir"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -179,10 +234,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--regenerate", action="store_true", help="rewrite tools/*/go.mod from the pinned releases"
     )
+    parser.add_argument(
+        "--kwok", action="store_true", help="build or reuse kwok (benchmarks only) and print its path"
+    )
     args = parser.parse_args(argv)
     if args.regenerate:
         regenerate()
-    print(ensure_binaries(log=lambda msg: print(msg, file=sys.stderr, flush=True)))
+    to_stderr = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    if args.kwok:
+        print(ensure_kwok(log=to_stderr))
+        return 0
+    print(ensure_binaries(log=to_stderr))
     return 0
 
 
