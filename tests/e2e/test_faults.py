@@ -970,3 +970,35 @@ def test_a_failed_build_is_not_rerun_when_its_job_goes_and_is_rerun_by_a_spec_fi
     builds = component_jobs(cp, namespace, "build")
     assert len(builds) == 1 and builds[0]["metadata"]["name"] == failed["metadata"]["name"]
     assert trn["status"]["modelVersion"] == 1
+
+
+def test_a_build_pod_that_cannot_start_is_said_in_words_within_30_s(
+    operator: OperatorProcess, namespace: str, s3: S3Server, onnx_models: OnnxModels
+) -> None:
+    """credentialsSecret names a Secret without the secret key: the kubelet (the node agent, as a
+    kubelet would) holds the build pod in CreateContainerConfigError."""
+    cp = operator.cp
+    uri = upload_model(s3, onnx_models, namespace)
+    # The Secret lacks AWS_SECRET_ACCESS_KEY, which the builder's env requires.
+    apply_resource(cp, namespace, NAME, uri, s3.endpoint, {"AWS_ACCESS_KEY_ID": "AKIA-ONLY"}, "half-secret")
+    build = wait_for(lambda: component_jobs(cp, namespace, "build"), "the build Job", 60)[0]
+    pod = wait_for(lambda: job_pods(cp, namespace, build["metadata"]["name"]), "the build pod", 60)[0]
+
+    def waiting() -> bool:
+        live = job_pods(cp, namespace, build["metadata"]["name"])
+        statuses = [cs for p in live for cs in (p.get("status") or {}).get("containerStatuses") or ()]
+        return any(
+            (cs.get("state") or {}).get("waiting", {}).get("reason") == "CreateContainerConfigError"
+            for cs in statuses
+        )
+
+    wait_for(waiting, "the pod waiting with CreateContainerConfigError", 60)
+    seen = time.monotonic()
+    trn = wait_for_trn(
+        cp, namespace, NAME, _has_reason("PodStuck"), "PodStuck", timeout=30, operator=operator
+    )
+    print(f"stuck build pod in status after {time.monotonic() - seen:.1f} s")
+    message = condition(trn, "Ready")["message"]
+    assert pod["metadata"]["name"] in message and "CreateContainerConfigError" in message, message
+    assert "half-secret" in message, message
+    assert condition(trn, "Stalled")["status"] == "True"
