@@ -351,6 +351,10 @@ class Result:
     version_key: str = ""
     files: tuple[str, ...] = ()
     pruned: tuple[int, ...] = ()
+    #: after the publish and its clean-up: bytes of all files under the repository root,
+    #: ``.tritonresnet`` included, each inode once (a version's hard links to its engine
+    #: count once); 0 when not reported (a builder from before this field)
+    repository_bytes: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     contract: str = CONTRACT
 
@@ -411,5 +415,6 @@ def parse_result(text: str) -> Result:
         version_key=data.get("version_key", ""),
         files=tuple(data.get("files", ())),
         pruned=tuple(data.get("pruned", ())),
+        repository_bytes=int(data.get("repository_bytes", 0)),
         seconds=dict(data.get("seconds", {})),
     )

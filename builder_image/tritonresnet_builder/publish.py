@@ -8,10 +8,17 @@ version N) never sees a partial version and a kill at any point is harmless:
 3. ``rename`` the scratch ``<N>/`` to ``<model>/<N>`` (atomic; fails if N is taken,
    and the next N is tried);
 4. rewrite ``config.pbtxt`` if N is the newest version;
-5. prune old versions: rename out of the model folder first, then delete.
+5. prune old versions: rename out of the model folder first, then delete;
+6. remove engine folders no version of any model in the repository uses any
+   more, and leftovers of dead runs in staging (:func:`collect_garbage`).
 
-A version carries a marker naming its version key; publishing a key again
-returns the version it already has.
+A version carries a marker naming its version key and the engine keys it was
+assembled from; publishing a key again returns the version it already has.
+
+Engines and versions share a volume with every other TritonResNet that uses it
+(each under its own model name), so steps 1-5 hold the repository lock shared
+(no engine folder disappears while it is read and linked) and step 6 holds it
+exclusive.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -47,8 +55,12 @@ from tritonresnet_builder.volume import (
     layout_of,
     link_or_copy,
     local,
+    remove_tree,
+    repository_lock,
     require_repository,
     scratch_dir,
+    scratch_in_use,
+    used_bytes,
     write_atomic,
 )
 
@@ -57,6 +69,15 @@ log = logging.getLogger(__name__)
 MODEL_NAME_FIELD = "spec.model.name"
 #: Files of an engine folder that describe it rather than serve it.
 _ENGINE_METADATA = frozenset({"engine.json", "model-info.json"})
+
+#: An engine folder no retained version uses is kept while it is younger than this
+#: (by the folder's mtime, set when its build installed it), and so is a staging
+#: folder of a run that died: a build for another resource, or for this resource's
+#: next spec, may have just finished and its publish not have run yet. It bounds
+#: how long a freed artifact can linger, not what is kept for retained versions.
+GRACE_SECONDS = 30 * 60
+#: Any valid key: the layout names engine folders, and their parent is what is listed.
+_ANY_KEY = "any"
 
 
 @dataclass(frozen=True)
@@ -280,6 +301,131 @@ def prune(layout: RepositoryLayout, args: PublishArgs, scratch: Path) -> tuple[i
     return tuple(pruned)
 
 
+@dataclass(frozen=True)
+class EngineUse:
+    """What the versions on the volume need of ``.tritonresnet/engines``."""
+
+    keys: frozenset[str]  #: engine keys named by version markers
+    #: files of versions whose marker names no engine keys (unreadable, or not ours):
+    #: an engine folder sharing one of these inodes is taken as used by them
+    inodes: frozenset[tuple[int, int]]
+
+
+def _marker_engine_keys(version_dir: Path) -> list[str] | None:
+    try:
+        keys = json.loads((version_dir / VERSION_MARKER).read_text()).get("engine_keys")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        return None
+    return list(keys)
+
+
+def _inodes(folder: Path) -> set[tuple[int, int]]:
+    found = set()
+    for path in folder.rglob("*"):
+        with contextlib.suppress(OSError):
+            info = path.lstat()
+            if stat.S_ISREG(info.st_mode):
+                found.add((info.st_dev, info.st_ino))
+    return found
+
+
+def engine_use(root: Path) -> EngineUse:
+    """The engines every version of every model in the repository was published from.
+
+    Several TritonResNets may share a volume, so this reads all model folders,
+    not just the one being published; what is left after pruning is what each
+    resource retains.
+    """
+    keys: set[str] = set()
+    inodes: set[tuple[int, int]] = set()
+    for model_dir in sorted(root.iterdir()):
+        if not model_dir.is_dir() or not MODEL_NAME_RE.match(model_dir.name):
+            continue
+        for version in existing_versions(model_dir):
+            version_dir = model_dir / str(version)
+            named = _marker_engine_keys(version_dir)
+            if named is None:
+                inodes |= _inodes(version_dir)
+            else:
+                keys.update(named)
+    return EngineUse(frozenset(keys), frozenset(inodes))
+
+
+def _age(path: Path, now: float) -> float:
+    return now - path.lstat().st_mtime
+
+
+def remove_unused_engines(
+    layout: RepositoryLayout, args: PublishArgs, scratch: Path, now: float
+) -> tuple[str, ...]:
+    """Remove engine folders no retained version uses, except this publish's and young ones.
+
+    The caller holds the repository lock exclusively: no publisher is between
+    reading an engine and linking it into a version. Each folder is renamed into
+    our scratch folder before it is deleted, so nothing sees half an engine.
+    """
+    engines_dir = local(layout.engine_dir(_ANY_KEY)).parent
+    if not engines_dir.is_dir():
+        return ()
+    use = engine_use(Path(args.repository))
+    removed = []
+    for folder in sorted(engines_dir.iterdir()):
+        key = folder.name
+        if not folder.is_dir() or not KEY_RE.match(key):
+            continue  # not something a build installed; leave it to whoever put it there
+        if key in args.engine_keys or key in use.keys:
+            continue
+        try:
+            young = _age(folder, now) < GRACE_SECONDS
+        except FileNotFoundError:
+            continue  # a build discarded it meanwhile
+        if young:
+            log.info("keeping unused engine %s for now: younger than %d s", key, GRACE_SECONDS)
+            continue
+        if use.inodes and _inodes(folder) & use.inodes:
+            continue
+        if remove_tree(folder, scratch / f"engine~{key}", pause=lambda: _pause_for_tests("engine-trashed")):
+            removed.append(key)
+    if removed:
+        log.info("removed engines no retained version uses: %s", removed)
+    return tuple(removed)
+
+
+def remove_dead_staging(layout: RepositoryLayout, ours: Path, now: float) -> None:
+    """Staging folders of builds and publishes that died (any model), once older than the grace period.
+
+    A live run holds its folder's lock (volume.scratch_in_use), so a long build is
+    never taken for a dead one however old its folder is.
+    """
+    for entry in sorted(local(layout.staging_dir).iterdir()):
+        if entry == ours:
+            continue
+        try:
+            if _age(entry, now) < GRACE_SECONDS or scratch_in_use(entry):
+                continue
+        except FileNotFoundError:
+            continue  # its run finished meanwhile
+        log.info("removing %s, left in staging by a run that died", entry.name)
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def collect_garbage(layout: RepositoryLayout, args: PublishArgs, scratch: Path) -> tuple[str, ...]:
+    """Step 6. A failure is logged, not raised: the version is published, the next publish retries."""
+    now = time.time()
+    try:
+        removed = remove_unused_engines(layout, args, scratch, now)
+        remove_dead_staging(layout, scratch, now)
+    except OSError as exc:
+        log.warning("could not finish removing unused files (the next publish tries again): %s", exc)
+        return ()
+    return removed
+
+
 def scratch_prefix(model_name: str) -> str:
     # '~' cannot occur in a model name, so one model's prefix never matches another's.
     return f"publish~{model_name}~"
@@ -293,35 +439,50 @@ def remove_stale_scratch(ours: Path, model_name: str) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def _publish_locked(
+    args: PublishArgs, layout: RepositoryLayout, scratch: Path
+) -> tuple[int, list[str], list[Engine], tuple[int, ...]]:
+    """Steps 1-5, under the model's lock and the repository lock (shared)."""
+    model_dir = local(layout.model_dir(args.model_name))
+    # Read again under the lock: the engines were checked before it was taken, and
+    # another resource's clean-up may have removed one since (then this is EngineMissing).
+    engines = load_engines(layout, args.engine_keys)
+    version = find_version(model_dir, args.version_key)
+    if version is not None:
+        log.info("version key %s is already published as version %d", args.version_key, version)
+        names = sorted(
+            str(p.relative_to(model_dir / str(version)))
+            for p in (model_dir / str(version)).rglob("*")
+            if p.is_file() and p.name != VERSION_MARKER
+        )
+        pinned = local(layout.pinned_config(args.model_name, version))
+        if not pinned.is_file():  # written before the version appeared; restore it if someone removed it
+            write_atomic(pinned, config_text(args, engines, version))
+    else:
+        version, names = _place(scratch, layout, args, engines)
+        log.info("published %s version %d from engines %s", args.model_name, version, list(args.engine_keys))
+    if version == max(existing_versions(model_dir)):
+        write_atomic(local(layout.default_config(args.model_name)), config_text(args, engines, version))
+    pruned = prune(layout, args, scratch)
+    return version, names, engines, pruned
+
+
 def publish(args: PublishArgs) -> Result:
     started = time.monotonic()
     check_args(args)
     layout = layout_of(args.repository)
-    engines = load_engines(layout, args.engine_keys)
-    model_dir = local(layout.model_dir(args.model_name))
+    # Refuse missing or mismatched engines before any lock or scratch folder is made on the volume.
+    load_engines(layout, args.engine_keys)
     lock = local(layout.state) / "locks" / f"{args.model_name}.lock"
 
     with exclusive_lock(lock), scratch_dir(layout, scratch_prefix(args.model_name)) as scratch:
         remove_stale_scratch(scratch, args.model_name)
-        version = find_version(model_dir, args.version_key)
-        if version is not None:
-            log.info("version key %s is already published as version %d", args.version_key, version)
-            names = sorted(
-                str(p.relative_to(model_dir / str(version)))
-                for p in (model_dir / str(version)).rglob("*")
-                if p.is_file() and p.name != VERSION_MARKER
-            )
-            pinned = local(layout.pinned_config(args.model_name, version))
-            if not pinned.is_file():  # written before the version appeared; restore it if someone removed it
-                write_atomic(pinned, config_text(args, engines, version))
-        else:
-            version, names = _place(scratch, layout, args, engines)
-            log.info(
-                "published %s version %d from engines %s", args.model_name, version, list(args.engine_keys)
-            )
-        if version == max(existing_versions(model_dir)):
-            write_atomic(local(layout.default_config(args.model_name)), config_text(args, engines, version))
-        pruned = prune(layout, args, scratch)
+        with exclusive_lock(repository_lock(layout), shared=True):
+            version, names, engines, pruned = _publish_locked(args, layout, scratch)
+        # Taken after the shared lock is let go (flock would not upgrade it atomically);
+        # this version's marker is on the volume by now, so its engines count as used.
+        with exclusive_lock(repository_lock(layout)):
+            collect_garbage(layout, args, scratch)
 
     root = Path(args.repository)
     files = [
@@ -345,5 +506,7 @@ def publish(args: PublishArgs) -> Result:
         version_key=args.version_key,
         files=tuple(files),
         pruned=pruned,
+        # measured once our scratch folder is gone, so it is what stays on the volume
+        repository_bytes=used_bytes(root),
         seconds={"publish": round(time.monotonic() - started, 3)},
     )

@@ -4,6 +4,8 @@ Everything is assembled in a scratch folder under ``.tritonresnet/staging``
 (the same volume as the models, so publishing is one ``rename``) and the
 scratch folder goes away on every exit path, including the folders we had
 to create for it: a run that fails on bad input leaves the volume as it found it.
+A run that is killed cannot clean up, so each scratch folder holds a lock while
+its run lives (:func:`scratch_in_use`), which tells a later run what is left over.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import errno
 import fcntl
 import os
 import shutil
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tritonresnet_builder.contract import RepositoryLayout
@@ -64,17 +67,51 @@ def _remove_if_empty(folders: list[Path]) -> None:
             return
 
 
+#: In every scratch folder, locked (flock) for as long as the run that made it lives.
+SCRATCH_LOCK = ".in-use"
+
+
 @contextlib.contextmanager
 def scratch_dir(layout: RepositoryLayout, prefix: str) -> Iterator[Path]:
-    """A private folder in staging, removed (with staging parents we created) on exit."""
+    """A private folder in staging, removed (with staging parents we created) on exit.
+
+    The folder's :data:`SCRATCH_LOCK` stays locked until then; the kernel drops
+    the lock when the process dies, however it dies, so a folder whose lock can
+    be taken is a dead run's leftover.
+    """
     staging = local(layout.staging_dir)
     created = _make_dirs(staging)
     path = Path(tempfile.mkdtemp(dir=staging, prefix=prefix))
+    fd = -1
     try:
+        fd = os.open(path / SCRATCH_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+        if fd >= 0:
+            os.close(fd)
         _remove_if_empty(created)
+
+
+def scratch_in_use(path: Path) -> bool:
+    """Whether a live run holds this scratch folder (see :func:`scratch_dir`).
+
+    A folder without the lock file is not in use: either its run died before
+    making it (the caller only asks about folders older than any such moment)
+    or it was left by a builder that predates the lock.
+    """
+    try:
+        fd = os.open(path / SCRATCH_LOCK, os.O_RDWR)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the lock if we took it
+    return False
 
 
 def fsync_dir(path: Path) -> None:
@@ -119,17 +156,66 @@ def link_or_copy(source: Path, dest: Path) -> None:
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: Path) -> Iterator[None]:
-    """An advisory lock so two publishers of one model take turns.
+def exclusive_lock(path: Path, *, shared: bool = False) -> Iterator[None]:
+    """An advisory lock (flock) on ``path``, exclusive unless ``shared``.
 
-    Correctness does not rest on it (a version folder appears by rename, which
-    fails if the name is taken); it only saves a wasted assembly.
+    Two uses: the per-model lock, so two publishers of one model take turns
+    (correctness does not rest on it: a version folder appears by rename, which
+    fails if the name is taken; it saves a wasted assembly); and the repository
+    lock, shared by publishers while they read and link engines and exclusive
+    while engine folders are removed (see :func:`remove_tree`).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def repository_lock(layout: RepositoryLayout) -> Path:
+    """The lock file of the whole repository ('~' keeps it apart from every model's lock)."""
+    return local(layout.state) / "locks" / "~repository.lock"
+
+
+def remove_tree(path: Path, trash: Path, *, pause: Callable[[], None] = lambda: None) -> bool:
+    """Remove a folder in two steps: rename it to ``trash``, then delete it there.
+
+    The rename is atomic, so the folder is whole or absent for every reader, and
+    a crash during the slow delete leaves a whole folder in ``trash`` (a scratch
+    folder, removed as a leftover later) rather than half a folder in place.
+    Deleting unlinks names: a file hard-linked into a model version keeps its
+    other name and its bytes. ``False`` if someone else moved ``path`` first.
+    """
+    try:
+        os.rename(path, trash)
+    except FileNotFoundError:
+        return False
+    fsync_dir(path.parent)
+    pause()
+    shutil.rmtree(trash, ignore_errors=True)
+    return True
+
+
+def used_bytes(root: Path) -> int:
+    """Bytes of the regular files under ``root`` (apparent size), each inode counted once.
+
+    A version hard-links its engine's files, so counting names would report an
+    artifact twice; counting (device, inode) pairs reports what the volume holds.
+    Files that vanish during the walk (another run cleaning up) are skipped.
+    """
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            try:
+                info = os.lstat(os.path.join(folder, name))
+            except FileNotFoundError:
+                continue
+            inode = (info.st_dev, info.st_ino)
+            if stat.S_ISREG(info.st_mode) and inode not in seen:
+                seen.add(inode)
+                total += info.st_size
+    return total
