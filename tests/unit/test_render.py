@@ -302,13 +302,19 @@ def test_triton_loads_exactly_the_pinned_version_explicitly() -> None:
     }
 
 
-def test_triton_probes_use_the_health_endpoints() -> None:
-    main = container(triton())
-    assert main["startupProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
-    assert main["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+def test_triton_readiness_and_startup_ask_for_the_pinned_model_version_liveness_for_the_server() -> None:
+    main = container(triton(version=3))
+    model_ready = {"path": "/v2/models/resnet50/versions/3/ready", "port": "http"}
+    assert main["startupProbe"]["httpGet"] == model_ready
+    assert main["readinessProbe"]["httpGet"] == model_ready
     assert main["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
     # The startup probe must outlast a slow model load before liveness may restart the pod.
     assert main["startupProbe"]["periodSeconds"] * main["startupProbe"]["failureThreshold"] >= 300
+
+
+def test_triton_readiness_follows_the_model_name_and_version_served() -> None:
+    main = container(triton(parse(model={"name": "classifier_v2.onnx-x"}), version=12))
+    assert main["readinessProbe"]["httpGet"]["path"] == "/v2/models/classifier_v2.onnx-x/versions/12/ready"
 
 
 def test_triton_mounts_the_repository_read_only() -> None:

@@ -350,6 +350,14 @@ def triton_args(model_name: str, version: int) -> list[str]:
     ]
 
 
+def model_ready_path(model_name: str, version: int) -> str:
+    """Triton's readiness of one model version: 200 only while that version is loaded and ready.
+
+    Model names are ``[A-Za-z0-9_.-]`` (the contract's pattern), so the path needs no escaping.
+    """
+    return f"/v2/models/{model_name}/versions/{version}/ready"
+
+
 def _probe(path: str, period: int, failures: int) -> Object:
     return {
         "httpGet": {"path": path, "port": "http"},
@@ -360,6 +368,7 @@ def _probe(path: str, period: int, failures: int) -> Object:
 
 
 def _triton_container(spec: TritonResNetSpec, served: Served, settings: Settings) -> Object:
+    model_ready = model_ready_path(spec.model.name, served.version)
     return {
         "name": TRITON_CONTAINER,
         # The release its plans were built for, not the spec's: a plan loads only in its own release.
@@ -373,8 +382,12 @@ def _triton_container(spec: TritonResNetSpec, served: Served, settings: Settings
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
         ],
         # Loading a large plan can take minutes; liveness waits for the startup probe.
-        "startupProbe": _probe("/v2/health/ready", period=5, failures=120),
-        "readinessProbe": _probe("/v2/health/ready", period=5, failures=3),
+        "startupProbe": _probe(model_ready, period=5, failures=120),
+        # Ready means serving the pinned version: a pod whose model was unloaded or failed
+        # leaves the Service, even though the server itself is still up (and still live).
+        "readinessProbe": _probe(model_ready, period=5, failures=3),
+        # Live is the process, not the model: a pod restarted for a model it cannot load
+        # would only fail the same way again, whereas not ready it stays there to look at.
         "livenessProbe": _probe("/v2/health/live", period=10, failures=3),
         # Let endpoints drop this pod before Triton stops accepting requests,
         # so a rolling update fails no request.
