@@ -153,7 +153,7 @@ class FetchSettings:
                 raise usage("InvalidFetchSetting", f"{name}={text!r} is not a whole number in {low}..{high}")
             return int(text)
 
-        part_mib = number(PART_MIB_ENV, 5, 5 * 1024)  # S3's own limits on a part
+        part_mib = number(PART_MIB_ENV, 1, 1024)  # bounds that refuse a size written in bytes
         concurrency = number(CONCURRENCY_ENV, 1, 64)
         defaults = cls()
         return cls(

@@ -253,7 +253,7 @@ def test_fetch_settings_from_the_environment() -> None:
     assert FetchSettings.from_env({}) == FetchSettings()
     tuned = FetchSettings.from_env({PART_MIB_ENV: "32", CONCURRENCY_ENV: "4"})
     assert tuned.part_bytes == 32 * MiB and tuned.concurrency == 4
-    for bad in ({PART_MIB_ENV: "lots"}, {PART_MIB_ENV: "1"}, {CONCURRENCY_ENV: "0"}):
+    for bad in ({PART_MIB_ENV: "lots"}, {PART_MIB_ENV: str(16 * MiB)}, {CONCURRENCY_ENV: "0"}):
         with pytest.raises(BuilderError) as raised:
             FetchSettings.from_env(bad)
         assert raised.value.exit_code == ExitCode.USAGE and raised.value.kind == "InvalidFetchSetting"
