@@ -88,9 +88,11 @@ def scratch_dir(layout: RepositoryLayout, prefix: str) -> Iterator[Path]:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield path
     finally:
-        shutil.rmtree(path, ignore_errors=True)
-        if fd >= 0:
-            os.close(fd)
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+        finally:  # the lock goes with the folder, even if removing it failed
+            if fd >= 0:
+                os.close(fd)
         _remove_if_empty(created)
 
 
