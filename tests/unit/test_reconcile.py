@@ -529,3 +529,13 @@ def test_empty_maps_and_false_the_api_server_leaves_out_are_no_drift() -> None:
     assert plan(world(cr, live, pods, verification=ok), SETTINGS).apply == []
     pod["nodeSelector"] = {"pool": "other"}
     assert [o["kind"] for o in plan(world(cr, live, pods, verification=ok), SETTINGS).apply] == ["Deployment"]
+
+
+def test_status_reports_the_bytes_the_repository_uses_and_keeps_them_when_the_publish_job_goes() -> None:
+    cr, objects, pods, ready = lifecycle_to_ready()
+    assert st(ready)["published"]["repositoryBytes"] == 48_000_000
+    no_jobs = [o for o in objects if o["kind"] != "Job"]
+    triton = [x for x in pods if x["metadata"]["labels"].get(names.LABEL_COMPONENT) == "triton"]
+    ok = {e: EndpointCheck(e, True, "answered") for e in st(ready)["endpoints"]}
+    later = plan(world(cr, no_jobs, triton, verification=ok), SETTINGS)
+    assert st(later)["published"]["repositoryBytes"] == 48_000_000

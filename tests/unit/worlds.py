@@ -138,6 +138,7 @@ def publish_result(version: int, version_key: str) -> Result:
         model_name="resnet50",
         inputs=INPUTS,
         outputs=OUTPUTS,
+        repository_bytes=48_000_000,
     )
 
 

@@ -176,6 +176,8 @@ class PublishedStatus:
     version: int
     inputs: tuple[TensorStatus, ...] = ()
     outputs: tuple[TensorStatus, ...] = ()
+    #: Bytes the model repository used once this version was published (each file once).
+    repository_bytes: int | None = None
 
 
 TargetState = Literal["Pending", "Running", "Unschedulable", "Stuck", "Built", "Failed"]
@@ -266,6 +268,8 @@ def camel(name: str) -> str:
 def _encode(value: Any) -> Any:
     if isinstance(value, (TritonResNetStatus, PublishedStatus, TargetStatus, StatusCondition, TensorStatus)):
         out = {camel(f.name): _encode(getattr(value, f.name)) for f in fields(value)}
+        if isinstance(value, PublishedStatus):
+            return {k: v for k, v in out.items() if v is not None}
         if isinstance(value, TargetStatus):
             # Optional details of a target are left out until known, as they always were.
             return {k: v for k, v in out.items() if v not in (None, "")}
@@ -317,6 +321,7 @@ def _published(value: Any) -> PublishedStatus | None:
         _int(value["version"]) or 0,
         _tensors(value.get("inputs")),
         _tensors(value.get("outputs")),
+        _int(value.get("repositoryBytes")),
     )
 
 

@@ -64,6 +64,7 @@ class Engines:
     waiting_for_node: str = ""
     #: A build or publish pod that will not start without a change (its reason and the kubelet's words).
     stuck: str = ""
+    repository_bytes: int | None = None  #: the model volume's use once ``published`` was published
 
     @property
     def failure(self) -> str:
@@ -138,9 +139,21 @@ def _tensor_status(served: Served) -> tuple[tuple[TensorStatus, ...], tuple[Tens
     return conv(served.inputs), conv(served.outputs)
 
 
-def published_status(served: Served) -> PublishedStatus:
+def published_status(served: Served, repository_bytes: int | None = None) -> PublishedStatus:
     inputs, outputs = _tensor_status(served)
-    return PublishedStatus(served.version_key, served.version, inputs, outputs)
+    return PublishedStatus(served.version_key, served.version, inputs, outputs, repository_bytes)
+
+
+def _repository_bytes(observed: Observed, old: TritonResNetStatus, version_key: str) -> int | None:
+    """What the publish Job of ``version_key`` reported, else what status remembers of it."""
+    job = observed.jobs.get(names.publish_job_name(observed.resource["metadata"]["name"], version_key))
+    if job is not None:
+        outcome = observe.job_outcome(job, observed.pods)
+        if outcome.state == "Succeeded" and outcome.result is not None and outcome.result.repository_bytes:
+            return outcome.result.repository_bytes
+    if old.published is not None and old.published.version_key == version_key:
+        return old.published.repository_bytes
+    return None
 
 
 def _published(
@@ -316,15 +329,17 @@ def engines(
     published = _published(old, version_key, served, release, spec.engine.max_batch_size > 0)
     if published is not None:
         built = _published_targets(name, old, targets, engine_keys)
-        return Engines(version_key, len(targets), built, published)
+        used = _repository_bytes(observed, old, version_key)
+        return Engines(version_key, len(targets), built, published, repository_bytes=used)
     target_status, failure, waiting, stuck = _builds(observed, spec, settings, targets, engine_keys, children)
     publish_failure = ""
     if all(t.state == "Built" for t in target_status) and not failure:
         published, publish_failure, waiting, stuck = _publish(
             observed, spec, settings, sorted(engine_keys.values()), version_key, served, children
         )
+    used = _repository_bytes(observed, old, version_key) if published is not None else None
     return Engines(
-        version_key, len(targets), target_status, published, failure, publish_failure, waiting, stuck
+        version_key, len(targets), target_status, published, failure, publish_failure, waiting, stuck, used
     )
 
 

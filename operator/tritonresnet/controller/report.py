@@ -213,7 +213,7 @@ def status(resource: Mapping[str, Any], d: Decision, now: str) -> TritonResNetSt
         message=message,
         conditions=s.merge_conditions(old.conditions, conds, gen, now),
         version_key=d.engines.version_key,
-        published=published_status(published) if published is not None else None,
+        published=published_status(published, d.engines.repository_bytes) if published is not None else None,
         model_version=d.served.version if d.served is not None else None,
         serving_version_key=d.served.version_key if d.served is not None else None,
         serving_versions=rolled.serving_versions,
