@@ -264,10 +264,10 @@ class Profiler:
                 self.proc.wait()
         self._log.close()
 
-    def summary(self, lines: int) -> str:
+    def summary(self, lines: int, cpu_seconds: float) -> str:
         if not self.output.exists():
             return f"(py-spy wrote no profile; see {self.output.with_suffix('.log')})"
-        return summarize_stacks(self.output.read_text(), self.rate, lines)
+        return summarize_stacks(self.output.read_text(), self.rate, lines, cpu_seconds)
 
 
 def _frame(frame: str) -> tuple[str, str]:
@@ -279,9 +279,11 @@ def _frame(frame: str) -> tuple[str, str]:
     return f"{name} ({path})", package
 
 
-def summarize_stacks(raw: str, rate: int, lines: int) -> str:
-    """py-spy's samples as CPU seconds: own time by package and by function, and the time
-    inside each of the operator's own functions (what it calls included)."""
+def summarize_stacks(raw: str, rate: int, lines: int, cpu_seconds: float) -> str:
+    """py-spy's samples as shares of the operator's measured CPU (``cpu_seconds``): own time by
+    package and by function, and the time inside each of the operator's own functions (what they
+    call included). Shares, not sample counts, because on a loaded machine a thread holding
+    the GIL may be waiting for a core: samples then add up to more than the CPU it used."""
     by_package: Counter[str] = Counter()
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
@@ -302,13 +304,15 @@ def summarize_stacks(raw: str, rate: int, lines: int) -> str:
 
     def rows(counter: Counter[str]) -> list[list[str]]:
         return [
-            [f"{n / rate:.1f}", f"{100 * n / total:.0f} %", name] for name, n in counter.most_common(lines)
+            [f"{100 * n / total:.0f} %", f"{cpu_seconds * n / total:.1f}", name]
+            for name, n in counter.most_common(lines)
         ]
 
-    headers = ["CPU s", "share", "where"]
+    headers = ["share", "CPU s", "where"]
     return "\n\n".join(
         [
-            f"{total} samples holding the GIL at {rate}/s = {total / rate:.0f} s",
+            f"{total} samples holding the GIL at {rate}/s ({total / rate:.0f} s of GIL time); "
+            f"CPU s = share x the operator's {cpu_seconds:.0f} CPU s",
             "own time by package (the code that was running)",
             table(headers, rows(by_package)),
             "own time by function",
@@ -371,7 +375,9 @@ def run_one(ground: KwokGround, count: int, args: argparse.Namespace) -> Result:
         phases=phases,
         process_cpu={k: after_cpu[k] - before_cpu.get(k, 0.0) for k in after_cpu},
         load_average=sum(loads) / len(loads) if loads else float("nan"),
-        profile=profiler.summary(args.profile_lines) if profiler is not None else "",
+        profile=profiler.summary(args.profile_lines, after.cpu_seconds - before.cpu_seconds)
+        if profiler is not None
+        else "",
     )
 
 
@@ -483,13 +489,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-operator-scale-") as tmp:
         workdir = args.workdir or Path(tmp)
         with kwok_test_ground(workdir, operator_env=env, crd=crd) as ground:
-            for count in args.count or DEFAULT_COUNTS:
+            counts = args.count or DEFAULT_COUNTS
+            for i, count in enumerate(counts):
                 results.append(run_one(ground, count, args))
                 print(report(results[-1:], label), flush=True)
-                # Each count starts on an empty cluster (and a fresh operator).
                 ground.operator.kill()
-                ground.cp.delete_namespace(f"bench-op-{count}", wait=True, timeout=NAMESPACE_DELETE_TIMEOUT)
-                ground.cp.kubectl("delete", "pv", f"bench-models-bench-op-{count}", "--ignore-not-found")
+                if i + 1 < len(counts):  # the next count starts on an empty cluster (and a fresh operator)
+                    namespace = f"bench-op-{count}"
+                    ground.cp.delete_namespace(namespace, wait=True, timeout=NAMESPACE_DELETE_TIMEOUT)
+                    ground.cp.kubectl("delete", "pv", f"bench-models-{namespace}", "--ignore-not-found")
     print(f"\noperator imported tritonresnet from {imported}\n\n" + report(results, label), flush=True)
 
 
