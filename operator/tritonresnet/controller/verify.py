@@ -16,7 +16,9 @@ server a batch every interval.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,7 +28,7 @@ from tritonresnet_builder.contract import Tensor
 # The check's input and answer are part of the reconcile's observation.
 from tritonresnet.controller.observe import EndpointCheck, Expected
 
-__all__ = ["EndpointCheck", "Expected", "check_endpoint"]
+__all__ = ["EndpointCheck", "Expected", "SmokeInputs", "check_endpoint", "smoke_inputs"]
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +47,83 @@ def _metadata_mismatch(
     return f"{kind} differ: expected {sorted(want)}, server reports {sorted(have)}"
 
 
-def _smoke_input(tensor: Tensor, batched: bool) -> npt.NDArray[Any]:
+#: The most the smoke request's inputs may hold together, in bytes of the arrays we build.
+#: The shapes are the model's: an ONNX file may declare [3, 8192, 8192] or a fixed batch of
+#: 256, and the operator checks several endpoints at once inside its own memory limit, so
+#: what a check allocates cannot be left to the model. (tritonclient copies the arrays once
+#: more into the request body; the bound keeps that copy small too.)
+SMOKE_INPUT_LIMIT_BYTES = 16 * 1024 * 1024
+#: The smoke data repeats a seeded block of this many values: deterministic, not constant,
+#: and the only allocation besides the arrays themselves is this small block.
+_SMOKE_BLOCK = 4096
+
+
+@dataclass(frozen=True)
+class SmokeInputs:
+    """The arrays of one smoke request (input name -> array), or why there is none."""
+
+    arrays: Mapping[str, npt.NDArray[Any]]
+    #: Non-empty when the smoke inference is skipped, in words for the check's message.
+    skipped: str = ""
+
+
+def smoke_shape(tensor: Tensor, batched: bool) -> list[int]:
+    """The request shape of ``tensor``: dynamic dimensions at ``_DYNAMIC_DIM_SIZE``, a batch of 1."""
+    shape = [d if d > 0 else _DYNAMIC_DIM_SIZE for d in tensor.shape]
+    return [1, *shape] if batched else shape
+
+
+def _numpy_dtype(datatype: str) -> np.dtype[Any] | None:
+    """The array type tritonclient wants for a Triton datatype; None for one without fixed-size items."""
     from tritonclient.utils import triton_to_np_dtype
 
-    shape = [d if d > 0 else _DYNAMIC_DIM_SIZE for d in tensor.shape]
-    if batched:
-        shape = [1, *shape]
+    found = triton_to_np_dtype(datatype)
+    if found is None:
+        return None
+    dtype = np.dtype(found)
+    # BYTES maps to object arrays: their size is not the item count times anything we know,
+    # and no ResNet takes strings, so there is no smoke input for them.
+    return None if dtype.kind == "O" else dtype
+
+
+def _smoke_block(dtype: np.dtype[Any], rng: np.random.Generator) -> npt.NDArray[Any]:
+    if dtype.kind == "b":
+        return rng.integers(0, 2, _SMOKE_BLOCK).astype(dtype)
+    if dtype.kind in "iu":
+        # Small non-negative values fit every integer type (pixel values, class indices).
+        return rng.integers(0, 128, _SMOKE_BLOCK).astype(dtype)
+    return rng.standard_normal(_SMOKE_BLOCK, dtype=np.float32).astype(dtype)
+
+
+def smoke_inputs(
+    inputs: Sequence[Tensor], batched: bool, limit: int = SMOKE_INPUT_LIMIT_BYTES
+) -> SmokeInputs:
+    """The smoke request's arrays, never more than ``limit`` bytes together.
+
+    Sized from the declared shapes before anything is allocated. Above the bound
+    the smoke inference is skipped, not failed: a model with large inputs is no
+    broken model, and failing it would keep a version that serves correctly from
+    ever being Ready. The check still proves health, readiness at the version, the
+    pinned config and the metadata; ``skipped`` says what it did not prove.
+    """
+    planned: list[tuple[Tensor, list[int], np.dtype[Any]]] = []
+    total = 0
+    for tensor in inputs:
+        dtype = _numpy_dtype(tensor.datatype)
+        if dtype is None:
+            return SmokeInputs({}, f"no smoke input for {tensor.name!r} of datatype {tensor.datatype}")
+        shape = smoke_shape(tensor, batched)
+        total += math.prod(shape) * dtype.itemsize
+        planned.append((tensor, shape, dtype))
+    if total > limit:
+        return SmokeInputs(
+            {},
+            f"the smoke input would take {total / 2**20:.1f} MiB, above the {limit / 2**20:g} MiB bound",
+        )
     rng = np.random.default_rng(0)
-    return rng.standard_normal(shape).astype(triton_to_np_dtype(tensor.datatype))
+    # np.resize repeats the block up to the shape: one allocation of the array's own size.
+    arrays = {t.name: np.resize(_smoke_block(dtype, rng), shape) for t, shape, dtype in planned}
+    return SmokeInputs(arrays)
 
 
 def check_endpoint(
@@ -90,11 +161,15 @@ def check_endpoint(
             ) or _metadata_mismatch("outputs", expected.outputs, meta["outputs"], expected.batched)
             if problem:
                 return EndpointCheck(endpoint, False, problem)
-            if not smoke:
-                return EndpointCheck(endpoint, True, _answered(expected))
+            # Sized on every check, full or cheap, so both say the same words (see _answered).
+            plan = smoke_inputs(expected.inputs, expected.batched)
+            if plan.skipped:
+                log.info("%s: smoke inference skipped: %s", endpoint, plan.skipped)
+            if not smoke or plan.skipped:
+                return EndpointCheck(endpoint, True, _answered(expected, plan.skipped))
             infer_inputs = []
             for tensor in expected.inputs:
-                data = _smoke_input(tensor, expected.batched)
+                data = plan.arrays[tensor.name]
                 item = httpclient.InferInput(tensor.name, list(data.shape), tensor.datatype)
                 item.set_data_from_numpy(data)
                 infer_inputs.append(item)
@@ -119,7 +194,8 @@ def check_endpoint(
     return EndpointCheck(endpoint, True, _answered(expected))
 
 
-def _answered(expected: Expected) -> str:
+def _answered(expected: Expected, skipped: str = "") -> str:
     # The same words for a full and a cheap check: a re-check that still passes
     # changes nothing the status shows, so it wakes no reconcile pass.
-    return f"model {expected.model} v{expected.version} answered"
+    answered = f"model {expected.model} v{expected.version} answered"
+    return f"{answered} (smoke inference skipped: {skipped})" if skipped else answered
