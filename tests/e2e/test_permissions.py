@@ -13,10 +13,11 @@ that log:
   used, and the file is exactly what the run used. On a partial run that half
   is skipped, saying why.
 
-Two paths no other e2e test takes come first: reading a child by name after a
-create answered 409 and applying it (a child the operator's watch no longer
-sees), and the right admission checks inside every create (``update`` on
-``tritonresnets/finalizers``), which no audit line can show.
+Paths no other e2e test takes come first: reading a child by name after a
+create answered 409 and applying it (a child the operator's cache does not
+hold), deleting an older spec's unfinished build Job, and the right admission
+checks inside every create (``update`` on ``tritonresnets/finalizers``), which
+no audit line can show.
 
 ``TRITONRESNET_WRITE_RBAC_OBSERVED=1`` with a whole, passing run rewrites
 ``rbac_observed.json`` from the log.
@@ -210,6 +211,48 @@ def test_children_the_operators_cache_misses_are_read_by_name_and_applied_again(
     wait_for_trn(cp, namespace, "served", is_ready(), "Ready again", operator=operator)
 
 
+def test_an_older_specs_unfinished_build_job_is_deleted(
+    operator: OperatorProcess, namespace: str, s3: S3Server
+) -> None:
+    """A build Job of a spec that changed before it finished would only burn a GPU: the
+    operator deletes it (``delete`` on Jobs) and creates the new spec's. The build never
+    starts here (its claim does not exist), so the old Job is unfinished for sure."""
+    cp = operator.cp
+    spec = {
+        "source": {"uri": s3.uri(f"{namespace}/never/model.onnx"), "endpoint": s3.endpoint},
+        "model": {"name": "changed", "format": "onnx"},
+        "engine": {"maxBatchSize": 4},
+        "repository": {"claimName": "no-such-claim"},
+    }
+    cp.kubectl("apply", "-f", "-", input=_resource(namespace, "changed", spec))
+    old = wait_for(lambda: _build_job(cp, namespace, "changed"), "the first build Job", 120, every=1.0)
+    since = time.time()
+    # maxBatchSize is part of the engine key, so the build Job of the new spec has another name.
+    cp.kubectl(
+        "patch",
+        "trn",
+        "changed",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"spec":{"engine":{"maxBatchSize":2}}}',
+    )
+    new = wait_for(
+        lambda: (name := _build_job(cp, namespace, "changed")) != old and name,
+        "the new spec's build Job instead of the old one",
+        120,
+        every=1.0,
+    )
+    assert new != old
+    deleted = [
+        e
+        for e in operator_events(cp, since)
+        if (e.verb, e.group, e.resource, e.name) == ("delete", "batch", "jobs", old) and e.code == 200
+    ]
+    assert deleted, f"the operator did not delete Job {old}"
+
+
 def _probe_role(namespace: str, rules: list[dict[str, Any]]) -> str:
     role = {
         "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -262,11 +305,30 @@ def test_creating_a_child_needs_the_finalizers_grant(crd: ControlPlane, namespac
 # -- the comparison (last: after every other e2e test of the session) ----------------------
 
 
+def refused_for_good(events: list[AuditEvent]) -> list[str]:
+    """Requests RBAC refused that no later request of the same permission got allowed.
+
+    Right after a (re)start the apiserver serves before its RBAC informers have synced and
+    refuses everyone for a moment (test_faults.py restarts it mid-build); the operator's
+    retry is then allowed. A refusal the chart is to blame for is never followed by that.
+    """
+    last_allowed: dict[Permission, float] = {}
+    for event in events:
+        if event.decision == "allow":
+            last_allowed[event.permission] = max(event.at, last_allowed.get(event.permission, 0.0))
+    return sorted(
+        {
+            f"{e.permission} {e.uri}"
+            for e in events
+            if e.decision == "forbid" and last_allowed.get(e.permission, 0.0) <= e.at
+        }
+    )
+
+
 def _used(cp: ControlPlane) -> set[Permission]:
     events = operator_events(cp)
     assert events, f"no request by {OPERATOR_USER} in {cp.audit_log}"
-    refused = sorted({f"{e.permission} {e.uri}" for e in events if e.decision == "forbid"})
-    assert refused == [], "RBAC refused the operator"
+    assert refused_for_good(events) == [], "RBAC refused the operator"
     used = permissions(events)
     assert used, "the operator made no API request the audit log records"
     return used
