@@ -29,8 +29,10 @@ lint: $(STAMP)
 test: $(STAMP) binaries
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# exec: make passes a SIGTERM on to its recipe's process, which would otherwise be the
+# shell, leaving the demo running without its teardown.
 demo: $(STAMP) binaries
-	cd tests && ../$(BIN)/python -m testground.demo $(DEMO_ARGS)
+	cd tests && exec ../$(BIN)/python -m testground.demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo
