@@ -108,9 +108,7 @@ def repo(tmp_path: Path) -> Path:
     return path
 
 
-def test_ten_changes_keep_the_volume_within_retained_plus_one_artifacts(
-    repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_ten_changes_keep_the_volume_within_retained_plus_one_artifacts(repo: Path, tmp_path: Path) -> None:
     """Each change is a new model (new engine key); changes are further apart than the grace period."""
     keep = 3
     bound = (keep + 1) * ARTIFACT_BYTES + SMALL
@@ -135,10 +133,10 @@ def test_ten_changes_keep_the_volume_within_retained_plus_one_artifacts(
 
     # a count by name sees every artifact twice (engine folder and version): hence the inode dedupe
     assert rows[-1][3] > 2 * keep * ARTIFACT_BYTES
-    with capsys.disabled():
-        print("\nchange  after build  after publish  by name  pruned")
-        for change, built_bytes, published_bytes, by_name, pruned in rows:
-            print(f"{change:6d}  {built_bytes:11d}  {published_bytes:13d}  {by_name:7d}  {pruned}")
+    # the measurements, shown with pytest -s
+    print("\nchange  after build  after publish  by name  pruned")
+    for change, built_bytes, published_bytes, by_name, pruned in rows:
+        print(f"{change:6d}  {built_bytes:11d}  {published_bytes:13d}  {by_name:7d}  {pruned}")
 
 
 def test_the_result_field_survives_the_termination_message(repo: Path, tmp_path: Path) -> None:
