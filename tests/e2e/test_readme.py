@@ -46,8 +46,10 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from testground.controlplane import ControlPlane
 from testground.models import OnnxModels
 from testground.nodeagent import NodeAgent
@@ -57,6 +59,7 @@ from testground.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
+CRD = REPO / "crds" / "tritonresnet.io_tritonresnets.yaml"
 
 #: Blocks marked for the local test ground.
 GROUND = "local"
@@ -165,8 +168,11 @@ def test_readme_marks_the_newcomers_path_for_the_test_ground() -> None:
         " --create-namespace",
         "kubectl -n vision create secret generic s3-credentials",
         "kind: TritonResNet",
+        "kubectl explain tritonresnet.spec --recursive",
         "kubectl -n vision wait trn/resnet50 --for=condition=Ready",
-        "kubectl -n vision get trn",
+        "kubectl -n vision get trn -o wide",
+        "kubectl -n vision describe trn resnet50",
+        "kubectl -n vision scale trn resnet50 --replicas=",
         "tritonresnet status resnet50 -n vision",
         "tritonresnet classify",
         "--grpc",
@@ -175,6 +181,49 @@ def test_readme_marks_the_newcomers_path_for_the_test_ground() -> None:
         "helm uninstall tritonresnet-operator",
     ):
         assert command in code, f"no marked README block runs {command!r}"
+
+
+# -- kubectl explain, as the README shows it ---------------------------------------------
+
+
+def explain_sections(schema: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every object with fields under ``schema``, by its ``kubectl explain`` path; kubectl
+    walks through arrays (``spec.engine.targets.tolerations``), so this does too."""
+    node = schema.get("items", schema) if schema.get("type") == "array" else schema
+    if node.get("properties"):
+        yield path, node
+        for name, child in node["properties"].items():
+            yield from explain_sections(child, f"{path}.{name}")
+
+
+def _words(text: str) -> str:
+    """kubectl wraps and indents descriptions: compare word by word."""
+    return " ".join(text.split())
+
+
+@pytest.mark.cluster
+def test_kubectl_explain_shows_every_spec_field_with_the_crds_description(crd: ControlPlane) -> None:
+    """``kubectl explain tritonresnet.spec --recursive`` lists every field (names and types
+    only: that is what kubectl prints with --recursive), and ``kubectl explain`` of each
+    section prints each of its fields with the CRD's description, as for a built-in kind."""
+    (version,) = yaml.safe_load(CRD.read_text())["spec"]["versions"]
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    listed = crd.kubectl("explain", "tritonresnet.spec", "--recursive").stdout
+    names = {line.split("\t")[0].strip() for line in listed.splitlines() if "\t<" in line}
+    problems, fields = [], 0
+    for path, section in explain_sections(spec, "tritonresnet.spec"):
+        shown = _words(crd.kubectl("explain", path).stdout)
+        if _words(section.get("description", "")) not in shown:
+            problems.append(f"{path}: its own description")
+        for name, field in section["properties"].items():
+            fields += 1
+            if name not in names:
+                problems.append(f"{path}.{name}: not listed by --recursive")
+            description = _words(field.get("description", ""))
+            if not description or description not in shown:
+                problems.append(f"{path}.{name}: description not shown")
+    assert fields > 40, f"only {fields} fields found in the CRD's spec schema"
+    assert not problems, "\n".join(problems)
 
 
 # -- the walk on the test ground -------------------------------------------------------
