@@ -141,6 +141,9 @@ def build(args: BuildArgs) -> Result:
     previous = existing_engine(engine_dir)
     if previous is not None:
         log.info("engine %s is already built (%s); nothing to do", args.engine_key, previous.artifact)
+        # Fresh again: a publish's clean-up keeps engines younger than its grace period, and this
+        # one is about to be published (another resource's publish must not remove it meanwhile).
+        os.utime(engine_dir)
         return replace(previous, seconds={"reused": round(time.monotonic() - started, 3)})
     if engine_dir.exists():
         log.warning("engine folder %s has no valid %s; building it again", engine_dir, ENGINE_RESULT)
