@@ -41,13 +41,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "tests") not in sys.path:
     sys.path.insert(0, str(REPO / "tests"))
 
+import tritonresnet.api.names as names  # noqa: E402
 from testground import controlplane  # noqa: E402
 from testground.controlplane import ControlPlane, start_control_plane  # noqa: E402
 from testground.models import ensure_models  # noqa: E402
 from testground.nodeagent import NodeAgent, start_node_agent  # noqa: E402
 from testground.operator_run import OperatorProcess, install_crd  # noqa: E402
 from testground.s3 import S3Server, start_s3  # noqa: E402
-from tritonresnet.api import names  # noqa: E402
 
 #: The operator's identity for these runs: a client certificate user in
 #: ``system:masters`` (so RBAC changes nothing), distinct from the admin user

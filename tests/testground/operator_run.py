@@ -21,8 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import tritonresnet.api.names as names
 import yaml
-from tritonresnet.api import names
 
 from testground import audit
 from testground.chart import render_chart, to_yaml
