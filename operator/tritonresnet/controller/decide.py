@@ -359,12 +359,11 @@ def serving(
     rolled = Rollout()
     if deploy is not None:
         desired = render.triton_deployment(meta, spec, deploy, settings)
+        children.desired += [desired, render.service(meta), render.pod_disruption_budget(meta)]
         existing = observed.child("Deployment", names.deployment_name(meta["name"]))
-        current = is_current(desired, existing)
-        # The control Secret and the NetworkPolicy first: the pods the Deployment starts read the one.
-        access = render.triton_access(meta, settings, current)
-        children.desired += [*access, desired, render.service(meta), render.pod_disruption_budget(meta)]
-        rolled = observe.rollout(existing, observed.pods, deploy.version, spec.serving.replicas, current)
+        rolled = observe.rollout(
+            existing, observed.pods, deploy.version, spec.serving.replicas, is_current(desired, existing)
+        )
     hpa = render.hpa(meta, spec)
     hpa_name = names.hpa_name(meta["name"])
     if hpa is not None:

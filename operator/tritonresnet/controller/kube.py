@@ -37,8 +37,6 @@ _PLURALS = {
     "PersistentVolumeClaim": "persistentvolumeclaims",
     "PodDisruptionBudget": "poddisruptionbudgets",
     "HorizontalPodAutoscaler": "horizontalpodautoscalers",
-    "NetworkPolicy": "networkpolicies",
-    "Secret": "secrets",
 }
 
 
