@@ -47,8 +47,9 @@ SAMPLE_IMAGE = REPO / "operator" / "tritonresnet" / "client" / "data" / "sample.
 NODES: tuple[NodeSpec, ...] = DEFAULT_NODES
 #: Marks a folder as a demo's (so a second run may remove it) and, locked, as in use.
 MARK = ".tritonresnet-demo"
-#: How long processes a killed earlier run left get after SIGTERM before SIGKILL.
-LEFTOVER_GRACE = 5.0
+#: How long processes a killed earlier run left get after SIGTERM before SIGKILL
+#: (tritonserver takes about 4 s to stop its stubs).
+LEFTOVER_GRACE = 10.0
 
 
 def describe_nodes(nodes: Sequence[NodeSpec]) -> str:
@@ -154,9 +155,11 @@ def processes_using(workdir: Path) -> list[int]:
 
 
 def stop_leftovers(workdir: Path) -> int:
-    """SIGTERM what an earlier run in ``workdir`` left running, SIGKILL it after a grace period."""
-    # Pods of an agent that was killed outright, by process group, as the agent does on start.
-    killed = kill_registered_groups(workdir / "nodes" / "run")
+    """SIGTERM what an earlier run in ``workdir`` left running, SIGKILL it after a grace period.
+
+    SIGTERM first, to each process: a tritonserver stopped so removes its backend stubs'
+    shared-memory regions, which a SIGKILL of its group would leave in /dev/shm.
+    """
     pids = processes_using(workdir)
     found = len(pids)
     for pid in pids:
@@ -166,10 +169,12 @@ def stop_leftovers(workdir: Path) -> int:
     while pids and time.monotonic() < deadline:
         time.sleep(0.1)
         pids = [pid for pid in pids if Path(f"/proc/{pid}").exists() and not _is_zombie(pid)]
-    for pid in pids:
+    # Pods of an agent that was killed outright, by process group, as the agent does on start.
+    kill_registered_groups(workdir / "nodes" / "run")
+    for pid in processes_using(workdir):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
-    return killed + found
+    return found
 
 
 def _is_zombie(pid: int) -> bool:
