@@ -28,6 +28,8 @@ from testground.s3 import S3Server
 from testground.triton import TritonServer, backends_dir, start_tritonserver, tritonserver_command
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
+from tritonresnet.controller.verify import Expected, check_endpoint
+from tritonresnet_builder.contract import Tensor
 
 pytestmark = pytest.mark.triton
 
@@ -340,3 +342,40 @@ def test_tritonserver_command_adds_backend_directory_only_when_not_given() -> No
     assert [arg for arg in argv if arg.startswith("--backend-directory")] == [
         "--backend-directory=/elsewhere"
     ]
+
+
+# -- what the operator's endpoint check says when Triton cannot load the version ---------------
+
+
+@pytest.fixture
+def broken_version_repository(onnx_models: OnnxModels, tmp_path: Path) -> Path:
+    """Model ``m`` whose published ``configs/v2.pbtxt`` names a model file that is not there."""
+    write_model(tmp_path, onnx_config("m", max_batch_size=4), onnx_models.path("resnet18"), versions=(1, 2))
+    v2 = onnx_config("m")
+    v2.version_policy.specific.versions.append(2)
+    v2.default_model_filename = "missing.onnx"
+    (tmp_path / "m" / "configs").mkdir()
+    (tmp_path / "m" / "configs" / "v2.pbtxt").write_text(text_format.MessageToString(v2))
+    return tmp_path
+
+
+def test_the_endpoint_check_of_a_version_triton_cannot_load_carries_tritons_reason(
+    broken_version_repository: Path,
+) -> None:
+    """The operator's flags but the load (which would keep the server from ever being ready, and
+    this helper waits for ready): with strict readiness the failed load makes the server not
+    ready, and the check says why in Triton's words, from its repository index."""
+    args = ("--model-control-mode=explicit", "--model-config-name=v2", "--strict-readiness=true")
+    with start_tritonserver(broken_version_repository, *args) as server:
+        client = tritonclient.http.InferenceServerClient(server.http_url)
+        try:
+            with pytest.raises(InferenceServerException, match=r"missing\.onnx"):
+                client.load_model("m")
+        finally:
+            client.close()
+        tensors = (Tensor("input", "FP32", (3, 224, 224)),), (Tensor("output", "FP32", (1000,)),)
+        check = check_endpoint(server.http_url, Expected("m", 2, *tensors), timeout=5.0)
+    assert not check.ok
+    assert check.message.startswith("server is not ready: Triton says version 2 is UNAVAILABLE: ")
+    assert "missing.onnx" in check.message and "File doesn't exist" in check.message
+    assert "\n" not in check.message and len(check.message) <= 520

@@ -84,3 +84,38 @@ def test_a_skipped_smoke_is_said_in_the_passing_checks_message() -> None:
     assert (
         verify._answered(expected, "too big") == "model resnet v2 answered (smoke inference skipped: too big)"
     )
+
+
+# -- Triton's own reasons, from its repository index ---------------------------------------------
+
+TRACEBACK = (
+    "Internal: NoSuchFile: model.onnx failed. File doesn't exist\n\nAt:\n  backend/model.py(61): initialize\n"
+)
+
+
+def test_the_index_entry_of_the_expected_version_gives_its_state_and_the_first_line_of_its_reason() -> None:
+    index = [
+        {"name": "other", "version": "2", "state": "UNAVAILABLE", "reason": "not this one"},
+        {"name": "resnet", "version": "1", "state": "UNAVAILABLE", "reason": "unloaded"},
+        {"name": "resnet", "version": "2", "state": "UNAVAILABLE", "reason": TRACEBACK},
+    ]
+    assert verify.index_reason(index, "resnet", 2) == (
+        "Triton says version 2 is UNAVAILABLE: Internal: NoSuchFile: model.onnx failed. File doesn't exist"
+    )
+
+
+def test_an_entry_without_version_or_reason_still_says_what_triton_knows() -> None:
+    parse_error = [{"name": "resnet", "state": "UNAVAILABLE", "reason": "failed to parse configs/v2.pbtxt"}]
+    assert verify.index_reason(parse_error, "resnet", 2) == (
+        "Triton says the model is UNAVAILABLE: failed to parse configs/v2.pbtxt"
+    )
+    assert verify.index_reason([{"name": "resnet", "version": "2", "state": "LOADING"}], "resnet", 2) == (
+        "Triton says version 2 is LOADING"
+    )
+    assert verify.index_reason([], "resnet", 2) == "Triton's repository index has no model resnet"
+
+
+def test_a_long_reason_is_cut_to_what_a_status_message_can_carry() -> None:
+    index = [{"name": "resnet", "version": "2", "state": "UNAVAILABLE", "reason": "x" * 5000}]
+    said = verify.index_reason(index, "resnet", 2)
+    assert len(said) == 480 and said.endswith("...")

@@ -126,10 +126,42 @@ def smoke_inputs(
     return SmokeInputs(arrays)
 
 
+#: Of Triton's reason for a model it could not load, this many characters reach the status.
+_REASON_CHARS = 480
+
+
+def index_reason(index: Sequence[Mapping[str, Any]], model: str, version: int) -> str:
+    """Triton's own words for ``model`` at ``version`` from its repository index; empty if it has none.
+
+    Prefers the entry of that version; an entry without one (a config Triton could not
+    parse has no version yet) or of other versions stands in. Only the reason's first line:
+    a backend's traceback follows it.
+    """
+    entries = [e for e in index if str(e.get("name")) == model]
+    if not entries:
+        return f"Triton's repository index has no model {model}"
+    exact = [e for e in entries if str(e.get("version") or "") == str(version)]
+    loose = [e for e in entries if not e.get("version")]
+    entry = (exact or loose or entries)[0]
+    state = str(entry.get("state") or "no state")
+    which = f"version {entry['version']}" if entry.get("version") else "the model"
+    reason = (str(entry.get("reason") or "").strip().splitlines() or [""])[0]
+    said = f"Triton says {which} is {state}" + (f": {reason}" if reason else "")
+    return said if len(said) <= _REASON_CHARS else said[: _REASON_CHARS - 3] + "..."
+
+
 def check_endpoint(
-    endpoint: str, expected: Expected, timeout: float = 10.0, smoke: bool = True
+    endpoint: str,
+    expected: Expected,
+    timeout: float = 10.0,
+    smoke: bool = True,
+    control_headers: Mapping[str, str] | None = None,
 ) -> EndpointCheck:
-    """Check one endpoint; ``timeout`` bounds each request, ``smoke`` adds the inference."""
+    """Check one endpoint; ``timeout`` bounds each request, ``smoke`` adds the inference.
+
+    ``control_headers`` go with the one request that may need them, the repository index,
+    which a locked-down Triton answers only for the operator's credential.
+    """
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
@@ -138,15 +170,26 @@ def check_endpoint(
         triton = httpclient.InferenceServerClient(
             endpoint, connection_timeout=timeout, network_timeout=timeout
         )
+
+        def not_ready(what: str) -> EndpointCheck:
+            # "0/1 ready" says nothing a user can act on; the index says why Triton did not load
+            # the model (a missing file, a bad config, an engine of another GPU). With strict
+            # readiness a model that failed to load makes the whole server not ready, so both
+            # cases ask. A refused or failed index request leaves only our own words.
+            try:
+                index = triton.get_model_repository_index(headers=dict(control_headers or {}))
+            except InferenceServerException:
+                return EndpointCheck(endpoint, False, what)
+            reason = index_reason(index, expected.model, expected.version)
+            return EndpointCheck(endpoint, False, f"{what}: {reason}" if reason else what)
+
         try:
             if not triton.is_server_live():
                 return EndpointCheck(endpoint, False, "server is not live")
             if not triton.is_server_ready():
-                return EndpointCheck(endpoint, False, "server is not ready")
+                return not_ready("server is not ready")
             if not triton.is_model_ready(expected.model, version):
-                return EndpointCheck(
-                    endpoint, False, f"model {expected.model} version {version} is not ready"
-                )
+                return not_ready(f"model {expected.model} version {version} is not ready")
             # Triton falls back to config.pbtxt when the pinned configs/v<N>.pbtxt is
             # missing, and would still report ready: check the policy it really loaded.
             config = triton.get_model_config(expected.model, version)
