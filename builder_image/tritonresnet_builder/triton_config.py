@@ -14,6 +14,11 @@ Two layouts, by ``max_batch_size``:
   shape with batch 1, so Triton hands the backend ``[1, *dims]`` and turns the
   backend's ``[1, *dims]`` output back into ``dims``. The model itself may have a
   fixed batch of 1 or a dynamic one; either runs at batch 1.
+
+Every config warms its model up (``model_warmup``): Triton runs the warm-up
+requests while it loads the version, before it reports the version ready, so
+the first client after Ready does not pay for lazy initialisation (CUDA
+contexts, TensorRT's first enqueue, the ONNX Runtime session's first run).
 """
 
 from __future__ import annotations
@@ -45,6 +50,35 @@ class ServingSettings:
     preferred_batch_sizes: tuple[int, ...] = ()
     instance_count: int = 1
     instance_kind: InstanceKind = "KIND_AUTO"
+    #: Warm the model up at load, at batch 1 and at the max batch (see :func:`warmups`).
+    warmup: bool = True
+
+
+#: A dynamic dimension gets this size in warm-up requests: the spatial size every ResNet takes
+#: (the operator's smoke inference uses the same).
+WARMUP_DYNAMIC_DIM = 224
+
+
+def warmups(inputs: Sequence[Mapping[str, Any]], max_batch_size: int) -> list[dict[str, Any]]:
+    """``model_warmup`` entries for the config inputs ``inputs``: one request at batch 1 and,
+    when the version batches, one at its max batch.
+
+    Both ends, because engines and kernels are picked per shape: batch 1 is what a lone
+    client sends, the max batch what the dynamic batcher builds under load. ``dims`` are the
+    config's (without the batch dimension when batched, the whole request when not), with
+    dynamic ones at :data:`WARMUP_DYNAMIC_DIM`. The data is random, so no kernel sees only
+    zeros; strings cannot be random in Triton's warm-up and are empty.
+    """
+    sizes = sorted({1, max_batch_size}) if max_batch_size > 0 else [1]
+    requests: dict[str, Any] = {}
+    for tensor in inputs:
+        data = "zero_data" if tensor["data_type"] == "TYPE_STRING" else "random_data"
+        requests[tensor["name"]] = {
+            "data_type": tensor["data_type"],
+            "dims": [d if d > 0 else WARMUP_DYNAMIC_DIM for d in tensor["dims"]],
+            data: True,
+        }
+    return [{"name": f"batch-{n}", "batch_size": n, "inputs": requests, "count": 1} for n in sizes]
 
 
 def image_format(shape: Sequence[int]) -> str | None:
@@ -125,6 +159,8 @@ def model_config(
         config["dynamic_batching"] = batching
     if plan_files:
         config["cc_model_filenames"] = dict(sorted(plan_files.items()))
+    if serving.warmup:
+        config["model_warmup"] = warmups(config["input"], serving.max_batch_size)
     return json_format.ParseDict(config, model_config_pb2.ModelConfig())
 
 

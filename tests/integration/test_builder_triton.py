@@ -166,3 +166,28 @@ def test_the_tutorials_request_is_answered_with_max_batch_zero(
     np.testing.assert_allclose(
         [float(score) for score, _ in entries[:5]], np.sort(scores)[::-1][:5], rtol=1e-4
     )
+
+
+@pytest.mark.parametrize(("max_batch", "warmed"), [(4, ["batch-1", "batch-4"]), (0, ["batch-1"])])
+def test_a_published_version_is_warmed_up_before_triton_reports_it_ready(
+    s3: S3Server, onnx_models: OnnxModels, tmp_path: Path, max_batch: int, warmed: list[str]
+) -> None:
+    """The builder's config carries model_warmup (batch 1 and the max batch); the real
+    tritonserver runs it while loading, so the version is ready having already run once at
+    each size: its statistics count those inferences before any client asked anything."""
+    repo, _ = build_and_publish(s3, onnx_models, tmp_path, "resnet18", "resnet", max_batch=max_batch)
+    with start_tritonserver(repo, *serving_args("resnet"), "--log-verbose=1") as server:
+        client = tritonclient.http.InferenceServerClient(server.http_url)
+        try:
+            assert client.is_model_ready("resnet", "1")
+            config = client.get_model_config("resnet")
+            (stats,) = client.get_inference_statistics("resnet")["model_stats"]
+        finally:
+            client.close()
+        log = server.log()
+    assert [w["name"] for w in config["model_warmup"]] == warmed
+    assert all(w["inputs"]["input"]["dims"] == [3, 224, 224] for w in config["model_warmup"])
+    sizes = [int(name.removeprefix("batch-")) for name in warmed]
+    assert (int(stats["inference_count"]), int(stats["execution_count"])) == (sum(sizes), len(sizes))
+    for name in warmed:
+        assert f"is running warmup sample '{name}'" in log

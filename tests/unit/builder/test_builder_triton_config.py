@@ -168,3 +168,64 @@ def test_served_tensors_are_the_config_dims_triton_reports(max_batch: int) -> No
     assert inputs == (Tensor("input", "FP32", (3, 224, 224)), Tensor("label", "BYTES", (2,)))
     # a per-item scalar is served as [1], batched or not
     assert outputs == (Tensor("output", "FP32", (1000,)), Tensor("score", "FP16", (1,)))
+
+
+# -- warm-up: the model runs before Triton says the version is ready -------------------------------
+
+
+def warmup_of(config: mc.ModelConfig) -> list[tuple[str, int, dict[str, tuple[int, list[int], str]]]]:
+    return [
+        (
+            w.name,
+            w.batch_size,
+            {
+                name: (i.data_type, list(i.dims), i.WhichOneof("input_data_type"))
+                for name, i in w.inputs.items()
+            },
+        )
+        for w in config.model_warmup
+    ]
+
+
+def test_a_batched_config_warms_up_at_batch_one_and_at_its_max_batch_with_random_data() -> None:
+    image = {"input": (mc.TYPE_FP32, [3, 224, 224], "random_data")}
+    assert warmup_of(config_for("tensorrt", max_batch_size=16)) == [
+        ("batch-1", 1, image),
+        ("batch-16", 16, image),
+    ]
+    assert [w.count for w in config_for("onnx", max_batch_size=16).model_warmup] == [1, 1]
+
+
+@pytest.mark.parametrize("max_batch", [0, 1])
+def test_a_config_without_batching_or_of_batch_one_warms_up_once_at_batch_one(max_batch: int) -> None:
+    assert warmup_of(config_for("onnx", max_batch_size=max_batch)) == [
+        ("batch-1", 1, {"input": (mc.TYPE_FP32, [3, 224, 224], "random_data")})
+    ]
+
+
+def test_warm_up_dims_are_the_config_dims_with_dynamic_ones_at_224_and_strings_are_zero_data() -> None:
+    inputs = (Tensor("pixels", "UINT8", (-1, -1, 3)), Tensor("label", "BYTES", ()))
+    config = triton_config.model_config(
+        name="resnet",
+        fmt="onnx",
+        inputs=inputs,
+        outputs=OUTPUTS,
+        serving=triton_config.ServingSettings(max_batch_size=0),
+        version=1,
+        default_model_filename="model.onnx",
+    )
+    # Unbatched, the config dims are the whole request; a scalar is served as [1].
+    assert warmup_of(triton_config.parse(triton_config.render(config))) == [
+        (
+            "batch-1",
+            1,
+            {
+                "pixels": (mc.TYPE_UINT8, [224, 224, 3], "random_data"),
+                "label": (mc.TYPE_STRING, [1], "zero_data"),
+            },
+        )
+    ]
+
+
+def test_warm_up_can_be_left_out() -> None:
+    assert not config_for("onnx", max_batch_size=8, warmup=False).model_warmup
