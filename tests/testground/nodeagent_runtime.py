@@ -133,10 +133,63 @@ def kill_registered_groups(folder: Path) -> int:
     killed = 0
     for entry in list(folder.glob("*")) if folder.is_dir() else []:
         with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
-            os.killpg(int(entry.name), signal.SIGKILL)
+            kill_group(int(entry.name))
             killed += 1
         entry.unlink(missing_ok=True)
     return killed
+
+
+# -- a container's process group and its /dev/shm -----------------------------------
+
+SHM_DIR = Path("/dev/shm")
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live processes of process group ``pgid`` (a container's: its main process leads it)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # "pid (comm) state ppid pgrp ...": comm may hold spaces, so split after the last ')'.
+            state, _ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue  # exited while we looked
+        if int(pgrp) == pgid and state != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+def shared_memory_of(pids: list[int]) -> set[Path]:
+    """The /dev/shm files the processes have mapped (Triton's and its backend stubs' regions)."""
+    found: set[Path] = set()
+    for pid in pids:
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+        except OSError:
+            continue
+        for line in maps.splitlines():
+            fields = line.split(maxsplit=5)
+            mapped = fields[5] if len(fields) == 6 else ""
+            if mapped.startswith(f"{SHM_DIR}/") and not mapped.endswith("(deleted)"):
+                found.add(Path(mapped))
+    return found
+
+
+def remove_shared_memory(paths: set[Path]) -> None:
+    """On a node each container has its own /dev/shm, gone with the container; here pods share
+    the machine's, so what a container's processes left there goes when they are gone (a
+    tritonserver stopped before it stopped its stubs leaves their regions, 1 MiB or more each)."""
+    for path in paths:
+        if path.parent == SHM_DIR:
+            path.unlink(missing_ok=True)
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL a container's process group and remove the /dev/shm files its processes mapped."""
+    mapped = shared_memory_of(group_members(pgid))
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    finally:
+        remove_shared_memory(mapped)
 
 
 @dataclass
@@ -294,6 +347,8 @@ class ContainerRun:
     liveness: ProbeState | None = None
     kill_reason: str = ""
     probes_started: bool = False
+    #: /dev/shm files its processes had mapped when it was signalled, removed once they are gone.
+    shared_memory: set[Path] = field(default_factory=set)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -603,6 +658,9 @@ class PodWorker(threading.Thread):
 
     def _signal(self, run: ContainerRun, signum: int) -> None:
         if run.process is not None:
+            # Noted now: a process that exits on the signal without cleaning up (a Triton stub
+            # whose server went first) can no longer be asked what it had mapped.
+            run.shared_memory |= shared_memory_of(group_members(run.process.pid))
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(run.process.pid, signum)
 
@@ -628,9 +686,12 @@ class PodWorker(threading.Thread):
         if run.process is None or run.process.poll() is None:
             return False
         process, run.process = run.process, None
-        # Leftovers of the group (Triton's backend stubs) go with the container.
+        # Leftovers of the group (Triton's backend stubs) go with the container, and so does
+        # what they and the container's main process left in /dev/shm.
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
+            kill_group(process.pid)
+        remove_shared_memory(run.shared_memory)
+        run.shared_memory = set()
         self.context.processes.remove(process.pid)
         code = process.returncode if process.returncode >= 0 else 128 - process.returncode
         policy = run.spec.get("terminationMessagePolicy", "File")
