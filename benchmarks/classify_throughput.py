@@ -11,10 +11,10 @@ a. **the tutorial's loop**: for each image, the project's exact reference
    torchvision's Resize/CenterCrop/ToTensor/Normalize bit for bit; torchvision
    itself is not installable here), one image per HTTP request, sequential.
    It asks for the top 5 (``class_count=5``) where the tutorial asks for all
-   1000, which only makes the loop faster. It runs in this process;
+   1000, which only makes the loop faster. It runs as its own process;
 b. ``tritonresnet classify DIR --json`` with its defaults (a decoding process
    per core, batches of the model's max_batch_size, 4 requests in flight), as
-   its own process: its time includes starting Python and the pool;
+   its own process; its time includes starting the decoding processes;
 c. the same with ``--fast-decode``.
 
 The three run in ``--rounds`` interleaved rounds (a b c a b c) and each
@@ -66,7 +66,7 @@ from testground.triton import TritonServer, start_tritonserver  # noqa: E402
 from tritonresnet.client.classify import parse_classification  # noqa: E402
 from tritonresnet.client.preprocess import preprocess  # noqa: E402
 
-MODEL = "resnet50"
+MODEL = "classifier"  # the name in Triton, whichever ONNX file it serves
 TOP = 5
 SEED = 20261115
 MAX_IMAGES = 1000  # the benchmark is bounded: the folder, the runs and their memory
@@ -110,10 +110,41 @@ def make_images(folder: Path, count: int, width: int, height: int) -> list[Path]
 # -- the server -----------------------------------------------------------------------
 
 
-def model_repository(folder: Path, max_batch: int, instances: int, threads: int) -> Path:
+def pooled_onnx(path: Path) -> None:
+    """A model that costs the server next to nothing: channel means, then a 3 x 1000 linear layer.
+
+    Same contract as the ResNet ([N, 3, 224, 224] in, [N, 1000] out). With it the
+    server stops competing for the two cores, as a GPU server would, and what
+    is left is the client: decoding, batching, HTTP.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(SEED)
+    weights = numpy_helper.from_array(rng.normal(size=(3, 1000)).astype(np.float32), "weights")
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["input"], ["means"], axes=[2, 3], keepdims=0),
+            helper.make_node("MatMul", ["means", "weights"], ["output"]),
+        ],
+        "pooled",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 224, 224])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 1000])],
+        initializer=[weights],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # what the onnxruntime of the stand-in reads
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def model_repository(folder: Path, kind: str, max_batch: int, instances: int, threads: int) -> Path:
     root = folder / "models"
     (root / MODEL / "1").mkdir(parents=True)
-    shutil.copy2(ensure_models().onnx_file("resnet50"), root / MODEL / "1" / "model.onnx")
+    if kind == "resnet50":
+        shutil.copy2(ensure_models().onnx_file("resnet50"), root / MODEL / "1" / "model.onnx")
+    else:
+        pooled_onnx(root / MODEL / "1" / "model.onnx")
     (root / MODEL / "config.pbtxt").write_text(
         f'name: "{MODEL}"\n'
         'platform: "onnxruntime_onnx"\n'
@@ -154,7 +185,27 @@ def client_cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all processes have used since boot (every core, /proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+
+
+def wait_for_quiet(limit: float, busy_cores: float = 0.3, window: float = 3.0) -> float:
+    """Wait up to ``limit`` s until other processes use under ``busy_cores`` for ``window`` s; the wait."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        before = machine_busy_seconds()
+        time.sleep(window)
+        if (machine_busy_seconds() - before) / window < busy_cores:
+            break
+    return time.monotonic() - started
+
+
 def triton_stats(client: Any) -> dict[str, float]:
+    # Triton counts a request just after sending its response: let the last one land.
+    time.sleep(0.5)
     model = client.get_inference_statistics(model_name=MODEL)["model_stats"][0]
     stats = model["inference_stats"]
     return {
@@ -181,45 +232,66 @@ class Run:
     client_cpu: float
     server_cpu: float
     triton: dict[str, float]
+    others_cores: float = 0.0
     failed: int = 0
 
 
 @contextmanager
-def measured(server: TritonServer, client: Any) -> Iterator[dict[str, float]]:
+def measured(server: TritonServer, client: Any, quiet_wait: float) -> Iterator[dict[str, float]]:
     found: dict[str, float] = {}
-    before_stats, before_client = triton_stats(client), client_cpu_seconds()
-    before_server = server_cpu_seconds(server.pid)
+    before_stats = triton_stats(client)
+    found["waited"] = wait_for_quiet(quiet_wait)
+    before_client, before_server = client_cpu_seconds(), server_cpu_seconds(server.pid)
+    before_busy = machine_busy_seconds()
     started = time.perf_counter()
     yield found
     found["seconds"] = time.perf_counter() - started
+    busy = machine_busy_seconds() - before_busy
     found["client_cpu"] = client_cpu_seconds() - before_client
     found["server_cpu"] = server_cpu_seconds(server.pid) - before_server
+    # Whatever else ran on the machine meanwhile, in cores: what disturbed this run.
+    found["others_cores"] = max(busy - found["client_cpu"] - found["server_cpu"], 0.0) / found["seconds"]
     after = triton_stats(client)
     for key, value in after.items():
         found[f"triton_{key}"] = value - before_stats[key]
 
 
-def tutorial_loop(server: TritonServer, client: Any, paths: Sequence[Path]) -> Run:
-    """One image per request, preprocessed by the exact reference path, nothing overlapped."""
+def tutorial_script(folder: Path, url: str) -> None:
+    """The tutorial's client as a script of its own (``--tutorial-loop``): one JSON top-5 list per line."""
     import tritonclient.http as http
 
-    top5: list[list[int]] = []
-    with measured(server, client) as found:
-        for path in paths:
-            batch = preprocess(path)[np.newaxis]
-            infer_input = http.InferInput("input", list(batch.shape), "FP32")
-            infer_input.set_data_from_numpy(batch, binary_data=True)
-            output = http.InferRequestedOutput("output", binary_data=True, class_count=TOP)
-            result = client.infer(MODEL, [infer_input], outputs=[output])
-            values = result.as_numpy("output").reshape(-1)
-            top5.append([parse_classification(v).index for v in values])
-    return _run("a. tutorial's loop", found, top5)
+    client = http.InferenceServerClient(url, network_timeout=600)
+    for path in sorted(folder.glob("*.jpg")):
+        batch = preprocess(path)[np.newaxis]
+        infer_input = http.InferInput("input", list(batch.shape), "FP32")
+        infer_input.set_data_from_numpy(batch, binary_data=True)
+        output = http.InferRequestedOutput("output", binary_data=True, class_count=TOP)
+        result = client.infer(MODEL, [infer_input], outputs=[output])
+        values = result.as_numpy("output").reshape(-1)
+        print(json.dumps([parse_classification(v).index for v in values]))
+    client.close()
 
 
-def classify_dir(server: TritonServer, client: Any, folder: Path, extra: Sequence[str], name: str) -> Run:
+def tutorial_loop(server: TritonServer, client: Any, folder: Path, quiet_wait: float) -> Run:
+    """One image per request, preprocessed by the exact reference path, nothing overlapped.
+
+    Run as its own process, as a tutorial reader runs it and as (b) and (c) are,
+    so that all three pay for starting Python.
+    """
+    argv = [sys.executable, __file__, "--tutorial-loop", str(folder), server.http_url]
+    with measured(server, client, quiet_wait) as found:
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=1800)
+    if done.returncode != 0:
+        raise RuntimeError(f"the tutorial's loop exited {done.returncode}:\n{done.stderr}")
+    return _run("a. tutorial's loop", found, [json.loads(line) for line in done.stdout.splitlines()])
+
+
+def classify_dir(
+    server: TritonServer, client: Any, folder: Path, extra: Sequence[str], name: str, quiet_wait: float
+) -> Run:
     argv = [sys.executable, "-m", "tritonresnet", "classify", str(folder)]
     argv += ["--url", server.http_url, "--model", MODEL, "--top", str(TOP), "--json", *extra]
-    with measured(server, client) as found:
+    with measured(server, client, quiet_wait) as found:
         done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=1800)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited {done.returncode}:\n{done.stderr}")
@@ -232,7 +304,9 @@ def classify_dir(server: TritonServer, client: Any, folder: Path, extra: Sequenc
 
 def _run(name: str, found: dict[str, float], top5: list[list[int]]) -> Run:
     triton = {key[len("triton_") :]: value for key, value in found.items() if key.startswith("triton_")}
-    return Run(name, found["seconds"], top5, found["client_cpu"], found["server_cpu"], triton)
+    return Run(
+        name, found["seconds"], top5, found["client_cpu"], found["server_cpu"], triton, found["others_cores"]
+    )
 
 
 def warm_up(client: Any, max_batch: int) -> None:
@@ -315,6 +389,7 @@ def report(runs: Sequence[Run], count: int, cores: int, cost: dict[str, float]) 
                 f"{run.triton['queue_s'] / max(requests, 1) * 1000:.0f}",
                 f"{requests:.0f} / {run.triton['executions']:.0f}",
                 f"{cores / ((run.client_cpu + run.server_cpu) / count):.1f}",
+                f"{run.others_cores:.2f}",
             ]
         )
     return "\n\n".join(
@@ -330,6 +405,7 @@ def report(runs: Sequence[Run], count: int, cores: int, cost: dict[str, float]) 
                     "queue ms/req",
                     "requests / executions",
                     f"CPU bound img/s ({cores} cores)",
+                    "others' CPU, cores",
                 ],
                 time_rows,
             ),
@@ -355,17 +431,33 @@ def _time_limit(seconds: int) -> None:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--tutorial-loop"]:  # the child process of run (a)
+        tutorial_script(Path(sys.argv[2]), sys.argv[3])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--images", type=int, default=200, help=f"JPEGs to make and classify (at most {MAX_IMAGES})"
     )
     parser.add_argument("--width", type=int, default=1920)
     parser.add_argument("--height", type=int, default=1080)
+    parser.add_argument(
+        "--model",
+        choices=("resnet50", "pooled"),
+        default="resnet50",
+        help="the ONNX served: the test ground's ResNet-50, or a near-free model that leaves the cores "
+        "to the client (what a GPU server does)",
+    )
     parser.add_argument("--max-batch", type=int, default=8, help="the model's max_batch_size")
     parser.add_argument("--instances", type=int, default=1, help="model instances in Triton")
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads per instance")
     parser.add_argument(
         "--rounds", type=int, default=2, help="rounds of (a, b, c); each variant's best counts"
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=0.0,
+        help="before each run, wait up to this many seconds for other processes to leave the cores idle",
     )
     parser.add_argument("--time-limit", type=int, default=1800, help="seconds before the run gives up")
     args = parser.parse_args()
@@ -390,7 +482,7 @@ def main() -> None:
             file=sys.stderr,
         )
         cost = preprocess_cost(paths[:20])
-        repository = model_repository(Path(scratch), args.max_batch, args.instances, args.threads)
+        repository = model_repository(Path(scratch), args.model, args.max_batch, args.instances, args.threads)
         with start_tritonserver(repository) as server:
             client = http.InferenceServerClient(server.http_url, network_timeout=600)
             try:
@@ -398,15 +490,18 @@ def main() -> None:
                 rounds: list[list[Run]] = []
                 for round_index in range(args.rounds):
                     # Interleaved (a b c a b c ...): a load from outside hits every variant alike.
+                    wait = args.quiet_wait
                     done = [
-                        tutorial_loop(server, client, paths),
-                        classify_dir(server, client, folder, [], "b. classify DIR"),
+                        tutorial_loop(server, client, folder, wait),
+                        classify_dir(server, client, folder, [], "b. classify DIR", wait),
                         classify_dir(
-                            server, client, folder, ["--fast-decode"], "c. classify DIR --fast-decode"
+                            server, client, folder, ["--fast-decode"], "c. classify DIR --fast-decode", wait
                         ),
                     ]
                     rounds.append(done)
-                    times = ", ".join(f"{run.name} {run.seconds:.1f} s" for run in done)
+                    times = ", ".join(
+                        f"{run.name} {run.seconds:.1f} s ({run.others_cores:.2f})" for run in done
+                    )
                     print(f"round {round_index + 1}: {times}", file=sys.stderr)
             finally:
                 client.close()
@@ -415,7 +510,8 @@ def main() -> None:
     failed = sum(run.failed for run in runs)
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     print(
-        f"{args.images} JPEGs {args.width}x{args.height}, ResNet-50 ONNX (onnxruntime stand-in backend), "
+        f"{args.images} JPEGs {args.width}x{args.height}, "
+        f"{'ResNet-50' if args.model == 'resnet50' else 'pooled (near-free)'} ONNX (onnxruntime stand-in), "
         f"max_batch_size {args.max_batch}, {args.instances} instance(s) x {args.threads} thread(s), "
         f"HTTP, {cores} cores, best of {args.rounds} rounds, load average at the end {load}"
         f"{f', {failed} images failed' if failed else ''}\n"
@@ -426,6 +522,11 @@ def main() -> None:
         for variant in zip(*rounds, strict=True)
     )
     print(f"\nwall seconds per round: {spread}")
+    others = "; ".join(
+        f"{variant[0].name.split('.')[0]} " + " / ".join(f"{run.others_cores:.2f}" for run in variant)
+        for variant in zip(*rounds, strict=True)
+    )
+    print(f"other processes' CPU during each round, in cores: {others}")
 
 
 if __name__ == "__main__":
