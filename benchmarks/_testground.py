@@ -23,7 +23,6 @@ benchmark script does that first).
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import statistics
 import sys
@@ -42,7 +41,8 @@ if str(REPO / "tests") not in sys.path:
     sys.path.insert(0, str(REPO / "tests"))
 
 import tritonresnet.api.names as names  # noqa: E402
-from testground import controlplane  # noqa: E402
+from testground import audit, controlplane  # noqa: E402
+from testground.audit import AuditEvent  # noqa: E402
 from testground.controlplane import ControlPlane, start_control_plane  # noqa: E402
 from testground.models import ensure_models  # noqa: E402
 from testground.nodeagent import NodeAgent, start_node_agent  # noqa: E402
@@ -53,7 +53,6 @@ from testground.s3 import S3Server, start_s3  # noqa: E402
 #: ``system:masters`` (so RBAC changes nothing), distinct from the admin user
 #: that the node agent, kubectl and the benchmark's own watches share.
 OPERATOR_USER = "tritonresnet-operator-bench"
-WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
 AUDIT_POLICY: dict[str, Any] = {
     "apiVersion": "audit.k8s.io/v1",
     "kind": "Policy",
@@ -99,84 +98,16 @@ def _audited_apiserver(audit_log: Path, policy: Path) -> Iterator[None]:
         controlplane._apiserver_component = original
 
 
-@dataclass(frozen=True)
-class AuditEvent:
-    """One finished API request, as the audit log tells it."""
-
-    at: float  #: epoch seconds (stageTimestamp, microseconds)
-    user: str
-    verb: str
-    resource: str  #: "jobs", "tritonresnets/status", ... (resource/subresource)
-    namespace: str
-    name: str
-    code: int
-    user_agent: str
-
-    @property
-    def is_write(self) -> bool:
-        return self.verb in WRITE_VERBS
-
-
-def _epoch(stamp: str) -> float:
-    # "2026-01-02T03:04:05.123456Z"
-    from datetime import datetime
-
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-
-
-def parse_audit_line(line: str) -> AuditEvent | None:
-    try:
-        raw = json.loads(line)
-    except json.JSONDecodeError:
-        return None  # a line being written right now
-    ref = raw.get("objectRef") or {}
-    resource = ref.get("resource") or raw.get("requestURI", "?").split("?")[0]
-    if ref.get("subresource"):
-        resource = f"{resource}/{ref['subresource']}"
-    return AuditEvent(
-        at=_epoch(raw.get("stageTimestamp") or raw["requestReceivedTimestamp"]),
-        user=(raw.get("user") or {}).get("username", ""),
-        verb=raw.get("verb", ""),
-        resource=resource,
-        namespace=ref.get("namespace", ""),
-        name=ref.get("name", ""),
-        code=int((raw.get("responseStatus") or {}).get("code") or 0),
-        user_agent=raw.get("userAgent", ""),
-    )
-
-
-class AuditLog:
-    """Reads the audit log incrementally."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._offset = 0
-        self.events: list[AuditEvent] = []
-
-    def refresh(self) -> list[AuditEvent]:
-        """Read what was appended since the last call; returns the new events."""
-        if not self.path.exists():
-            return []
-        with self.path.open("rb") as handle:
-            handle.seek(self._offset)
-            data = handle.read()
-        end = data.rfind(b"\n") + 1  # keep a half-written last line for next time
-        self._offset += end
-        new = [e for e in map(parse_audit_line, data[:end].decode(errors="replace").splitlines()) if e]
-        self.events.extend(new)
-        return new
+class AuditLog(audit.AuditLog):
+    """The test ground's audit log reader, with the benchmark operator's requests at hand."""
 
     def operator(self, since: float = 0.0, until: float = float("inf")) -> list[AuditEvent]:
-        self.refresh()
-        return [e for e in self.events if e.user == OPERATOR_USER and since <= e.at <= until]
-
-
-def count_by(events: Iterable[AuditEvent], key: Callable[[AuditEvent], Any]) -> Counter[Any]:
-    return Counter(key(e) for e in events)
+        return self.by_user(OPERATOR_USER, since, until)
 
 
 def verb_resource(event: AuditEvent) -> str:
-    return f"{event.verb} {event.resource}"
+    """``verb resource``; a non-resource request (discovery, /version) by its path."""
+    return f"{event.verb} {event.resource or event.uri.split('?')[0]}"
 
 
 # -- apiserver metrics ------------------------------------------------------------------

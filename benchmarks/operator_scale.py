@@ -60,7 +60,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _testground import (
     KwokGround,
     apply_all,
-    count_by,
     is_ready,
     kwok_test_ground,
     log,
@@ -71,6 +70,7 @@ from _testground import (
     table,
     verb_resource,
 )
+from testground.audit import count_by
 from testground.nodeagent_nodes import GPU_PRESENT_LABEL, GPU_TOLERATION
 from tritonresnet.api import names
 

@@ -27,10 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _testground import (
-    WRITE_VERBS,
     Ground,
     apply_all,
-    count_by,
     log,
     phases,
     prepare_namespace,
@@ -41,6 +39,7 @@ from _testground import (
     verb_resource,
     wait_steady,
 )
+from testground.audit import WRITE_VERBS, count_by
 
 NAMESPACE = "bench-quiet"
 

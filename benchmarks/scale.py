@@ -38,7 +38,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _testground import (
     Ground,
     apply_all,
-    count_by,
     log,
     phases,
     prepare_namespace,
@@ -50,6 +49,7 @@ from _testground import (
     verb_resource,
     wait_steady,
 )
+from testground.audit import count_by
 from tritonresnet.api import names
 
 DEFAULT_COUNTS = (10, 100, 500)
