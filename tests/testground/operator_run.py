@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -96,6 +97,8 @@ class OperatorProcess:
             "PYTHONUNBUFFERED": "1",
             "TRITONRESNET_RESYNC_SECONDS": "20",
             "TRITONRESNET_VERIFY_TIMEOUT_SECONDS": "20",
+            # Triton locked down as the chart installs it: a key made for this run only.
+            "TRITONRESNET_TRITON_CONTROL_KEY": secrets.token_hex(32),
             **(extra_env or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None

@@ -359,11 +359,12 @@ def serving(
     rolled = Rollout()
     if deploy is not None:
         desired = render.triton_deployment(meta, spec, deploy, settings)
-        children.desired += [desired, render.service(meta), render.pod_disruption_budget(meta)]
         existing = observed.child("Deployment", names.deployment_name(meta["name"]))
-        rolled = observe.rollout(
-            existing, observed.pods, deploy.version, spec.serving.replicas, is_current(desired, existing)
-        )
+        current = is_current(desired, existing)
+        # The control Secret and the NetworkPolicy first: the pods the Deployment starts read the one.
+        access = render.triton_access(meta, settings, current)
+        children.desired += [*access, desired, render.service(meta), render.pod_disruption_budget(meta)]
+        rolled = observe.rollout(existing, observed.pods, deploy.version, spec.serving.replicas, current)
     hpa = render.hpa(meta, spec)
     hpa_name = names.hpa_name(meta["name"])
     if hpa is not None:
@@ -374,7 +375,11 @@ def serving(
 
 
 def verification(
-    observed: Observed, spec: TritonResNetSpec, deploy: Served | None, rolled: Rollout
+    observed: Observed,
+    spec: TritonResNetSpec,
+    deploy: Served | None,
+    rolled: Rollout,
+    control_headers: tuple[tuple[str, str], ...] = (),
 ) -> Verification:
     """Every ready endpoint checked at the deployed version, or a request to check them."""
     if deploy is None or not rolled.complete:
@@ -387,7 +392,9 @@ def verification(
     if any(ch is None for ch in checks):
         # What the served version was published with, not the spec: they differ while a spec
         # that switched between maxBatchSize 0 and more builds its version.
-        expected = Expected(spec.model.name, deploy.version, deploy.inputs, deploy.outputs, deploy.batched)
+        expected = Expected(
+            spec.model.name, deploy.version, deploy.inputs, deploy.outputs, deploy.batched, control_headers
+        )
         return Verification(False, f"verifying {len(checks)} endpoint(s)", (rolled.endpoints, expected))
     bad = [ch for ch in checks if ch is not None and not ch.ok]
     if bad:
@@ -409,4 +416,6 @@ def decide(observed: Observed, spec: TritonResNetSpec, settings: Settings) -> De
     # release it was built for (a new release's image waits for its engines).
     deploy = built.published or served
     rolled = serving(observed, spec, settings, deploy, children)
-    return Decision(spec, children, built, served, rolled, verification(observed, spec, deploy, rolled))
+    token = render.control_token(observed.resource, settings)
+    control = ((render.CONTROL_HEADER, token),) if token else ()
+    return Decision(spec, children, built, served, rolled, verification(observed, spec, deploy, rolled, control))

@@ -41,6 +41,10 @@ class Expected:
     inputs: tuple[Tensor, ...]
     outputs: tuple[Tensor, ...]
     batched: bool = True  #: max_batch_size > 0: metadata shapes carry a leading batch dim
+    #: Headers with the resource's Triton control credential (empty: Triton is not locked
+    #: down), for the one check request a locked Triton restricts, its repository index.
+    #: Left out of the repr: a logged check never shows the credential.
+    control_headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from tritonresnet.controller.reconcile import (
     with_apply_failures,
 )
 from tritonresnet.controller.reconcile import plan as reconcile_plan
+from tritonresnet.controller.render import CREATE_ONLY_KINDS
 from tritonresnet.controller.report import conflict
 from tritonresnet.controller.settings import Settings
 from tritonresnet.controller.verification import VERIFIERS, CheckEndpoint, CheckId, Consulted, EndpointChecks
@@ -509,6 +510,10 @@ class Runtime:
         except ApiException as exc:
             if exc.status != 409:
                 raise
+        if obj["kind"] in CREATE_ONLY_KINDS:
+            # Never read back (the operator may not read Secrets). Its name is a digest of its
+            # content that only the operator can compute, so the one of that name is this one.
+            return obj
         meta = obj["metadata"]
         live = self.kube.get(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
         if live is not None and owned_by(live, uid):

@@ -159,8 +159,9 @@ def check_endpoint(
 ) -> EndpointCheck:
     """Check one endpoint; ``timeout`` bounds each request, ``smoke`` adds the inference.
 
-    ``control_headers`` go with the one request that may need them, the repository index,
-    which a locked-down Triton answers only for the operator's credential.
+    ``control_headers`` (by default ``expected.control_headers``) go with the one request that
+    may need them, the repository index, which a locked-down Triton answers only for the
+    operator's credential.
     """
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
@@ -177,7 +178,8 @@ def check_endpoint(
             # readiness a model that failed to load makes the whole server not ready, so both
             # cases ask. A refused or failed index request leaves only our own words.
             try:
-                index = triton.get_model_repository_index(headers=dict(control_headers or {}))
+                headers = dict(expected.control_headers) if control_headers is None else dict(control_headers)
+                index = triton.get_model_repository_index(headers=headers)
             except InferenceServerException:
                 return EndpointCheck(endpoint, False, what)
             reason = index_reason(index, expected.model, expected.version)
