@@ -31,9 +31,9 @@ from testground.triton import TritonServer, backends_dir, start_tritonserver, tr
 from testground.waiting import wait_for
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
+from tritonresnet.controller import render
 from tritonresnet.controller.verify import Expected, check_endpoint
 from tritonresnet_builder.contract import Tensor
-from tritonresnet.controller import render
 
 pytestmark = pytest.mark.triton
 

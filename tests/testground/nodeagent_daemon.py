@@ -239,11 +239,19 @@ class NodeAgentDaemon:
         start_thread(
             "volumes",
             lambda: list_and_watch(
-                self.kube, "/api/v1/persistentvolumes", self.on_volume, self.stop, resync_seconds=STORAGE_RESYNC_SECONDS
+                self.kube,
+                "/api/v1/persistentvolumes",
+                self.on_volume,
+                self.stop,
+                resync_seconds=STORAGE_RESYNC_SECONDS,
             ),
         )
         list_and_watch(
-            self.kube, "/api/v1/persistentvolumeclaims", self.on_claim, self.stop, resync_seconds=STORAGE_RESYNC_SECONDS
+            self.kube,
+            "/api/v1/persistentvolumeclaims",
+            self.on_claim,
+            self.stop,
+            resync_seconds=STORAGE_RESYNC_SECONDS,
         )
 
     def ensure_storage_class(self) -> None:

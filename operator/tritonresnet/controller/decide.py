@@ -37,7 +37,7 @@ from tritonresnet.controller.children import (
     is_current,
     served_from_deployment,
 )
-from tritonresnet.controller.observe import Expected, Observed, Rollout
+from tritonresnet.controller.observe import EndpointCheck, Expected, Observed, Rollout
 from tritonresnet.controller.settings import Settings
 
 Object = dict[str, Any]
@@ -381,25 +381,52 @@ def verification(
     rolled: Rollout,
     control_headers: tuple[tuple[str, str], ...] = (),
 ) -> Verification:
-    """Every ready endpoint checked at the deployed version, or a request to check them."""
-    if deploy is None or not rolled.complete:
+    """Every ready endpoint checked at the deployed version, or a request to check them; while
+    the rollout is not complete, Triton asked why its running pods are not ready."""
+    if deploy is None:
         return Verification()
+    # What the served version was published with, not the spec: they differ while a spec
+    # that switched between maxBatchSize 0 and more builds its version.
+    expected = Expected(
+        spec.model.name, deploy.version, deploy.inputs, deploy.outputs, deploy.batched, control_headers
+    )
+    if not rolled.complete:
+        return _diagnosis(observed, rolled, replace(expected, diagnose=True))
     if not rolled.endpoints:
         if spec.serving.replicas == 0:
             return Verification(True, "scaled to zero")
         return Verification(False, "no ready endpoints yet")
-    checks = [observed.verification.get(e) for e in rolled.endpoints]
+    # A diagnosis made while the pod was not ready says nothing of it now: check it afresh.
+    checks = [_not_diagnostic(observed.verification.get(e)) for e in rolled.endpoints]
     if any(ch is None for ch in checks):
-        # What the served version was published with, not the spec: they differ while a spec
-        # that switched between maxBatchSize 0 and more builds its version.
-        expected = Expected(
-            spec.model.name, deploy.version, deploy.inputs, deploy.outputs, deploy.batched, control_headers
-        )
         return Verification(False, f"verifying {len(checks)} endpoint(s)", (rolled.endpoints, expected))
     bad = [ch for ch in checks if ch is not None and not ch.ok]
     if bad:
         return Verification(False, "; ".join(f"{ch.endpoint}: {ch.message}" for ch in bad), failed=True)
     return Verification(True, f"{len(checks)} endpoint(s) answered at version {deploy.version}")
+
+
+def _not_diagnostic(check: EndpointCheck | None) -> EndpointCheck | None:
+    return None if check is None or check.diagnostic else check
+
+
+def _diagnosis(observed: Observed, rolled: Rollout, expected: Expected) -> Verification:
+    """Triton's own reason when a pod of the version runs but will not become ready.
+
+    Only a version Triton says is UNAVAILABLE (it failed to load, or was unloaded) counts as
+    failed: one still LOADING is a rollout under way, whatever a check saw.
+    """
+    if not rolled.unready:
+        return Verification()
+    checks = [observed.verification.get(e) for e in rolled.unready]
+    request = None
+    if any(ch is None or not ch.diagnostic for ch in checks):
+        request = (rolled.unready, expected)
+    bad = [ch for ch in checks if ch is not None and ch.diagnostic and ch.unavailable]
+    if not bad:
+        return Verification(request=request)
+    message = "; ".join(f"{ch.endpoint}: {ch.message}" for ch in bad)
+    return Verification(False, message, request, failed=True)
 
 
 def decide(observed: Observed, spec: TritonResNetSpec, settings: Settings) -> Decision:
@@ -418,4 +445,6 @@ def decide(observed: Observed, spec: TritonResNetSpec, settings: Settings) -> De
     rolled = serving(observed, spec, settings, deploy, children)
     token = render.control_token(observed.resource, settings)
     control = ((render.CONTROL_HEADER, token),) if token else ()
-    return Decision(spec, children, built, served, rolled, verification(observed, spec, deploy, rolled, control))
+    return Decision(
+        spec, children, built, served, rolled, verification(observed, spec, deploy, rolled, control)
+    )

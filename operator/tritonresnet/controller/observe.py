@@ -45,6 +45,9 @@ class Expected:
     #: down), for the one check request a locked Triton restricts, its repository index.
     #: Left out of the repr: a logged check never shows the credential.
     control_headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    #: The endpoint's pod is not ready: the check only asks Triton why (no smoke inference),
+    #: and its result says why a rollout waits, never that the endpoint serves.
+    diagnose: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,10 @@ class EndpointCheck:
     endpoint: str  #: host:port of Triton's HTTP endpoint
     ok: bool
     message: str
+    #: Triton's repository index says the version is UNAVAILABLE (a failed load, an
+    #: unload): waiting will not make it serve, unlike a version still LOADING.
+    unavailable: bool = False
+    diagnostic: bool = False  #: made for an ``Expected`` with ``diagnose``
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,12 @@ def condition(obj: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
         (c for c in (obj.get("status") or {}).get("conditions") or () if c.get("type") == type_), None
     )
     return found or {}
+
+
+def _running(pod: Mapping[str, Any]) -> bool:
+    """Every container of ``pod`` has a process (running), ready or not."""
+    statuses = (pod.get("status") or {}).get("containerStatuses") or ()
+    return bool(statuses) and all("running" in (cs.get("state") or {}) for cs in statuses)
 
 
 def _true(obj: Mapping[str, Any], type_: str) -> bool:
@@ -169,6 +182,8 @@ class Rollout:
     waiting_for_node: str = ""
     message: str = ""
     serving_versions: tuple[int, ...] = ()  #: model versions on ready Triton pods
+    #: Pods of the version whose Triton runs but is not ready: the ones to ask why.
+    unready: tuple[str, ...] = ()
 
 
 def stuck_pod(pods: Sequence[Mapping[str, Any]], what: str) -> str:
@@ -218,6 +233,13 @@ def rollout(
             if (p.get("status") or {}).get("podIP") and _true(p, "Ready")
         )
     )
+    unready = tuple(
+        sorted(
+            f"{p['status']['podIP']}:{TRITON_HTTP_PORT}"
+            for p in new
+            if (p.get("status") or {}).get("podIP") and not _true(p, "Ready") and _running(p)
+        )
+    )
     stuck = stuck_pod(new, "Triton pod")
     progressing = condition(deployment, "Progressing")
     if progressing.get("reason") == "ProgressDeadlineExceeded":
@@ -240,6 +262,7 @@ def rollout(
     )
     return Rollout(
         serving_versions=tuple(serving),
+        unready=unready,
         complete=complete,
         available=available,
         replicas=replicas,
