@@ -101,7 +101,7 @@ def repository_identity(spec: TritonResNetSpec, cr_name: str) -> tuple[str, str]
     return render.claim_name(cr_name, spec), spec.repository.sub_path
 
 
-def _model_name(resource: Mapping[str, Any]) -> str:
+def model_name_as_written(resource: Mapping[str, Any]) -> str:
     """spec.model.name as written, else metadata.name (its default), without parsing the spec."""
     model = (resource.get("spec") or {}).get("model") or {}
     return str(model.get("name") or resource["metadata"]["name"]) if isinstance(model, Mapping) else ""
@@ -110,13 +110,18 @@ def _model_name(resource: Mapping[str, Any]) -> str:
 def find_conflict(
     resource: Mapping[str, Any], spec: TritonResNetSpec, peers: Sequence[Mapping[str, Any]]
 ) -> str:
-    """Name of an older TritonResNet serving the same model name from the same volume."""
+    """Name of an older TritonResNet serving the same model name from the same volume.
+
+    ``peers`` may be the whole namespace; the runtime passes only the resources whose
+    model name as written is this one's (its cache is indexed so), since no other can
+    conflict: a scan of the namespace on every pass made thousands of resources quadratic.
+    """
     me = resource["metadata"]
     mine = (repository_identity(spec, me["name"]), spec.model.name)
     older = []
     for peer in peers:
         pm = peer["metadata"]
-        if pm["name"] == me["name"] or _model_name(peer) != spec.model.name:
+        if pm["name"] == me["name"] or model_name_as_written(peer) != spec.model.name:
             continue  # cheap test first: every pass looks at every peer in the namespace
         try:
             pspec = parse_spec(peer)

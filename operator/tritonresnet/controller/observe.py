@@ -73,7 +73,8 @@ class Observed:
     children: Mapping[tuple[str, str], Mapping[str, Any]] = field(
         default_factory=dict
     )  #: (kind, name) -> object
-    peers: Sequence[Mapping[str, Any]] = ()  #: other TritonResNets in the namespace
+    #: Other TritonResNets in the namespace (the runtime passes those of the same model name).
+    peers: Sequence[Mapping[str, Any]] = ()
     verification: Mapping[str, EndpointCheck] = field(default_factory=dict)  #: endpoint -> last check
     now: str = "1970-01-01T00:00:00Z"
 
