@@ -45,6 +45,14 @@ def install_crd(cp: ControlPlane) -> None:
         30,
         every=0.2,
     )
+    # The apiserver publishes a new CRD's OpenAPI schema, which kubectl explain reads, a
+    # little after discovery lists the kind ("couldn't find resource" until then).
+    wait_for(
+        lambda: cp.kubectl("explain", "tritonresnet.spec", check=False).returncode == 0,
+        "the TritonResNet schema in the apiserver's OpenAPI",
+        60,
+        every=0.5,
+    )
 
 
 #: What of the chart makes the operator's identity: its account and what binds rights to it.
