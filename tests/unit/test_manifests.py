@@ -264,14 +264,15 @@ def test_chart_passes_timings_and_workers_as_settings_env_the_operator_accepts()
     )
 
 
-def test_chart_default_container_runs_the_operator_with_its_defaults_but_json_logs() -> None:
+def test_chart_default_container_runs_the_operator_with_its_defaults_but_json_logs_and_metrics() -> None:
     # The container's args and env, through the real `tritonresnet operator` parser.
     container = operator_container(render_chart({}, include_crds=False))
     env = {e["name"]: e["value"] for e in container.get("env", [])}
     flags = cli.argument_parser().parse_args(["operator", *container["args"]])
     assert settings_from(env, flags) == Settings(
-        log_format="json", liveness_endpoint="http://0.0.0.0:8080/healthz"
+        log_format="json", liveness_endpoint="http://0.0.0.0:8080/healthz", metrics_address="0.0.0.0:8081"
     )
+    assert {"name": "metrics", "containerPort": 8081, "protocol": "TCP"} in container["ports"]
 
 
 def test_kustomize_base_deployment_matches_chart_default() -> None:

@@ -507,6 +507,11 @@ def test_a_refused_child_is_reported_and_retried_with_backoff_while_the_rest_is_
     assert ready["reason"] == "ApplyFailed" and "jobs exceeded quota" in ready["message"]
     assert ("resnet50", "ApplyFailed") in kube.events
     assert key not in runtime.failures
+    # The operator's metrics saw the refused pass, the quota's 403 and the good pass after it.
+    text = runtime.metrics.text().decode()
+    assert 'tritonresnet_reconcile_duration_seconds_count{outcome="refused"} 1.0' in text
+    assert 'tritonresnet_api_errors_total{code="403"} 1.0' in text
+    assert 'tritonresnet_reconcile_duration_seconds_count{outcome="ok"}' in text
 
 
 def test_a_foreign_object_with_a_childs_name_is_left_alone_and_named_in_status() -> None:
@@ -757,6 +762,9 @@ def test_a_good_endpoint_is_rechecked_cheaply_and_a_model_that_stops_answering_t
 
     run(main)
     assert check.made() == [(ep, 1, True), (ep, 1, False), (ep, 1, False), (ep, 1, True)]
+    text = runtime.metrics.text().decode()
+    assert 'tritonresnet_verifications_total{outcome="ok"} 3.0' in text
+    assert 'tritonresnet_verifications_total{outcome="failed"} 1.0' in text
 
 
 def test_a_check_past_its_deadline_counts_as_failed_and_its_late_answer_is_ignored() -> None:

@@ -21,6 +21,7 @@ import kopf
 from kubernetes import client, config
 
 from tritonresnet.api import names
+from tritonresnet.controller import metrics
 from tritonresnet.controller.kube import Kube
 from tritonresnet.controller.runtime import Runtime
 from tritonresnet.controller.settings import Settings
@@ -55,6 +56,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # The Settings given to run(); read from the environment when kopf runs this module itself.
     options: Settings = memo.get("settings") or Settings.from_env(os.environ)
     memo["runtime"] = runtime = Runtime(Kube(_api_client()), options)
+    if options.metrics_address:
+        metrics.serve(runtime.metrics, options.metrics_address)
+        logging.getLogger(__name__).info("serving metrics at http://%s/metrics", options.metrics_address)
     runtime.start()
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from tritonresnet.api.status import status_patch
 from tritonresnet.controller.children import owned_by
 from tritonresnet.controller.decide import model_name_as_written
 from tritonresnet.controller.kube import api_error_message, namespace_terminating, now_rfc3339
+from tritonresnet.controller.metrics import Metrics
 from tritonresnet.controller.reconcile import (
     EndpointCheck,
     Observed,
@@ -155,8 +157,10 @@ class Runtime:
         warmup_seconds: float = CACHE_WARMUP_SECONDS,
         rng: random.Random | None = None,
         wall_clock: Callable[[], str] = now_rfc3339,
+        metrics: Metrics | None = None,
     ) -> None:
         self.kube = kube
+        self.metrics = metrics or Metrics()
         self.settings = settings
         self.plan = plan
         self.clock: Clock = clock or LoopClock()
@@ -186,7 +190,9 @@ class Runtime:
             timeout=settings.verify_timeout_seconds,
             interval=settings.verify_interval_seconds,
             threads=verifiers,
+            on_result=lambda check: self.metrics.verified(check.ok),
         )
+        self.metrics.watch(lambda: len(self.queue), lambda: len(self.resources))
         # Passes block on HTTP; they get their own threads, and events (best
         # effort) are posted from another pool, off the reconcile path.
         self.passes = ThreadPoolExecutor(self.workers, thread_name_prefix="reconcile")
@@ -380,12 +386,16 @@ class Runtime:
         if snap is None:
             self._clear_failures(key)
             return
+        started = time.perf_counter()
         try:
             outcome = await asyncio.get_running_loop().run_in_executor(self.passes, self.run_pass, snap)
+            self.metrics.pass_done("refused" if outcome.refused else "ok", time.perf_counter() - started)
             self.finish_pass(snap, outcome)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the next pass starts from the cluster again
+            self.metrics.pass_done("error", time.perf_counter() - started)
+            self.metrics.api_error(exc)
             if namespace_terminating(exc):
                 # Its children's deletions wake the resource until its own deletion arrives.
                 log.info("namespace %s is being deleted; not reconciling %s", *key)
@@ -484,6 +494,7 @@ class Runtime:
             except ApiException as exc:
                 if namespace_terminating(exc):
                     raise
+                self.metrics.api_error(exc)
                 # Keep going: one refused child must not hide the others or the status.
                 refused.append(f"{kind} {child}: {api_error_message(exc)}")
                 continue
@@ -508,6 +519,7 @@ class Runtime:
         if patch:
             self.kube.patch_status(namespace, name, patch)
         for type_, reason, message in events:
+            self.metrics.event(reason)
             try:
                 self.events.submit(self.kube.post_event, resource, type_, reason, message)
             except RuntimeError:  # the pool is shut down: the operator is stopping

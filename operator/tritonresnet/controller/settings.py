@@ -61,6 +61,8 @@ class Settings:
     peering: str = ""
     #: URL where kopf serves its liveness probe; empty: none.
     liveness_endpoint: str = ""
+    #: ``host:port`` where the operator serves its Prometheus metrics (``/metrics``); empty: none.
+    metrics_address: str = ""
     log_format: LogFormat = "plain"
     #: kopf's debug logging.
     verbose: bool = False
@@ -155,6 +157,13 @@ def _url(text: str) -> str:
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError("is not an http URL like http://0.0.0.0:8080/healthz")
+    return text
+
+
+def _address(text: str) -> str:
+    host, colon, port = text.rpartition(":")
+    if not colon or not port.isdigit() or not 0 < int(port) < 65536 or any(c.isspace() for c in host):
+        raise ValueError("is not an address like 0.0.0.0:8081")
     return text
 
 
@@ -340,6 +349,14 @@ OPTIONS: tuple[Option, ...] = (
         "serve kopf's liveness probe at this URL, e.g. http://0.0.0.0:8080/healthz",
         _url,
         metavar="URL",
+        default_text="off",
+    ),
+    Option(
+        "metrics_address",
+        ("--metrics-address",),
+        "serve the operator's Prometheus metrics at http://HOST:PORT/metrics, e.g. 0.0.0.0:8081",
+        _address,
+        metavar="HOST:PORT",
         default_text="off",
     ),
     Option(

@@ -79,8 +79,10 @@ class EndpointChecks:
         interval: float,
         retry: float = CHECK_RETRY_SECONDS,
         threads: int = VERIFIERS,
+        on_result: Callable[[EndpointCheck], None] | None = None,
     ) -> None:
         self.check = check
+        self.on_result = on_result  #: every result as it arrives (the operator's metrics)
         self.clock = clock
         self.on_change = on_change
         self.timeout = timeout
@@ -239,6 +241,8 @@ class EndpointChecks:
         self._dispatch()
 
     def _deliver(self, entry: _Check, result: EndpointCheck) -> None:
+        if self.on_result is not None:
+            self.on_result(result)
         previous = entry.result
         entry.result, entry.checked_at = result, self.clock.now()
         if entry.timer is not None:
