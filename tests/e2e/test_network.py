@@ -1,0 +1,152 @@
+"""Services on a real pod network: a Triton pod answers at its Service's ClusterIP and DNS name.
+
+The ``pod_network`` fixture (testground.clusternet) runs the pod in a network
+namespace of its own with an address from the pod range; the EndpointSlice
+controller publishes that address, kube-proxy (nftables) routes the ClusterIP
+to it and CoreDNS answers ``<service>.<namespace>.svc`` from the API. The DNS
+name is resolved where a pod resolves it: in a pod-like namespace whose
+resolv.conf names kube-dns, by glibc, as any client program would.
+
+Every request is bounded: a handful per address, each with a timeout, and the
+client process has a deadline of its own.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from testground.clusternet import ClusterNetwork
+from testground.controlplane import ControlPlane
+from testground.network import POD_CIDR, in_netns
+from testground.nodeagent import GPU_TOLERATION
+from testground.nodeagent_kube import Kube
+from testground.nodeagent_nodes import HOSTNAME_LABEL, POD_NETWORK_TOLERATION
+from testground.triton import add_one_deployment, add_one_model, infer_add_one
+from testground.waiting import wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.triton]
+
+TIMEOUT = 120.0
+REQUESTS = 5  #: per address
+REQUEST_TIMEOUT = 10.0  # seconds, each
+CLIENT_DEADLINE = 60.0  # seconds, the whole in-namespace client
+
+#: Runs in the client's network namespace: resolve the name as a pod would, then infer.
+CLIENT = """
+import json, socket, sys, urllib.request
+host, count, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+addresses = sorted({info[4][0] for info in socket.getaddrinfo(host, 8000, proto=socket.IPPROTO_TCP)})
+body = json.dumps({"inputs": [{"name": "INPUT", "shape": [1], "datatype": "FP32", "data": [41.0]}]}).encode()
+answers = []
+for _ in range(count):
+    request = urllib.request.Request(f"http://{host}:8000/v2/models/add_one/infer", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        answers.append(json.load(response)["outputs"][0]["data"][0])
+print(json.dumps({"addresses": addresses, "answers": answers}))
+"""
+
+
+def triton_objects(namespace: str, node: str, repository: Path) -> list[dict[str, Any]]:
+    """add_one's Triton pinned to the network's node, serving from a local folder, and its Service."""
+    placement = {
+        "nodeSelector": {HOSTNAME_LABEL: node},
+        "tolerations": [GPU_TOLERATION, POD_NETWORK_TOLERATION],
+    }
+    deployment = add_one_deployment(namespace, {"hostPath": {"path": str(repository)}}, placement)
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "triton", "namespace": namespace},
+        "spec": {
+            "selector": {"app": "triton"},
+            "ports": [{"name": "http", "port": 8000, "targetPort": "http"}],
+        },
+    }
+    return [deployment, service]
+
+
+@pytest.fixture
+def kube(control_plane: ControlPlane) -> Iterator[Kube]:
+    client = Kube(str(control_plane.kubeconfig))
+    try:
+        yield client
+    finally:
+        client.api.close()
+
+
+def ready_endpoints(kube: Kube, namespace: str, service: str) -> list[str]:
+    slices = kube.get(
+        f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices",
+        labelSelector=f"kubernetes.io/service-name={service}",
+    )["items"]
+    return [
+        address
+        for item in slices
+        for endpoint in item.get("endpoints") or []
+        if (endpoint.get("conditions") or {}).get("ready")
+        for address in endpoint["addresses"]
+    ]
+
+
+def test_triton_answers_at_its_service_cluster_ip_and_dns_name(
+    control_plane: ControlPlane, pod_network: ClusterNetwork, kube: Kube, tmp_path: Path
+) -> None:
+    repository = tmp_path / "models"
+    add_one_model(repository)
+    with control_plane.throwaway_namespace("net") as namespace:
+        objects = {
+            "apiVersion": "v1",
+            "kind": "List",
+            "items": triton_objects(namespace, pod_network.node.name, repository),
+        }
+        control_plane.kubectl("apply", "-f", "-", input=json.dumps(objects))
+
+        # The pod's address is from the pod range, and the EndpointSlice controller takes it.
+        endpoints = wait_for(
+            lambda: ready_endpoints(kube, namespace, "triton") or None,
+            "a ready endpoint of Service triton",
+            TIMEOUT,
+        )
+        (pod,) = kube.get(f"/api/v1/namespaces/{namespace}/pods", labelSelector="app=triton")["items"]
+        pod_ip = pod["status"]["podIP"]
+        assert ipaddress.ip_address(pod_ip) in ipaddress.ip_network(POD_CIDR)
+        assert endpoints == [pod_ip]
+        pod_netns = pod_network.net.spec.pod_names(pod_ip)[0]
+        assert Path("/run/netns", pod_netns).exists()
+
+        # The ClusterIP from the host: kube-proxy's rules in the node namespace translate it.
+        cluster_ip = kube.get(f"/api/v1/namespaces/{namespace}/services/triton")["spec"]["clusterIP"]
+        assert [
+            infer_add_one(f"http://{cluster_ip}:8000", 41.0, REQUEST_TIMEOUT) for _ in range(REQUESTS)
+        ] == [42.0] * REQUESTS
+
+        # The DNS name from a pod's point of view: its resolv.conf, kube-dns' ClusterIP, CoreDNS.
+        name = f"triton.{namespace}.svc"
+        with pod_network.client_netns(0, namespace) as client_netns:
+            client = subprocess.run(
+                in_netns(
+                    client_netns, [sys.executable, "-c", CLIENT, name, str(REQUESTS), str(REQUEST_TIMEOUT)]
+                ),
+                capture_output=True,
+                text=True,
+                timeout=CLIENT_DEADLINE,
+            )
+        assert client.returncode == 0, client.stderr
+        answer = json.loads(client.stdout)
+        assert answer == {"addresses": [cluster_ip], "answers": [42.0] * REQUESTS}
+
+        # The pod's namespace goes with the pod.
+        kube.delete(
+            f"/apis/apps/v1/namespaces/{namespace}/deployments/triton", {"propagationPolicy": "Foreground"}
+        )
+        wait_for(
+            lambda: not Path("/run/netns", pod_netns).exists(), "the pod's network namespace to go", TIMEOUT
+        )
