@@ -53,6 +53,15 @@ for _ in range(count):
 print(json.dumps({"addresses": addresses, "answers": answers}))
 """
 
+#: The apiserver as a pod reaches it: the kubernetes Service's name, TLS verified with the cluster CA.
+API_CLIENT = """
+import json, ssl, sys, urllib.request
+context = ssl.create_default_context(cafile=sys.argv[1])
+url = "https://kubernetes.default.svc/version"
+with urllib.request.urlopen(url, context=context, timeout=10) as response:
+    print(json.load(response)["gitVersion"])
+"""
+
 
 def triton_objects(namespace: str, node: str, repository: Path) -> list[dict[str, Any]]:
     """add_one's Triton pinned to the network's node, serving from a local folder, and its Service."""
@@ -139,9 +148,17 @@ def test_triton_answers_at_its_service_cluster_ip_and_dns_name(
                 text=True,
                 timeout=CLIENT_DEADLINE,
             )
+            api = subprocess.run(
+                in_netns(client_netns, [sys.executable, "-c", API_CLIENT, str(control_plane.ca_file)]),
+                capture_output=True,
+                text=True,
+                timeout=CLIENT_DEADLINE,
+            )
         assert client.returncode == 0, client.stderr
         answer = json.loads(client.stdout)
         assert answer == {"addresses": [cluster_ip], "answers": [42.0] * REQUESTS}
+        assert api.returncode == 0, api.stderr
+        assert api.stdout.strip().startswith("v1.")
 
         # The pod's namespace goes with the pod.
         kube.delete(

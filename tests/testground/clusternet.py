@@ -12,7 +12,11 @@
 * CoreDNS (our build: no forwarding plugin) on the host's end of the link,
   port 53, answering ``cluster.local`` and reverse lookups from the API;
 * the ``kube-dns`` Service in ``kube-system`` at ``DNS_SERVICE_IP`` with an
-  EndpointSlice pointing at CoreDNS, which is what pods' resolv.conf names.
+  EndpointSlice pointing at CoreDNS, which is what pods' resolv.conf names;
+* an EndpointSlice for the ``kubernetes`` Service (the forwarder), so pods
+  reach the apiserver at ``https://kubernetes.default.svc`` as in a cluster;
+* a node agent for one tainted GPU node (``NETWORK_NODE``) whose pods run on
+  the network, and then kube-proxy, which waits for its Node's addresses.
 
 Everything is stopped (processes by PID) and removed on exit.
 """
@@ -128,6 +132,30 @@ def kube_dns_objects() -> list[dict[str, Any]]:
     return [service, endpoints]
 
 
+def kubernetes_endpoints(port: int) -> dict[str, Any]:
+    """The ``kubernetes`` Service's EndpointSlice: the apiserver (through the forwarder) for pods.
+
+    The apiserver runs with ``--endpoint-reconciler-type=none`` (its own reconciler
+    would publish its loopback address, which the API refuses), so nothing else
+    writes one.
+    """
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": "kubernetes-testground",
+            "namespace": "default",
+            "labels": {
+                "kubernetes.io/service-name": "kubernetes",
+                "endpointslice.kubernetes.io/managed-by": DNS_MANAGER,
+            },
+        },
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [HOST_ADDRESS], "conditions": {"ready": True}}],
+        "ports": [{"name": "https", "protocol": "TCP", "port": port}],
+    }
+
+
 #: The node whose pods are on the network: an A10G GPU node, tainted for the network.
 NETWORK_NODE = NodeSpec(
     name="net-a10g-0",
@@ -187,7 +215,8 @@ def start_cluster_network(
         api = urlparse(cp.server)
         forwarder = PausableProxy((api.hostname or "127.0.0.1", api.port or 443), host=HOST_ADDRESS)
         stack.callback(forwarder.stop)
-        dns_objects = {"apiVersion": "v1", "kind": "List", "items": kube_dns_objects()}
+        items = [*kube_dns_objects(), kubernetes_endpoints(forwarder.port)]
+        dns_objects = {"apiVersion": "v1", "kind": "List", "items": items}
         cp.kubectl("apply", "-f", "-", input=json.dumps(dns_objects))
         stack.callback(
             cp.kubectl,
