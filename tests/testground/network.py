@@ -192,7 +192,7 @@ def _our_links() -> list[str]:
     return [name for name in names if name.startswith(PREFIX)]
 
 
-def _blackholes(ranges: Sequence[str]) -> list[list[str]]:
+def blackhole_routes(ranges: Sequence[str]) -> list[list[str]]:
     return [["blackhole", cidr, "metric", str(BLACKHOLE_METRIC), "proto", ROUTE_PROTOCOL] for cidr in ranges]
 
 
@@ -205,7 +205,7 @@ def clean_leftovers(ranges: Sequence[str]) -> list[str]:
     for link in _our_links():
         _ip("link", "del", link, check=False)
         removed.append(f"link {link}")
-    for route in _blackholes(ranges):
+    for route in blackhole_routes(ranges):
         if _ip("route", "del", *route, check=False).returncode == 0:
             removed.append(f"route {' '.join(route)}")
     if ETC_NETNS.is_dir():
@@ -281,7 +281,7 @@ def pod_network(workdir: Path, service_cidr: str, lock_timeout: float = LOCK_WAI
         prefix_len = ipaddress.ip_network(LINK_CIDR).prefixlen
         try:
             # First of all: nothing sent to either range may leave the machine.
-            for route in _blackholes(ranges):
+            for route in blackhole_routes(ranges):
                 _ip("route", "add", *route)
             _ip("netns", "add", spec.node_netns)
             _ip("link", "add", host_link, "type", "veth", "peer", "name", node_link, "netns", spec.node_netns)
@@ -311,7 +311,7 @@ def pod_network(workdir: Path, service_cidr: str, lock_timeout: float = LOCK_WAI
                 if netns.startswith(f"{PREFIX}{run}-"):
                     remove_netns(netns)
             _ip("link", "del", host_link, check=False)  # its routes go with it
-            for route in _blackholes(ranges):
+            for route in blackhole_routes(ranges):
                 _ip("route", "del", *route, check=False)
     finally:
         lock.close()
