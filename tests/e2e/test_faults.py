@@ -879,7 +879,15 @@ def test_a_users_claim_with_data_of_the_created_claims_name_is_never_mounted_nor
         "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
     }
     cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(pvc))
-    folder = wait_for(lambda: node_agent.volume_path(namespace, claim), "the user's claim bound", 60)
+
+    def bound_folder() -> Path | None:
+        # volume_path raises while the claim is unbound; to wait_for that is "not yet".
+        try:
+            return node_agent.volume_path(namespace, claim)
+        except LookupError:
+            return None
+
+    folder = wait_for(bound_folder, "the user's claim bound", 60)
     (folder / "orders.csv").write_text("id,total\n1,42\n")
     before = _foreign(_get(cp, "pvc", namespace, claim) or {})
 

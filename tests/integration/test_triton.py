@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,8 +28,10 @@ from google.protobuf import text_format
 from testground.models import OnnxModels
 from testground.s3 import S3Server
 from testground.triton import TritonServer, backends_dir, start_tritonserver, tritonserver_command
+from testground.waiting import wait_for
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
+from tritonresnet.controller import render
 from tritonresnet.controller.verify import Expected, check_endpoint
 from tritonresnet_builder.contract import Tensor
 
@@ -379,3 +383,85 @@ def test_the_endpoint_check_of_a_version_triton_cannot_load_carries_tritons_reas
     assert check.message.startswith("server is not ready: Triton says version 2 is UNAVAILABLE: ")
     assert "missing.onnx" in check.message and "File doesn't exist" in check.message
     assert "\n" not in check.message and len(check.message) <= 520
+
+
+# -- locked down: the operator's rendered Triton command line ----------------------------------
+
+CONTROL_TOKEN = render.triton_control_token("a test key of at least thirty-two chars", "uid-1")
+CONTROL = {render.CONTROL_HEADER: CONTROL_TOKEN}
+
+
+def rendered_triton_args(model: str, version: int) -> list[str]:
+    """Triton's args as the operator renders them for a locked-down pod, with ``$(VAR)`` expanded
+    the way the kubelet does from the container's env; the repository comes from the test."""
+    args = render.triton_args(model, version, locked=True)
+    expanded = [arg.replace(f"$({render.CONTROL_ENV})", CONTROL_TOKEN) for arg in args]
+    return [arg for arg in expanded if not arg.startswith("--model-repository=")]
+
+
+@pytest.fixture
+def locked(versioned_repository: Path) -> Iterator[TritonServer]:
+    with start_tritonserver(versioned_repository, *rendered_triton_args("m", 2)) as server:
+        yield server
+
+
+def test_locked_triton_refuses_model_control_without_the_credential_and_still_serves(
+    locked: TritonServer, onnx_models: OnnxModels
+) -> None:
+    http = tritonclient.http.InferenceServerClient(locked.http_url)
+    grpc = tritonclient.grpc.InferenceServerClient(locked.grpc_url)
+    try:
+        for refused in (
+            lambda: http.unload_model("m"),
+            lambda: http.get_model_repository_index(),
+            lambda: http.load_model("m"),
+            lambda: http.get_log_settings(),
+            lambda: http.get_trace_settings(),
+            lambda: http.get_system_shared_memory_status(),
+            lambda: grpc.unload_model("m"),
+            lambda: grpc.get_model_repository_index(),
+        ):
+            with pytest.raises(InferenceServerException, match="restricted"):
+                refused()
+        # What every client needs stays open, and the model was not unloaded.
+        assert http.is_server_live() and http.is_server_ready() and http.is_model_ready("m", "2")
+        assert http.get_model_metadata("m")["inputs"][0]["name"] == "input"
+        assert http.get_model_config("m")["version_policy"] == {"specific": {"versions": [2]}}
+        assert http.get_inference_statistics("m")["model_stats"]
+        assert grpc.is_model_ready("m", "2")
+    finally:
+        http.close()
+        grpc.close()
+    result = classify_http(locked, "m", "input", "output", images(1))
+    assert class_indexes(result) == onnxruntime_top_k(onnx_models.onnx_file("resnet18"), images(1))
+    assert class_indexes(classify_grpc(locked, "m", "input", "output", images(1))) == class_indexes(result)
+
+
+def test_locked_triton_obeys_the_credential_and_its_readiness_probe_follows_the_model(
+    locked: TritonServer,
+) -> None:
+    probe = f"http://{locked.http_url}{render.model_ready_path('m', 2)}"
+    http = tritonclient.http.InferenceServerClient(locked.http_url)
+    grpc = tritonclient.grpc.InferenceServerClient(locked.grpc_url)
+    try:
+        assert http.get_model_repository_index(headers=CONTROL) == [
+            {"name": "m", "version": "2", "state": "READY"}
+        ]
+        with pytest.raises(InferenceServerException, match=render.GRPC_CONTROL_METADATA):
+            grpc.get_model_repository_index(headers=CONTROL)  # gRPC wants Triton's prefix on the key
+        grpc_control = {render.GRPC_CONTROL_METADATA: CONTROL_TOKEN}
+        assert grpc.get_model_repository_index(headers=grpc_control).models[0].state == "READY"
+        with pytest.raises(InferenceServerException, match="restricted"):
+            http.get_model_repository_index(headers={render.CONTROL_HEADER: "not-the-token"})
+        assert urllib.request.urlopen(probe, timeout=5).status == 200
+        http.unload_model("m", headers=CONTROL)
+        wait_for(lambda: not http.is_model_ready("m", "2"), "m to unload", 30, every=0.2)
+        # The pod's readiness probe now fails: it would leave the Service, while it stays live.
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(probe, timeout=5)
+        assert http.is_server_live()
+        http.load_model("m", headers=CONTROL)
+        assert http.is_model_ready("m", "2")
+    finally:
+        http.close()
+        grpc.close()

@@ -55,6 +55,9 @@ log = logging.getLogger("testground.nodeagent")
 
 #: Node status is re-posted this often even when nothing changed (a kubelet: 5 min).
 NODE_STATUS_SECONDS = 60.0
+#: Claims and volumes are listed again this often, so a provisioning write that
+#: failed once is retried (external-provisioner resyncs the same way).
+STORAGE_RESYNC_SECONDS = 15
 
 
 def kubeconfig_template(kube: Kube) -> dict[str, Any]:
@@ -246,9 +249,21 @@ class NodeAgentDaemon:
                 self.stop.wait(1.0)
         start_thread(
             "volumes",
-            lambda: list_and_watch(self.kube, "/api/v1/persistentvolumes", self.on_volume, self.stop),
+            lambda: list_and_watch(
+                self.kube,
+                "/api/v1/persistentvolumes",
+                self.on_volume,
+                self.stop,
+                resync_seconds=STORAGE_RESYNC_SECONDS,
+            ),
         )
-        list_and_watch(self.kube, "/api/v1/persistentvolumeclaims", self.on_claim, self.stop)
+        list_and_watch(
+            self.kube,
+            "/api/v1/persistentvolumeclaims",
+            self.on_claim,
+            self.stop,
+            resync_seconds=STORAGE_RESYNC_SECONDS,
+        )
 
     def ensure_storage_class(self) -> None:
         self.kube.create_or_keep("/apis/storage.k8s.io/v1/storageclasses", storage_class_object())

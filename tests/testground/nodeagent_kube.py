@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -102,7 +103,9 @@ class Kube:
                 return None
             raise
 
-    def watch_lines(self, path: str, resource_version: str, **query: Any) -> Iterator[dict[str, Any]]:
+    def watch_lines(
+        self, path: str, resource_version: str, seconds: int = WATCH_SECONDS, **query: Any
+    ) -> Iterator[dict[str, Any]]:
         response = self.api.call_api(
             path,
             "GET",
@@ -110,7 +113,7 @@ class Kube:
                 ("watch", "true"),
                 ("resourceVersion", resource_version),
                 ("allowWatchBookmarks", "true"),
-                ("timeoutSeconds", WATCH_SECONDS),
+                ("timeoutSeconds", seconds),
                 *query.items(),
             ],
             header_params={"Accept": JSON},
@@ -118,7 +121,7 @@ class Kube:
             _preload_content=False,
             # A read timeout past the server's own end of the watch: a silently
             # dead connection (apiserver killed) cannot stall the loop forever.
-            _request_timeout=(5, WATCH_SECONDS + 30),
+            _request_timeout=(5, seconds + 30),
         )
         stream = response[0] if isinstance(response, tuple) else response
         try:
@@ -140,12 +143,18 @@ def list_and_watch(
     handle: Handler,
     stop: threading.Event,
     query: dict[str, Any] | None = None,
+    resync_seconds: int | None = None,
 ) -> None:
     """Call ``handle(event_type, object)`` for every object at ``path`` until ``stop``.
 
     After each (re)list, objects seen before but missing from the list are
     reported as DELETED, so a handler never misses a deletion during a gap.
+    With ``resync_seconds`` the loop lists again that often and hands every
+    object over as SYNC: a handler whose write failed once (the apiserver busy
+    or restarting) gets another turn, as an informer's resync gives a real
+    provisioner, instead of waiting for an event that may never come.
     """
+    watch_seconds = min(WATCH_SECONDS, resync_seconds) if resync_seconds else WATCH_SECONDS
     known: dict[str, dict[str, Any]] = {}
     backoff = 0.5
     while not stop.is_set():
@@ -160,8 +169,11 @@ def list_and_watch(
             for item in current.values():
                 handle("SYNC", item)
             backoff = 0.5
+            listed_at = time.monotonic()
             while not stop.is_set():
-                for event in kube.watch_lines(path, version, **(query or {})):
+                if resync_seconds and time.monotonic() - listed_at >= resync_seconds:
+                    break
+                for event in kube.watch_lines(path, version, watch_seconds, **(query or {})):
                     kind, obj = event["type"], event["object"]
                     if kind == "ERROR":
                         if obj.get("code") == 410:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -43,6 +44,14 @@ def install_crd(cp: ControlPlane) -> None:
         "kubectl to know the TritonResNet kind",
         30,
         every=0.2,
+    )
+    # The apiserver publishes a new CRD's OpenAPI schema, which kubectl explain reads, a
+    # little after discovery lists the kind ("couldn't find resource" until then).
+    wait_for(
+        lambda: cp.kubectl("explain", "tritonresnet.spec", check=False).returncode == 0,
+        "the TritonResNet schema in the apiserver's OpenAPI",
+        60,
+        every=0.5,
     )
 
 
@@ -96,6 +105,8 @@ class OperatorProcess:
             "PYTHONUNBUFFERED": "1",
             "TRITONRESNET_RESYNC_SECONDS": "20",
             "TRITONRESNET_VERIFY_TIMEOUT_SECONDS": "20",
+            # Triton locked down as the chart installs it: a key made for this run only.
+            "TRITONRESNET_TRITON_CONTROL_KEY": secrets.token_hex(32),
             **(extra_env or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None

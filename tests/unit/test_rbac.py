@@ -123,12 +123,14 @@ def test_peering_rules_only_with_peering_and_of_the_matching_scope(
     assert {g[0] for g in peering} <= {"get", "list", "watch", "patch"}
 
 
-def test_chart_never_grants_secrets_or_tritonresnet_writes(
+def test_chart_never_grants_reading_secrets_or_tritonresnet_writes(
     rendered: tuple[str, list[dict[str, Any]]],
 ) -> None:
     _, objects = rendered
     granted = rbac_grants(objects)
-    assert not {g for g in granted if g[2] in ("secrets", "configmaps")}
+    # Secrets: create only (each resource's Triton control credential); never read one back.
+    assert {g[0] for g in granted if g[2] == "secrets"} <= {"create"}
+    assert not {g for g in granted if g[2] == "configmaps"}
     # GitOps: the operator must never write a TritonResNet's spec or metadata.
     assert not {g for g in granted if g[2] == "tritonresnets" and g[0] not in ("get", "list", "watch")}
 

@@ -96,6 +96,59 @@ def test_failed_verification_keeps_ready_false_with_the_endpoint_message() -> No
     assert "not ready" in condition(p, c.READY)["message"]
 
 
+def _running_unready(
+    cr: dict[str, Any], objects: list[dict[str, Any]], pods: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The served world with its one Triton pod running but not ready (its probe failing)."""
+    dep = next(o for o in objects if o["kind"] == "Deployment")
+    waiting = copy.deepcopy(dep)
+    waiting["status"] = {**waiting["status"], "readyReplicas": 0, "availableReplicas": 0}
+    pod = next(p for p in pods if p["metadata"]["labels"].get(names.LABEL_COMPONENT) == "triton")
+    unready = copy.deepcopy(pod)
+    unready["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
+    unready["status"]["containerStatuses"] = [
+        {"name": "tritonserver", "ready": False, "state": {"running": {}}}
+    ]
+    others = [o for o in objects if o is not dep]
+    return [*others, waiting], [*(p for p in pods if p is not pod), unready]
+
+
+def test_a_running_triton_pod_that_is_not_ready_is_asked_why_and_its_load_failure_is_said() -> None:
+    """Item 6 of the readiness issue: Triton's reason reaches status while its pod is unready."""
+    cr, objects, pods, _ = lifecycle_to_ready()
+    objects, pods = _running_unready(cr, objects, pods)
+    p = plan(world(cr, objects, pods), SETTINGS)
+    assert p.verify is not None and p.verify.endpoints == ("10.1.0.5:8000",)
+    assert p.verify.expected.diagnose, "an unready pod is diagnosed, never taken as serving"
+    reason = "server is not ready: Triton says version 1 is UNAVAILABLE: unable to load model.plan"
+    failed = {
+        "10.1.0.5:8000": EndpointCheck("10.1.0.5:8000", False, reason, unavailable=True, diagnostic=True)
+    }
+    p = plan(world(cr, objects, pods, verification=failed), SETTINGS)
+    ready = condition(p, c.READY)
+    assert ready["status"] == "False" and ready["reason"] == c.VERIFICATION_FAILED.name
+    assert ready["message"] == f"10.1.0.5:8000: {reason}"
+    assert p.verify is None, "a known diagnosis is re-checked by the runtime's schedule, not asked again"
+
+
+def test_a_triton_pod_still_loading_is_a_rollout_under_way_not_a_failure() -> None:
+    cr, objects, pods, _ = lifecycle_to_ready()
+    objects, pods = _running_unready(cr, objects, pods)
+    loading = "model resnet50 version 1 is not ready: Triton says version 1 is LOADING"
+    checks = {"10.1.0.5:8000": EndpointCheck("10.1.0.5:8000", False, loading, diagnostic=True)}
+    p = plan(world(cr, objects, pods, verification=checks), SETTINGS)
+    assert condition(p, c.READY)["status"] == "False"
+    assert condition(p, c.READY)["reason"] != c.VERIFICATION_FAILED.name
+
+
+def test_a_diagnosis_made_while_unready_is_never_taken_for_a_check_of_the_ready_pod() -> None:
+    cr, objects, pods, _ = lifecycle_to_ready()
+    stale = {"10.1.0.5:8000": EndpointCheck("10.1.0.5:8000", True, "answered", diagnostic=True)}
+    p = plan(world(cr, objects, pods, verification=stale), SETTINGS)
+    assert condition(p, c.READY)["status"] == "False"
+    assert p.verify is not None and not p.verify.expected.diagnose
+
+
 def test_new_source_builds_version_two_while_version_one_keeps_serving() -> None:
     cr, objects, pods, _ = lifecycle_to_ready()
     changed = {

@@ -15,6 +15,11 @@ from tritonresnet_builder.contract import NON_RETRYABLE_EXIT_CODES, BuildArgs, P
 
 META = {"name": "resnet50", "namespace": "vision", "uid": "0b1e4c6a-0000-4000-8000-000000000001"}
 SETTINGS = Settings(builder_registry="registry.example/ml", default_release="25.01")
+LOCKED = Settings(
+    builder_registry="registry.example/ml",
+    default_release="25.01",
+    triton_control_key="an operator key of forty characters, ok!",
+)
 ENGINE_KEY = "0123456789abcdef"
 VERSION_KEY = "fedcba9876543210"
 
@@ -81,6 +86,8 @@ def all_objects() -> list[dict[str, Any]]:
         render.pod_disruption_budget(META),
         render.hpa(META, spec),
         render.models_pvc(META, spec),
+        render.triton_control_secret(META, LOCKED),
+        render.triton_network_policy(META, LOCKED),
     ]
     return [o for o in objects if o is not None]
 
@@ -474,3 +481,115 @@ def test_triton_image_and_annotations_follow_the_served_version_not_the_spec() -
     assert annotations["tritonresnet.io/model-version"] == "4"
     assert annotations["tritonresnet.io/release"] == "24.12"
     assert annotations["tritonresnet.io/version-key"] == VERSION_KEY
+
+
+# -- locked down: the control credential and who may reach Triton ---------------------------
+
+
+def test_the_control_token_is_an_hmac_of_the_uid_one_per_resource_and_key() -> None:
+    token = render.triton_control_token("key-one", "uid-a")
+    assert token == render.triton_control_token("key-one", "uid-a")  # pure: every pass, every restart
+    assert len(token) == 64 and int(token, 16) >= 0
+    others = {
+        render.triton_control_token("key-one", "uid-b"),
+        render.triton_control_token("key-two", "uid-a"),
+    }
+    assert token not in others and len(others) == 2
+    assert render.control_token(META, LOCKED) == render.triton_control_token(
+        LOCKED.triton_control_key, META["uid"]
+    )
+    assert render.control_token(META, SETTINGS) == ""  # no key: no credential
+
+
+def test_locked_triton_restricts_the_control_apis_to_the_header_from_its_secret() -> None:
+    deployment = render.triton_deployment(META, parse(), served(3), LOCKED)
+    main = container(deployment)
+    restricted = (
+        "model-repository,shared-memory,trace,logging:tritonresnet-control=$(TRITONRESNET_CONTROL_TOKEN)"
+    )
+    assert main["args"][-2:] == [
+        f"--http-restricted-api={restricted}",
+        f"--grpc-restricted-protocol={restricted}",
+    ]
+    secret = render.triton_control_secret(META, LOCKED)
+    assert secret is not None
+    assert main["env"] == [
+        {
+            "name": "TRITONRESNET_CONTROL_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": secret["metadata"]["name"], "key": "token"}},
+        }
+    ]
+    # The token itself is never in the Deployment, only the Secret's name.
+    assert render.control_token(META, LOCKED) not in str(deployment)
+
+
+def test_without_a_key_triton_is_not_locked_and_there_is_no_secret() -> None:
+    main = container(render.triton_deployment(META, parse(), served(3), SETTINGS))
+    assert not any("restricted" in arg for arg in main["args"])
+    assert "env" not in main
+    assert render.triton_control_secret(META, SETTINGS) is None
+
+
+def test_the_control_secret_is_immutable_and_named_after_a_digest_of_its_token() -> None:
+    secret = render.triton_control_secret(META, LOCKED)
+    assert secret is not None
+    token = render.control_token(META, LOCKED)
+    assert secret["stringData"] == {"token": token}
+    assert secret["immutable"] is True and secret["type"] == "Opaque"
+    name = secret["metadata"]["name"]
+    assert name.startswith("resnet50-triton-control-") and token not in name
+    rotated = Settings(triton_control_key="another operator key of forty characters")
+    other = render.triton_control_secret(META, rotated)
+    assert other is not None and other["metadata"]["name"] != name  # a new key is a new Secret
+    assert len(render.control_secret_name("x" * 63, token)) <= 63
+
+
+def test_the_secret_is_rendered_only_while_the_deployment_is_to_be_applied() -> None:
+    kinds = [o["kind"] for o in render.triton_access(META, LOCKED, deployment_current=False)]
+    assert kinds == ["Secret", "NetworkPolicy"]
+    assert [o["kind"] for o in render.triton_access(META, LOCKED, deployment_current=True)] == [
+        "NetworkPolicy"
+    ]
+    assert [o["kind"] for o in render.triton_access(META, SETTINGS, deployment_current=False)] == [
+        "NetworkPolicy"
+    ]
+    assert render.CREATE_ONLY_KINDS == {"Secret"}
+
+
+def _rules(policy: dict[str, Any]) -> list[tuple[list[Any], list[int]]]:
+    return [(rule["from"], [p["port"] for p in rule["ports"]]) for rule in policy["spec"]["ingress"]]
+
+
+def test_the_network_policy_admits_the_own_namespace_the_clients_and_monitoring_to_their_ports() -> None:
+    settings = Settings(
+        triton_clients=("tritonresnet-system", "shop"), metrics_namespace_label="team/mon=yes"
+    )
+    policy = render.triton_network_policy(META, settings)
+    assert policy["apiVersion"] == "networking.k8s.io/v1"
+    assert policy["metadata"]["name"] == "resnet50-triton"
+    assert policy["spec"]["podSelector"] == {"matchLabels": names.selector_labels("resnet50", "triton")}
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert _rules(policy) == [
+        ([{"podSelector": {}}], [8000, 8001, 8002]),
+        (
+            [
+                {
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": "tritonresnet-system"}
+                    }
+                },
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "shop"}}},
+            ],
+            [8000, 8001],
+        ),
+        ([{"namespaceSelector": {"matchLabels": {"team/mon": "yes"}}}], [8002]),
+    ]
+
+
+def test_every_namespace_may_call_triton_by_default_but_only_monitoring_scrapes_it() -> None:
+    (_own, clients, monitoring) = _rules(render.triton_network_policy(META, Settings()))
+    assert clients == ([{"namespaceSelector": {}}], [8000, 8001])
+    assert monitoring == (
+        [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+        [8002],
+    )

@@ -247,15 +247,22 @@ def resource(
     endpoints: tuple[str, ...] = (),
     version: int = 1,
     status: dict[str, Any] | None = None,
+    model: str | None = None,
 ) -> dict[str, Any]:
-    """A TritonResNet as a watch delivers it; ``reconciled``: its generation is in the status."""
+    """A TritonResNet as a watch delivers it; ``reconciled``: its generation is in the status;
+    ``model``: spec.model.name (by default none: the model is named after the resource)."""
     if status is None:
         status = {"observedGeneration": generation, "phase": "Ready"} if reconciled else {}
     return {
         "apiVersion": names.API_VERSION,
         "kind": names.KIND,
         "metadata": {"name": name, "namespace": NS, "generation": generation, "uid": f"uid-{name}"},
-        "spec": {"n": n, "endpoints": list(endpoints), "version": version},
+        "spec": {
+            "n": n,
+            "endpoints": list(endpoints),
+            "version": version,
+            **({"model": {"name": model}} if model else {}),
+        },
         "status": status,
     }
 
@@ -567,9 +574,21 @@ def test_a_snapshot_is_a_copy_that_later_events_do_not_change() -> None:
     assert snap.resource["spec"]["n"] == 0
     with pytest.raises(TypeError):
         snap.children[("Job", "x")] = {}  # type: ignore[index]
-    # Peers are shared between passes until the namespace changes.
-    one, two = runtime.snapshot((NS, "r")), runtime.snapshot((NS, "s"))
+    # Peers are the resources of the same model name, shared between passes until one changes.
+    runtime.observe_resource("ADDED", resource("t", model="r"))
+    one, two = runtime.snapshot((NS, "r")), runtime.snapshot((NS, "t"))
     assert one is not None and two is not None and one.peers is two.peers
+    assert sorted(p["metadata"]["name"] for p in one.peers) == ["r", "t"]
+    other = runtime.snapshot((NS, "s"))
+    assert other is not None and [p["metadata"]["name"] for p in other.peers] == ["s"]
+    # A resource that changes its model name moves to the new name's peers.
+    runtime.observe_resource("MODIFIED", resource("t", 1, model="s"))
+    moved, left = runtime.snapshot((NS, "s")), runtime.snapshot((NS, "r"))
+    assert moved is not None and sorted(p["metadata"]["name"] for p in moved.peers) == ["s", "t"]
+    assert left is not None and [p["metadata"]["name"] for p in left.peers] == ["r"]
+    runtime.observe_resource("DELETED", resource("t"))
+    gone = runtime.snapshot((NS, "s"))
+    assert gone is not None and [p["metadata"]["name"] for p in gone.peers] == ["s"]
 
 
 def test_a_child_seen_before_its_long_named_owner_is_found_and_managed_fields_are_dropped() -> None:

@@ -72,6 +72,9 @@ ENVIRON = {
     "TRITONRESNET_VERIFY_TIMEOUT_SECONDS": "5",
     "TRITONRESNET_JOB_TTL_SECONDS": "600",
     "TRITONRESNET_WORKERS": "4",
+    "TRITONRESNET_TRITON_CONTROL_KEY": "kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk",
+    "TRITONRESNET_TRITON_CLIENTS": "tritonresnet-system,shop",
+    "TRITONRESNET_METRICS_NAMESPACE_LABEL": "team/monitoring=yes",
 }
 
 FROM_ENVIRON = Settings(
@@ -89,6 +92,9 @@ FROM_ENVIRON = Settings(
     verify_timeout_seconds=5.0,
     job_ttl_seconds=600,
     workers=4,
+    triton_control_key="kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk",
+    triton_clients=("tritonresnet-system", "shop"),
+    metrics_namespace_label="team/monitoring=yes",
 )
 
 
@@ -127,6 +133,9 @@ BAD_VARIABLES = [
     ("TRITONRESNET_VERIFY_TIMEOUT_SECONDS", "inf", "'inf' must be a number greater than 0"),
     ("TRITONRESNET_JOB_TTL_SECONDS", "1.5", "'1.5' is not a whole number"),
     ("TRITONRESNET_WORKERS", "0", "'0' must be at least 1"),
+    ("TRITONRESNET_TRITON_CONTROL_KEY", "short", "the value must be at least 32 characters"),
+    ("TRITONRESNET_TRITON_CLIENTS", "shop,Shop", "'Shop' is not a namespace name"),
+    ("TRITONRESNET_METRICS_NAMESPACE_LABEL", "monitoring", "'monitoring' is not a label like"),
 ]
 
 
@@ -137,6 +146,18 @@ def test_a_bad_variable_is_an_error_naming_it(variable: str, text: str, message:
     assert error.value.variable == variable
     assert str(error.value).startswith(f"{variable}: ")
     assert message in str(error.value)
+
+
+def test_a_bad_control_key_is_never_repeated_in_the_error() -> None:
+    with pytest.raises(SettingsError) as error:
+        settings_from({"TRITONRESNET_TRITON_CONTROL_KEY": "a secret of 31 characters, short"})
+    assert "secret" not in str(error.value)
+    assert "k" * 40 not in repr(FROM_ENVIRON)  # nor shown by a logged Settings
+
+
+@pytest.mark.parametrize(("text", "value"), [("", ("*",)), ("a,*", ("*",)), ("b,a,b", ("b", "a"))])
+def test_triton_clients_are_every_namespace_unless_named(text: str, value: tuple[str, ...]) -> None:
+    assert settings_from({"TRITONRESNET_TRITON_CLIENTS": text}).triton_clients == value
 
 
 def test_every_option_has_a_bad_value_case() -> None:
@@ -178,6 +199,14 @@ ARGV = [
     "600",
     "--workers",
     "4",
+    "--triton-control-key",
+    "kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk",
+    "--triton-client",
+    "tritonresnet-system",
+    "--triton-client",
+    "shop",
+    "--metrics-namespace-label",
+    "team/monitoring=yes",
 ]
 
 

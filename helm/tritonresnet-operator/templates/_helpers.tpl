@@ -43,6 +43,14 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
+{{- define "tritonresnet-operator.controlKeySecret" -}}
+{{- if .Values.tritonAccess.controlKey.existingSecret -}}
+{{- .Values.tritonAccess.controlKey.existingSecret -}}
+{{- else if .Values.tritonAccess.controlKey.create -}}
+{{- printf "%s-triton-control-key" (include "tritonresnet-operator.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "tritonresnet-operator.clusterwide" -}}
 {{- if not .Values.watchNamespaces -}}true{{- end -}}
 {{- end -}}
@@ -92,6 +100,15 @@ TritonResNet is only read, and written through its status.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [list, watch, create, get, patch]
+# Who may reach each resource's Triton pods.
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [list, watch, create, get, patch]
+# Each resource's Triton control credential. Create only: the operator never reads a
+# Secret (a name taken answers 409, and the name is a digest only it can compute).
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [create]
 - apiGroups: [""]
   resources: [events]
   verbs: [create]

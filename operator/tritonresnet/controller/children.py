@@ -157,6 +157,8 @@ _KEPT: Mapping[str, tuple[tuple[str, ...], ...]] = {
     ),
     "PodDisruptionBudget": (("spec", "selector"), ("spec", "maxUnavailable")),
     "HorizontalPodAutoscaler": (("spec", "scaleTargetRef"), ("spec", "minReplicas"), ("spec", "maxReplicas")),
+    # Who may reach Triton: a rule someone adds or widens opens the pods to more clients.
+    "NetworkPolicy": (("spec", "podSelector"), ("spec", "policyTypes"), ("spec", "ingress")),
 }
 _ABSENT = object()
 # Maps we set whole, where a key someone adds changes what the object does (a Service selector
@@ -166,6 +168,8 @@ _WHOLE: frozenset[tuple[str, ...]] = frozenset(
         ("spec", "selector"),
         ("spec", "selector", "matchLabels"),
         ("spec", "template", "spec", "nodeSelector"),
+        # A NetworkPolicy's podSelector with a key added applies to no Triton pod at all.
+        ("spec", "podSelector"),
     }
 )
 

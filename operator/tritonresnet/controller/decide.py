@@ -37,7 +37,7 @@ from tritonresnet.controller.children import (
     is_current,
     served_from_deployment,
 )
-from tritonresnet.controller.observe import Expected, Observed, Rollout
+from tritonresnet.controller.observe import EndpointCheck, Expected, Observed, Rollout
 from tritonresnet.controller.settings import Settings
 
 Object = dict[str, Any]
@@ -101,7 +101,7 @@ def repository_identity(spec: TritonResNetSpec, cr_name: str) -> tuple[str, str]
     return render.claim_name(cr_name, spec), spec.repository.sub_path
 
 
-def _model_name(resource: Mapping[str, Any]) -> str:
+def model_name_as_written(resource: Mapping[str, Any]) -> str:
     """spec.model.name as written, else metadata.name (its default), without parsing the spec."""
     model = (resource.get("spec") or {}).get("model") or {}
     return str(model.get("name") or resource["metadata"]["name"]) if isinstance(model, Mapping) else ""
@@ -110,13 +110,18 @@ def _model_name(resource: Mapping[str, Any]) -> str:
 def find_conflict(
     resource: Mapping[str, Any], spec: TritonResNetSpec, peers: Sequence[Mapping[str, Any]]
 ) -> str:
-    """Name of an older TritonResNet serving the same model name from the same volume."""
+    """Name of an older TritonResNet serving the same model name from the same volume.
+
+    ``peers`` may be the whole namespace; the runtime passes only the resources whose
+    model name as written is this one's (its cache is indexed so), since no other can
+    conflict: a scan of the namespace on every pass made thousands of resources quadratic.
+    """
     me = resource["metadata"]
     mine = (repository_identity(spec, me["name"]), spec.model.name)
     older = []
     for peer in peers:
         pm = peer["metadata"]
-        if pm["name"] == me["name"] or _model_name(peer) != spec.model.name:
+        if pm["name"] == me["name"] or model_name_as_written(peer) != spec.model.name:
             continue  # cheap test first: every pass looks at every peer in the namespace
         try:
             pspec = parse_spec(peer)
@@ -359,11 +364,12 @@ def serving(
     rolled = Rollout()
     if deploy is not None:
         desired = render.triton_deployment(meta, spec, deploy, settings)
-        children.desired += [desired, render.service(meta), render.pod_disruption_budget(meta)]
         existing = observed.child("Deployment", names.deployment_name(meta["name"]))
-        rolled = observe.rollout(
-            existing, observed.pods, deploy.version, spec.serving.replicas, is_current(desired, existing)
-        )
+        current = is_current(desired, existing)
+        # The control Secret and the NetworkPolicy first: the pods the Deployment starts read the one.
+        access = render.triton_access(meta, settings, current)
+        children.desired += [*access, desired, render.service(meta), render.pod_disruption_budget(meta)]
+        rolled = observe.rollout(existing, observed.pods, deploy.version, spec.serving.replicas, current)
     hpa = render.hpa(meta, spec)
     hpa_name = names.hpa_name(meta["name"])
     if hpa is not None:
@@ -374,25 +380,58 @@ def serving(
 
 
 def verification(
-    observed: Observed, spec: TritonResNetSpec, deploy: Served | None, rolled: Rollout
+    observed: Observed,
+    spec: TritonResNetSpec,
+    deploy: Served | None,
+    rolled: Rollout,
+    control_headers: tuple[tuple[str, str], ...] = (),
 ) -> Verification:
-    """Every ready endpoint checked at the deployed version, or a request to check them."""
-    if deploy is None or not rolled.complete:
+    """Every ready endpoint checked at the deployed version, or a request to check them; while
+    the rollout is not complete, Triton asked why its running pods are not ready."""
+    if deploy is None:
         return Verification()
+    # What the served version was published with, not the spec: they differ while a spec
+    # that switched between maxBatchSize 0 and more builds its version.
+    expected = Expected(
+        spec.model.name, deploy.version, deploy.inputs, deploy.outputs, deploy.batched, control_headers
+    )
+    if not rolled.complete:
+        return _diagnosis(observed, rolled, replace(expected, diagnose=True))
     if not rolled.endpoints:
         if spec.serving.replicas == 0:
             return Verification(True, "scaled to zero")
         return Verification(False, "no ready endpoints yet")
-    checks = [observed.verification.get(e) for e in rolled.endpoints]
+    # A diagnosis made while the pod was not ready says nothing of it now: check it afresh.
+    checks = [_not_diagnostic(observed.verification.get(e)) for e in rolled.endpoints]
     if any(ch is None for ch in checks):
-        # What the served version was published with, not the spec: they differ while a spec
-        # that switched between maxBatchSize 0 and more builds its version.
-        expected = Expected(spec.model.name, deploy.version, deploy.inputs, deploy.outputs, deploy.batched)
         return Verification(False, f"verifying {len(checks)} endpoint(s)", (rolled.endpoints, expected))
     bad = [ch for ch in checks if ch is not None and not ch.ok]
     if bad:
         return Verification(False, "; ".join(f"{ch.endpoint}: {ch.message}" for ch in bad), failed=True)
     return Verification(True, f"{len(checks)} endpoint(s) answered at version {deploy.version}")
+
+
+def _not_diagnostic(check: EndpointCheck | None) -> EndpointCheck | None:
+    return None if check is None or check.diagnostic else check
+
+
+def _diagnosis(observed: Observed, rolled: Rollout, expected: Expected) -> Verification:
+    """Triton's own reason when a pod of the version runs but will not become ready.
+
+    Only a version Triton says is UNAVAILABLE (it failed to load, or was unloaded) counts as
+    failed: one still LOADING is a rollout under way, whatever a check saw.
+    """
+    if not rolled.unready:
+        return Verification()
+    checks = [observed.verification.get(e) for e in rolled.unready]
+    request = None
+    if any(ch is None or not ch.diagnostic for ch in checks):
+        request = (rolled.unready, expected)
+    bad = [ch for ch in checks if ch is not None and ch.diagnostic and ch.unavailable]
+    if not bad:
+        return Verification(request=request)
+    message = "; ".join(f"{ch.endpoint}: {ch.message}" for ch in bad)
+    return Verification(False, message, request, failed=True)
 
 
 def decide(observed: Observed, spec: TritonResNetSpec, settings: Settings) -> Decision:
@@ -409,4 +448,8 @@ def decide(observed: Observed, spec: TritonResNetSpec, settings: Settings) -> De
     # release it was built for (a new release's image waits for its engines).
     deploy = built.published or served
     rolled = serving(observed, spec, settings, deploy, children)
-    return Decision(spec, children, built, served, rolled, verification(observed, spec, deploy, rolled))
+    token = render.control_token(observed.resource, settings)
+    control = ((render.CONTROL_HEADER, token),) if token else ()
+    return Decision(
+        spec, children, built, served, rolled, verification(observed, spec, deploy, rolled, control)
+    )

@@ -34,6 +34,9 @@ CHILD_RESOURCES: tuple[tuple[str, str, str, str], ...] = (
     ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget"),
     ("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
     ("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim"),
+    ("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
+    # Not Secrets: the operator creates each resource's Triton control Secret but may never
+    # read Secrets (render.CREATE_ONLY_KINDS), so it neither lists nor watches them.
 )
 _MANAGED = {names.LABEL_MANAGED_BY: names.MANAGER}
 

@@ -41,6 +41,13 @@ class Expected:
     inputs: tuple[Tensor, ...]
     outputs: tuple[Tensor, ...]
     batched: bool = True  #: max_batch_size > 0: metadata shapes carry a leading batch dim
+    #: Headers with the resource's Triton control credential (empty: Triton is not locked
+    #: down), for the one check request a locked Triton restricts, its repository index.
+    #: Left out of the repr: a logged check never shows the credential.
+    control_headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    #: The endpoint's pod is not ready: the check only asks Triton why (no smoke inference),
+    #: and its result says why a rollout waits, never that the endpoint serves.
+    diagnose: bool = False
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,10 @@ class EndpointCheck:
     endpoint: str  #: host:port of Triton's HTTP endpoint
     ok: bool
     message: str
+    #: Triton's repository index says the version is UNAVAILABLE (a failed load, an
+    #: unload): waiting will not make it serve, unlike a version still LOADING.
+    unavailable: bool = False
+    diagnostic: bool = False  #: made for an ``Expected`` with ``diagnose``
 
 
 @dataclass(frozen=True)
@@ -62,7 +73,8 @@ class Observed:
     children: Mapping[tuple[str, str], Mapping[str, Any]] = field(
         default_factory=dict
     )  #: (kind, name) -> object
-    peers: Sequence[Mapping[str, Any]] = ()  #: other TritonResNets in the namespace
+    #: Other TritonResNets in the namespace (the runtime passes those of the same model name).
+    peers: Sequence[Mapping[str, Any]] = ()
     verification: Mapping[str, EndpointCheck] = field(default_factory=dict)  #: endpoint -> last check
     now: str = "1970-01-01T00:00:00Z"
 
@@ -76,6 +88,12 @@ def condition(obj: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
         (c for c in (obj.get("status") or {}).get("conditions") or () if c.get("type") == type_), None
     )
     return found or {}
+
+
+def _running(pod: Mapping[str, Any]) -> bool:
+    """Every container of ``pod`` has a process (running), ready or not."""
+    statuses = (pod.get("status") or {}).get("containerStatuses") or ()
+    return bool(statuses) and all("running" in (cs.get("state") or {}) for cs in statuses)
 
 
 def _true(obj: Mapping[str, Any], type_: str) -> bool:
@@ -165,6 +183,8 @@ class Rollout:
     waiting_for_node: str = ""
     message: str = ""
     serving_versions: tuple[int, ...] = ()  #: model versions on ready Triton pods
+    #: Pods of the version whose Triton runs but is not ready: the ones to ask why.
+    unready: tuple[str, ...] = ()
 
 
 def stuck_pod(pods: Sequence[Mapping[str, Any]], what: str) -> str:
@@ -214,6 +234,13 @@ def rollout(
             if (p.get("status") or {}).get("podIP") and _true(p, "Ready")
         )
     )
+    unready = tuple(
+        sorted(
+            f"{p['status']['podIP']}:{TRITON_HTTP_PORT}"
+            for p in new
+            if (p.get("status") or {}).get("podIP") and not _true(p, "Ready") and _running(p)
+        )
+    )
     stuck = stuck_pod(new, "Triton pod")
     progressing = condition(deployment, "Progressing")
     if progressing.get("reason") == "ProgressDeadlineExceeded":
@@ -236,6 +263,7 @@ def rollout(
     )
     return Rollout(
         serving_versions=tuple(serving),
+        unready=unready,
         complete=complete,
         available=available,
         replicas=replicas,

@@ -12,6 +12,8 @@ the user's selectors, tolerations and resources are copied, never shared.
 from __future__ import annotations
 
 import copy
+import hashlib
+import hmac
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -68,6 +70,22 @@ PUBLISH_RESOURCES: Mapping[str, Mapping[str, str]] = {
 #: Triton exports it as a counter; the metrics adapter must serve it as the
 #: average queue time per request (see the autoscaling docs).
 QUEUE_TIME_METRIC = "nv_inference_queue_duration_us"
+
+#: Triton's APIs that change what it serves (load, unload, the repository index) or how it
+#: runs (shared memory, tracing, logging): only a request carrying the control credential may
+#: use them. Health, metadata, model config, statistics and inference stay open: every client
+#: needs them, and none changes what is served.
+RESTRICTED_APIS: tuple[str, ...] = ("model-repository", "shared-memory", "trace", "logging")
+#: The HTTP header carrying the credential (lower case: gRPC metadata keys must be).
+CONTROL_HEADER = "tritonresnet-control"
+#: Over gRPC Triton 2.51 looks for the key behind its own prefix (its 403 names it).
+GRPC_CONTROL_METADATA = f"triton-grpc-protocol-{CONTROL_HEADER}"
+#: Where the Triton container finds the credential: an env var from the control Secret, put
+#: into its args by Kubernetes' $(VAR) expansion (Triton takes it only on the command line).
+CONTROL_ENV = "TRITONRESNET_CONTROL_TOKEN"
+CONTROL_SECRET_KEY = "token"
+#: Kept apart from any other use of the key: a credential for this purpose only.
+_CONTROL_CONTEXT = b"tritonresnet triton control v1\0"
 
 CREDENTIAL_KEYS: tuple[tuple[str, bool], ...] = (
     ("AWS_ACCESS_KEY_ID", False),
@@ -336,8 +354,9 @@ def publish_job(
 # -- serving --------------------------------------------------------------------------------
 
 
-def triton_args(model_name: str, version: int) -> list[str]:
-    return [
+def triton_args(model_name: str, version: int, locked: bool = False) -> list[str]:
+    """Triton's command line; ``locked``: the control APIs want the credential from ``CONTROL_ENV``."""
+    args = [
         f"--model-repository={REPOSITORY_MOUNT}",
         "--model-control-mode=explicit",
         f"--load-model={model_name}",
@@ -348,6 +367,124 @@ def triton_args(model_name: str, version: int) -> list[str]:
         "--exit-on-error=false",
         "--log-verbose=0",
     ]
+    if locked:
+        # Explicit model control lets any client that reaches the port load or unload models;
+        # with these, only the operator's say (the header) changes what is served.
+        restricted = f"{','.join(RESTRICTED_APIS)}:{CONTROL_HEADER}=$({CONTROL_ENV})"
+        args += [f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}"]
+    return args
+
+
+# -- locking Triton down: its control credential, and who may reach it ---------------------
+
+
+def triton_control_token(key: str, uid: str) -> str:
+    """The credential Triton's control APIs of one TritonResNet want: HMAC-SHA256(key, uid).
+
+    Derived, not stored: the operator holds only ``key`` (its own Secret, which the chart
+    makes) and computes the same token on every pass and after every restart, so rendering
+    stays pure and nothing has to remember a random value. One per resource (the uid), so a
+    user who may read the Secrets of one namespace learns nothing about another's.
+    """
+    return hmac.new(key.encode(), _CONTROL_CONTEXT + uid.encode(), hashlib.sha256).hexdigest()
+
+
+def control_token(cr: Mapping[str, Any], settings: Settings) -> str:
+    """The resource's credential; empty when the operator has no key (Triton left unlocked)."""
+    if not settings.triton_control_key:
+        return ""
+    return triton_control_token(settings.triton_control_key, str(cr_metadata(cr)["uid"]))
+
+
+def control_secret_name(cr_name: str, token: str) -> str:
+    """The Secret holding ``token``: the name carries a digest of the content.
+
+    The operator may create Secrets but never read them (it holds no get, list or patch on
+    Secrets), so it cannot update one: a new token (a rotated key) is a new Secret, which the
+    Deployment then names. The digest reveals nothing of the token and cannot be guessed
+    without the key, so nobody can create the name before the operator does.
+    """
+    return names.dns_label(cr_name, f"-triton-control-{hashlib.sha256(token.encode()).hexdigest()[:10]}")
+
+
+def triton_control_secret(cr: Mapping[str, Any], settings: Settings) -> Object | None:
+    """The Secret Triton reads its control credential from; None without a key.
+
+    Immutable: its content never changes (a new token gets a new name), and the kubelet
+    need not watch it.
+    """
+    token = control_token(cr, settings)
+    if not token:
+        return None
+    cr_name = cr_metadata(cr)["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(cr, control_secret_name(cr_name, token), names.labels(cr_name, "triton")),
+        "type": "Opaque",
+        "immutable": True,
+        "stringData": {CONTROL_SECRET_KEY: token},
+    }
+
+
+def network_policy_name(cr_name: str) -> str:
+    return names.dns_label(cr_name, "-triton")
+
+
+def _port_rule(peers: list[Object], ports: Sequence[int]) -> Object:
+    return {"from": peers, "ports": [{"protocol": "TCP", "port": port} for port in ports]}
+
+
+def triton_network_policy(cr: Mapping[str, Any], settings: Settings) -> Object:
+    """Who may reach the Triton pods: HTTP and gRPC from the resource's own namespace and the
+    namespaces of ``settings.triton_clients`` (the chart adds the operator's, which verifies
+    every endpoint); metrics from the same and from namespaces labelled
+    ``settings.metrics_namespace_label``. Everything else is dropped by a cluster that
+    enforces NetworkPolicies.
+
+    Defence in depth, not the lock: the control APIs want the credential whoever calls.
+    """
+    cr_name = cr_metadata(cr)["name"]
+    own: Object = {"podSelector": {}}  # every pod of the resource's namespace
+    if "*" in settings.triton_clients:
+        clients: list[Object] = [{"namespaceSelector": {}}]
+    else:
+        clients = [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}
+            for namespace in settings.triton_clients
+        ]
+    label, _, value = settings.metrics_namespace_label.partition("=")
+    monitoring: Object = {"namespaceSelector": {"matchLabels": {label: value}}}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(cr, network_policy_name(cr_name), names.labels(cr_name, "triton")),
+        "spec": {
+            "podSelector": {"matchLabels": names.selector_labels(cr_name, "triton")},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                _port_rule([own], (HTTP_PORT, GRPC_PORT, METRICS_PORT)),
+                _port_rule(clients, (HTTP_PORT, GRPC_PORT)),
+                _port_rule([monitoring], (METRICS_PORT,)),
+            ],
+        },
+    }
+
+
+def triton_access(cr: Mapping[str, Any], settings: Settings, deployment_current: bool) -> list[Object]:
+    """The children that lock a resource's Triton down: its control Secret and NetworkPolicy.
+
+    The Secret is rendered only while the Deployment is about to be applied
+    (``deployment_current`` False): the operator cannot see Secrets, so a Secret rendered on
+    every pass would be created on every pass. The Deployment names the Secret, so whenever
+    the token changes the Deployment changes too and the new Secret is created first.
+    """
+    secret = None if deployment_current else triton_control_secret(cr, settings)
+    return [*([secret] if secret is not None else []), triton_network_policy(cr, settings)]
+
+
+#: Kinds the operator creates but never reads: a create answered 409 means the object is there.
+CREATE_ONLY_KINDS = frozenset({"Secret"})
 
 
 def model_ready_path(model_name: str, version: int) -> str:
@@ -367,15 +504,17 @@ def _probe(path: str, period: int, failures: int) -> Object:
     }
 
 
-def _triton_container(spec: TritonResNetSpec, served: Served, settings: Settings) -> Object:
+def _triton_container(
+    cr_name: str, spec: TritonResNetSpec, served: Served, settings: Settings, token: str
+) -> Object:
     model_ready = model_ready_path(spec.model.name, served.version)
-    return {
+    container: Object = {
         "name": TRITON_CONTAINER,
         # The release its plans were built for, not the spec's: a plan loads only in its own release.
         "image": settings.triton_server_image(served.release),
         "imagePullPolicy": "IfNotPresent",
         "command": ["tritonserver"],
-        "args": triton_args(spec.model.name, served.version),
+        "args": triton_args(spec.model.name, served.version, locked=bool(token)),
         "ports": [
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
@@ -396,6 +535,12 @@ def _triton_container(spec: TritonResNetSpec, served: Served, settings: Settings
         "volumeMounts": _volume_mounts(spec, read_only=True),
         "securityContext": _container_security(),
     }
+    if token:
+        secret = control_secret_name(cr_name, token)
+        container["env"] = [
+            {"name": CONTROL_ENV, "valueFrom": {"secretKeyRef": {"name": secret, "key": CONTROL_SECRET_KEY}}}
+        ]
+    return container
 
 
 def _anti_affinity(cr_name: str) -> Object:
@@ -432,7 +577,7 @@ def triton_deployment(
         "nodeSelector": dict(spec.serving.node_selector),
         "tolerations": _tolerations(spec.serving.tolerations, _wants_gpu(spec.serving.resources)),
         "affinity": _anti_affinity(cr_name),
-        "containers": [_triton_container(spec, served, settings)],
+        "containers": [_triton_container(cr_name, spec, served, settings, control_token(cr, settings))],
         "volumes": _volumes(cr_name, spec, read_only=True),
     }
     metadata = _metadata(cr, names.deployment_name(cr_name), names.labels(cr_name, "triton"))

@@ -23,7 +23,7 @@ import argparse
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -34,6 +34,10 @@ ENV_PREFIX = "TRITONRESNET_"
 DEFAULT_BUILDER_REGISTRY = "ghcr.io/tritonresnet"
 DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver"
 DEFAULT_RELEASE = "25.01"
+#: The label Kubernetes puts on every namespace, naming the usual monitoring namespace.
+DEFAULT_METRICS_NAMESPACE_LABEL = "kubernetes.io/metadata.name=monitoring"
+#: Shorter keys are refused: every credential is only as strong as the key behind it.
+MIN_CONTROL_KEY_LENGTH = 32
 
 
 LogFormat = Literal["plain", "json"]
@@ -79,6 +83,15 @@ class Settings:
     #: Reconcile threads; a pass mostly waits on the API server, so more than
     #: the cores shortens the queue when many resources change at once.
     workers: int = 8
+    #: The key each resource's Triton control credential is derived from
+    #: (``render.triton_control_token``); empty: Triton's control APIs are left open.
+    #: Never shown: it is left out of the repr, so a logged Settings does not carry it.
+    triton_control_key: str = field(default="", repr=False)
+    #: Namespaces (besides each resource's own) whose pods may call Triton's HTTP and
+    #: gRPC ports; ``*``: every namespace. The chart adds the operator's own namespace.
+    triton_clients: tuple[str, ...] = ("*",)
+    #: ``key=value``: namespaces with this label may scrape Triton's metrics port.
+    metrics_namespace_label: str = DEFAULT_METRICS_NAMESPACE_LABEL
 
     @property
     def all_namespaces(self) -> bool:
@@ -191,6 +204,30 @@ def _switch(text: str) -> bool:
     raise ValueError(f"is not one of {', '.join(_TRUE + _FALSE)}")
 
 
+def _control_key(text: str) -> str:
+    if len(text) < MIN_CONTROL_KEY_LENGTH or any(character.isspace() for character in text):
+        raise ValueError(f"must be at least {MIN_CONTROL_KEY_LENGTH} characters without spaces")
+    return text
+
+
+_LABEL_KEY_RE = re.compile(
+    r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+_LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+
+
+def _label(text: str) -> str:
+    key, equals, value = text.partition("=")
+    if not equals or not _LABEL_KEY_RE.match(key) or not _LABEL_VALUE_RE.match(value):
+        raise ValueError("is not a label like kubernetes.io/metadata.name=monitoring")
+    return text
+
+
+def _clients(items: tuple[str, ...]) -> tuple[str, ...]:
+    """``*`` anywhere means every namespace; otherwise the names, once each."""
+    return ("*",) if "*" in items else _unique(items)
+
+
 def _unique(items: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
@@ -223,6 +260,8 @@ class Option:
     default_text: str = ""
     #: A list's items, parsed, to the field's value.
     collect: Callable[[tuple[str, ...]], tuple[str, ...]] = _unique
+    #: The value is a secret: an error about it never repeats it.
+    secret: bool = False
 
     @property
     def env(self) -> str:
@@ -269,7 +308,7 @@ class Option:
         try:
             return self.parse(text)
         except ValueError as error:
-            raise SettingsError(source, f"{text!r} {error}") from None
+            raise SettingsError(source, f"{'the value' if self.secret else repr(text)} {error}") from None
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -364,6 +403,32 @@ OPTIONS: tuple[Option, ...] = (
         metavar="S",
     ),
     Option("workers", ("--workers",), "reconcile threads", _count, metavar="N"),
+    Option(
+        "triton_control_key",
+        ("--triton-control-key",),
+        "key Triton's control credentials are derived from (set the variable: a flag shows in ps)",
+        _control_key,
+        metavar="KEY",
+        default_text="none: Triton's control APIs open",
+        secret=True,
+    ),
+    Option(
+        "triton_clients",
+        ("--triton-client",),
+        "namespace whose pods may call Triton, besides the resource's own; repeatable, * for all",
+        _namespace,
+        kind="list",
+        metavar="NS",
+        default_text="*",
+        collect=_clients,
+    ),
+    Option(
+        "metrics_namespace_label",
+        ("--metrics-namespace-label",),
+        "namespaces with this label may scrape Triton's metrics port",
+        _label,
+        metavar="KEY=VALUE",
+    ),
 )
 
 OPTIONS_BY_FIELD: Mapping[str, Option] = {option.field: option for option in OPTIONS}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -130,6 +130,23 @@ def smoke_inputs(
 _REASON_CHARS = 480
 
 
+def _index_entry(index: Sequence[Mapping[str, Any]], model: str, version: int) -> Mapping[str, Any] | None:
+    """The index entry of ``model`` at ``version``; one without a version (a config Triton
+    could not parse has none yet) or of another version stands in; None without any."""
+    entries = [e for e in index if str(e.get("name")) == model]
+    exact = [e for e in entries if str(e.get("version") or "") == str(version)]
+    loose = [e for e in entries if not e.get("version")]
+    chosen = exact or loose or entries
+    return chosen[0] if chosen else None
+
+
+def index_state(index: Sequence[Mapping[str, Any]], model: str, version: int) -> str:
+    """Triton's state of ``model`` at ``version`` (READY, LOADING, UNAVAILABLE...); empty when
+    the index does not list the model at all."""
+    entry = _index_entry(index, model, version)
+    return "" if entry is None else str(entry.get("state") or "UNAVAILABLE")
+
+
 def index_reason(index: Sequence[Mapping[str, Any]], model: str, version: int) -> str:
     """Triton's own words for ``model`` at ``version`` from its repository index; empty if it has none.
 
@@ -137,12 +154,9 @@ def index_reason(index: Sequence[Mapping[str, Any]], model: str, version: int) -
     parse has no version yet) or of other versions stands in. Only the reason's first line:
     a backend's traceback follows it.
     """
-    entries = [e for e in index if str(e.get("name")) == model]
-    if not entries:
+    entry = _index_entry(index, model, version)
+    if entry is None:
         return f"Triton's repository index has no model {model}"
-    exact = [e for e in entries if str(e.get("version") or "") == str(version)]
-    loose = [e for e in entries if not e.get("version")]
-    entry = (exact or loose or entries)[0]
     state = str(entry.get("state") or "no state")
     which = f"version {entry['version']}" if entry.get("version") else "the model"
     reason = (str(entry.get("reason") or "").strip().splitlines() or [""])[0]
@@ -159,9 +173,19 @@ def check_endpoint(
 ) -> EndpointCheck:
     """Check one endpoint; ``timeout`` bounds each request, ``smoke`` adds the inference.
 
-    ``control_headers`` go with the one request that may need them, the repository index,
-    which a locked-down Triton answers only for the operator's credential.
+    ``control_headers`` (by default ``expected.control_headers``) go with the one request that
+    may need them, the repository index, which a locked-down Triton answers only for the
+    operator's credential. A check of an ``expected.diagnose`` endpoint (its pod not ready)
+    runs no inference and is marked ``diagnostic``.
     """
+    headers = dict(expected.control_headers) if control_headers is None else dict(control_headers)
+    found = _check(endpoint, expected, timeout, smoke and not expected.diagnose, headers)
+    return replace(found, diagnostic=True) if expected.diagnose else found
+
+
+def _check(
+    endpoint: str, expected: Expected, timeout: float, smoke: bool, headers: Mapping[str, str]
+) -> EndpointCheck:
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
@@ -177,11 +201,12 @@ def check_endpoint(
             # readiness a model that failed to load makes the whole server not ready, so both
             # cases ask. A refused or failed index request leaves only our own words.
             try:
-                index = triton.get_model_repository_index(headers=dict(control_headers or {}))
+                index = triton.get_model_repository_index(headers=dict(headers))
             except InferenceServerException:
                 return EndpointCheck(endpoint, False, what)
             reason = index_reason(index, expected.model, expected.version)
-            return EndpointCheck(endpoint, False, f"{what}: {reason}" if reason else what)
+            unavailable = index_state(index, expected.model, expected.version) in ("UNAVAILABLE", "")
+            return EndpointCheck(endpoint, False, f"{what}: {reason}" if reason else what, unavailable)
 
         try:
             if not triton.is_server_live():
