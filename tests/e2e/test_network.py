@@ -7,6 +7,11 @@ to it and CoreDNS answers ``<service>.<namespace>.svc`` from the API. The DNS
 name is resolved where a pod resolves it: in a pod-like namespace whose
 resolv.conf names kube-dns, by glibc, as any client program would.
 
+Two servers: a bare Triton Deployment (``add_one``), and a TritonResNet the
+real operator makes Ready with its Triton pods placed on the network's node
+(``spec.serving.nodeSelector`` and ``tolerations``), answered through the
+Service the operator rendered.
+
 Every request is bounded: a handful per address, each with a timeout, and the
 client process has a deadline of its own.
 """
@@ -24,10 +29,13 @@ from typing import Any
 import pytest
 from testground.clusternet import ClusterNetwork
 from testground.controlplane import ControlPlane
+from testground.models import OnnxModels
 from testground.network import POD_CIDR, in_netns
 from testground.nodeagent import GPU_TOLERATION
 from testground.nodeagent_kube import Kube
 from testground.nodeagent_nodes import HOSTNAME_LABEL, POD_NETWORK_TOLERATION
+from testground.operator_run import OperatorProcess, apply_sample, is_ready, wait_for_trn
+from testground.s3 import S3Server
 from testground.triton import add_one_deployment, add_one_model, infer_add_one
 from testground.waiting import wait_for
 
@@ -51,6 +59,23 @@ for _ in range(count):
     with urllib.request.urlopen(request, timeout=timeout) as response:
         answers.append(json.load(response)["outputs"][0]["data"][0])
 print(json.dumps({"addresses": addresses, "answers": answers}))
+"""
+
+#: A TritonResNet's model by its Service's DNS name: metadata, then inferences of zeros at batch 1.
+MODEL_CLIENT = """
+import json, socket, sys
+import numpy as np
+import tritonclient.http as httpclient
+host, model, count, timeout = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+addresses = sorted({info[4][0] for info in socket.getaddrinfo(host, 8000, proto=socket.IPPROTO_TCP)})
+client = httpclient.InferenceServerClient(f"{host}:8000", connection_timeout=timeout, network_timeout=timeout)
+metadata = client.get_model_metadata(model)
+source, target = metadata["inputs"][0], metadata["outputs"][0]
+shape = [1 if int(d) < 0 else int(d) for d in source["shape"]]
+tensor = httpclient.InferInput(source["name"], shape, source["datatype"])
+tensor.set_data_from_numpy(np.zeros(shape, dtype=np.float32))
+shapes = [list(client.infer(model, [tensor]).as_numpy(target["name"]).shape) for _ in range(count)]
+print(json.dumps({"addresses": addresses, "shapes": shapes}))
 """
 
 #: The apiserver as a pod reaches it: the kubernetes Service's name, TLS verified with the cluster CA.
@@ -167,3 +192,56 @@ def test_triton_answers_at_its_service_cluster_ip_and_dns_name(
         wait_for(
             lambda: not Path("/run/netns", pod_netns).exists(), "the pod's network namespace to go", TIMEOUT
         )
+
+
+def test_a_ready_tritonresnet_serves_at_its_service_cluster_ip_and_dns_name(
+    operator: OperatorProcess,
+    pod_network: ClusterNetwork,
+    s3: S3Server,
+    onnx_models: OnnxModels,
+    kube: Kube,
+) -> None:
+    """The operator makes it Ready as anywhere (its checks reach the pod on the network); then
+    the Service the operator rendered routes to the pod, by ClusterIP and by name."""
+    cp = operator.cp
+    with cp.throwaway_namespace("netop") as namespace:
+        uri = s3.upload(onnx_models.path("resnet18"), f"{namespace}/model.onnx")
+        placement = {
+            "nodeSelector": {HOSTNAME_LABEL: pod_network.node.name},
+            "tolerations": [POD_NETWORK_TOLERATION],
+        }
+        apply_sample(cp, namespace, s3, uri, name="classifier", model_name="resnet18", serving=placement)
+        wait_for_trn(cp, namespace, "classifier", is_ready(), "Ready", operator=operator)
+
+        (pod,) = kube.get(
+            f"/api/v1/namespaces/{namespace}/pods", labelSelector="app.kubernetes.io/component=triton"
+        )["items"]
+        assert pod["spec"]["nodeName"] == pod_network.node.name
+        pod_ip = pod["status"]["podIP"]
+        assert ipaddress.ip_address(pod_ip) in ipaddress.ip_network(POD_CIDR)
+        assert wait_for(
+            lambda: ready_endpoints(kube, namespace, "classifier") == [pod_ip] or None,
+            "the Service's endpoint",
+            TIMEOUT,
+        )
+        cluster_ip = kube.get(f"/api/v1/namespaces/{namespace}/services/classifier")["spec"]["clusterIP"]
+
+        with pod_network.client_netns(1, namespace) as client_netns:
+            for host in (cluster_ip, f"classifier.{namespace}.svc"):
+                argv = [
+                    sys.executable,
+                    "-c",
+                    MODEL_CLIENT,
+                    host,
+                    "resnet18",
+                    str(REQUESTS),
+                    str(REQUEST_TIMEOUT),
+                ]
+                client = subprocess.run(
+                    in_netns(client_netns, argv), capture_output=True, text=True, timeout=CLIENT_DEADLINE
+                )
+                assert client.returncode == 0, client.stderr
+                assert json.loads(client.stdout) == {
+                    "addresses": [cluster_ip],
+                    "shapes": [[1, 1000]] * REQUESTS,
+                }

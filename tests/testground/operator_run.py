@@ -18,7 +18,7 @@ import secrets
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -204,7 +204,9 @@ def apply_sample(
     name: str = "resnet50",
     replicas: int = 1,
     model_name: str = "resnet50",
+    serving: Mapping[str, Any] | None = None,
 ) -> None:
+    """The sample TritonResNet with its Secret and claim; ``serving``: more spec.serving fields."""
     secret = {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -225,7 +227,7 @@ def apply_sample(
             "source": {"uri": uri, "endpoint": s3.endpoint, "credentialsSecret": "s3-credentials"},
             "model": {"name": model_name, "format": "onnx"},
             "engine": {"maxBatchSize": 4},
-            "serving": {"release": "25.01", "replicas": replicas, "instanceCount": 1},
+            "serving": {"release": "25.01", "replicas": replicas, "instanceCount": 1, **(serving or {})},
             "repository": {"claimName": "models"},
         },
     }
