@@ -41,6 +41,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -275,6 +276,8 @@ def pod_network(workdir: Path, service_cidr: str, lock_timeout: float = LOCK_WAI
     ranges = (POD_CIDR, service_cidr)
     try:
         removed = clean_leftovers(ranges)
+        if removed:
+            print(f"testground: removed what a dead pod network left: {', '.join(removed)}", file=sys.stderr)
         run = uuid.uuid4().hex[:6]
         spec = PodNetworkSpec(run=run, node_netns=f"{PREFIX}{run}-node")
         host_link, node_link = f"{PREFIX}{run}h", f"{PREFIX}{run}n"
