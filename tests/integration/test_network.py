@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import os
 import socket
 import subprocess
 import sys
@@ -138,4 +139,44 @@ def test_a_dead_runs_namespaces_links_routes_and_processes_are_removed_by_the_ne
     finally:
         if sleeper.poll() is None:
             sleeper.kill()
+    assert network.host_state() == {"netns": [], "links": [], "routes": []}
+
+
+#: A test ground that dies without its clean-up: a network, a pod namespace with a process.
+DIES_HARD = """
+import subprocess, sys, time
+from pathlib import Path
+from testground import network
+with network.pod_network(Path(sys.argv[1]), sys.argv[2], lock_timeout=60) as net:
+    with net.client_netns(0) as netns:
+        sleeper = subprocess.Popen(network.in_netns(netns, ["sleep", "300"]))
+        print(netns, sleeper.pid, flush=True)
+        time.sleep(300)
+"""
+
+
+def test_a_sigkilled_run_leaves_what_the_next_start_removes(tmp_path: Path) -> None:
+    tests_dir = Path(network.__file__).resolve().parents[1]
+    run = subprocess.Popen(
+        [sys.executable, "-c", DIES_HARD, str(tmp_path / "dead"), SERVICE_CLUSTER_IP_RANGE],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(tests_dir)),
+    )
+    try:
+        assert run.stdout is not None
+        netns, sleeper = run.stdout.readline().split()
+        run.kill()
+        run.wait(timeout=10)
+        left = network.host_state()
+        assert netns in left["netns"] and left["links"] and len(left["routes"]) == 4
+        with network.pod_network(tmp_path / "next", SERVICE_CLUSTER_IP_RANGE, lock_timeout=60) as net:
+            assert f"netns {netns}" in net.removed_leftovers
+            assert (
+                not Path("/proc", sleeper).exists()
+                or "sleep" not in Path("/proc", sleeper, "cmdline").read_text()
+            )
+    finally:
+        if run.poll() is None:
+            run.kill()
     assert network.host_state() == {"netns": [], "links": [], "routes": []}
