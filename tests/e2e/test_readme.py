@@ -159,7 +159,8 @@ def test_a_mistyped_marker_is_an_error_not_a_skipped_block(text: str, problem: s
 
 def test_readme_marks_the_newcomers_path_for_the_test_ground() -> None:
     """The walk covers install, credentials, a model, Ready, status, classify, the
-    workstation commands and clean-up; dropping a marker from one of them fails here."""
+    tutorial's layout and request, Triton's own clients, the workstation commands and
+    clean-up; dropping a marker from one of them fails here."""
     blocks = marked_blocks(README.read_text())
     assert blocks and all(block.ground == GROUND for block in blocks)
     code = "\n".join(block.code for block in blocks)
@@ -176,6 +177,11 @@ def test_readme_marks_the_newcomers_path_for_the_test_ground() -> None:
         "tritonresnet status resnet50 -n vision",
         "tritonresnet classify",
         "--grpc",
+        # coming from the tutorial: its layout, then its own request
+        '"maxBatchSize":0',
+        "class_count=1000",
+        # Triton's own clients: what image_client reads, over both protocols
+        'get_model_config("resnet50", as_json=True)',
         "tritonresnet inspect model.onnx",
         "tritonresnet build -f",
         "helm uninstall tritonresnet-operator",

@@ -15,12 +15,14 @@ import pytest
 import tritonclient.grpc
 import tritonclient.http
 import tritonresnet
+from onnx import TensorProto
 from testground.models import OnnxModels
 from testground.operator_run import OperatorProcess, apply_sample, condition, is_ready, wait_for_trn
 from testground.s3 import S3Server
 from tritonclient.utils import InferenceServerException
 from tritonresnet.client.classify import classify
 from tritonresnet.controller import render
+from unit.builder.onnx_graphs import identity
 
 pytestmark = [pytest.mark.cluster, pytest.mark.triton, pytest.mark.slow]
 
@@ -97,3 +99,42 @@ def test_a_model_unloaded_with_the_credential_turns_ready_false_in_tritons_words
         http.close()
     trn = wait_for_trn(operator.cp, namespace, NAME, is_ready(), "Ready again", NOTICE_SECONDS, operator)
     assert trn["status"]["modelVersion"] == 1
+
+
+# -- one tenant cannot hurt the operator --------------------------------------------------
+
+MiB = 1 << 20
+
+
+def _apply_identity(operator: OperatorProcess, namespace: str, s3: S3Server, name: str, model: Path) -> None:
+    """A TritonResNet serving an ``x -> Identity -> y`` graph, without batching."""
+    uri = s3.upload(model, f"{namespace}/{name}/model.onnx")
+    apply_sample(operator.cp, namespace, s3, uri, name=name, model_name=name, max_batch_size=0)
+
+
+def test_an_absurd_input_is_refused_by_the_builder_and_one_past_the_smoke_bound_leaves_the_operator_flat(
+    operator: OperatorProcess, namespace: str, s3: S3Server, tmp_path: Path
+) -> None:
+    """A declared [N, 3, 100000, 100000] FP32 input (112 GiB a sample) fails the build with
+    UnsupportedModel naming the input and the builder's bound; a model whose one input is
+    32 MiB (past the operator's 16 MiB smoke bound, within the builder's 64 MiB) is served
+    and verified beside it, and the operator's resident memory stays within a margin far
+    below either input."""
+    before = operator.rss_bytes()
+    assert before > 0
+    _apply_identity(
+        operator, namespace, s3, "absurd", identity(tmp_path / "a.onnx", dims=(1, 3, 100000, 100000))
+    )
+    big = identity(tmp_path / "b.onnx", elem=TensorProto.UINT8, dims=(1, 32 * MiB))
+    _apply_identity(operator, namespace, s3, "large", big)
+
+    def build_failed(t: dict[str, Any]) -> bool:
+        return condition(t, "Ready").get("reason") == "BuildFailed"
+
+    trn = wait_for_trn(operator.cp, namespace, "absurd", build_failed, "BuildFailed", operator=operator)
+    message = condition(trn, "Ready")["message"]
+    assert "UnsupportedModel" in message and "'x'" in message and "64 MiB" in message, message
+    trn = wait_for_trn(operator.cp, namespace, "large", is_ready(), "Ready", operator=operator)
+    assert condition(trn, "Ready")["reason"] == "Verified"
+    grown = operator.rss_bytes() - before
+    assert grown < 24 * MiB, f"the operator grew by {grown / MiB:.1f} MiB"

@@ -121,7 +121,8 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def _rss_bytes(pid: int) -> int:
+def rss_bytes_of(pid: int) -> int:
+    """Resident memory of process ``pid`` (VmRSS); 0 once it is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -271,7 +272,7 @@ class NodeAgent:
 
     def rss_bytes(self) -> int:
         """Resident memory of the agent process itself (not of its pods)."""
-        return _rss_bytes(self.pid) if self.pid is not None else 0
+        return rss_bytes_of(self.pid) if self.pid is not None else 0
 
 
 def claim_volume_path(kubeconfig: Path, namespace: str, claim: str) -> Path:

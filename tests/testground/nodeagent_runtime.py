@@ -30,7 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import urllib3
 import yaml
+from kubernetes.client.rest import ApiException
 
 from testground.network import PodNetworkSpec, attach_pod, detach_pod, in_netns
 from testground.nodeagent_kube import STRATEGIC_PATCH, Kube
@@ -400,6 +402,16 @@ class ContainerRun:
         if self.process is not None:
             status["containerID"] = f"testground://{self.process.pid}"
         return status
+
+
+def _transient(error: BaseException) -> bool:
+    """An error of the API server's absence or overload, which waiting can mend."""
+    if isinstance(error, ApiException):
+        return error.status is None or error.status == 429 or error.status >= 500
+    # Not every OSError: a container whose program cannot start is the pod's own fault.
+    return isinstance(
+        error, (urllib3.exceptions.HTTPError, http.client.HTTPException, ConnectionError, TimeoutError)
+    )
 
 
 class PodWorker(threading.Thread):
@@ -934,15 +946,29 @@ class PodWorker(threading.Thread):
                 self._terminate_for_deletion()
                 return
             now = time.monotonic()
-            if not self.volumes_ready:
-                try:
-                    self._prepare_volumes()
-                except ContainerConfigError as error:
+            try:
+                if not self.volumes_ready:
+                    try:
+                        self._prepare_volumes()
+                    except ContainerConfigError as error:
+                        for run in self._active_containers():
+                            run.waiting_reason, run.waiting_message = "ContainerCreating", str(error)
+                if self.volumes_ready:
                     for run in self._active_containers():
-                        run.waiting_reason, run.waiting_message = "ContainerCreating", str(error)
-            if self.volumes_ready:
-                for run in self._active_containers():
-                    self._step_container(run, now)
+                        self._step_container(run, now)
+            except Exception as error:
+                if not _transient(error):
+                    raise
+                # The apiserver restarting while a container starts (its Secrets, ConfigMaps
+                # or claim read): a kubelet tries again; the pod must not be dropped for good.
+                log.warning(
+                    "%s/%s: the apiserver did not answer (%s); trying again",
+                    self.namespace,
+                    self.pod_name,
+                    error,
+                )
+                self.wake.wait(1.0)
+                continue
             status = self._status()
             try:
                 self._write_status(status)

@@ -28,6 +28,7 @@ import yaml
 from testground import audit
 from testground.chart import render_chart, to_yaml
 from testground.controlplane import ControlPlane
+from testground.nodeagent import rss_bytes_of
 from testground.s3 import S3Server
 from testground.waiting import WaitTimeout, wait_for
 
@@ -141,6 +142,10 @@ class OperatorProcess:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def rss_bytes(self) -> int:
+        """Resident memory of the operator process now; 0 when it is not running."""
+        return rss_bytes_of(self.proc.pid) if self.proc is not None and self.proc.poll() is None else 0
+
 
 # -- a sample resource and waiting for it -------------------------------------------
 
@@ -204,6 +209,7 @@ def apply_sample(
     name: str = "resnet50",
     replicas: int = 1,
     model_name: str = "resnet50",
+    max_batch_size: int = 4,
     serving: Mapping[str, Any] | None = None,
 ) -> None:
     """The sample TritonResNet with its Secret and claim; ``serving``: more spec.serving fields."""
@@ -226,7 +232,7 @@ def apply_sample(
         "spec": {
             "source": {"uri": uri, "endpoint": s3.endpoint, "credentialsSecret": "s3-credentials"},
             "model": {"name": model_name, "format": "onnx"},
-            "engine": {"maxBatchSize": 4},
+            "engine": {"maxBatchSize": max_batch_size},
             "serving": {"release": "25.01", "replicas": replicas, "instanceCount": 1, **(serving or {})},
             "repository": {"claimName": "models"},
         },

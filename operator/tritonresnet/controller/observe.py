@@ -151,7 +151,9 @@ def job_outcome(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> Jo
         return JobOutcome("Failed", result, message or "builder finished without a result")
     if _true(job, "Failed"):
         if result and result.error:
-            message = result.error.message
+            # The kind first: it is what a user searches the docs for (UnsupportedModel,
+            # DigestMismatch...), and the sentence after it names the field or file.
+            message = f"{result.error.kind}: {result.error.message}"
         failed = condition(job, "Failed")
         return JobOutcome("Failed", result, message or str(failed.get("message") or failed.get("reason")))
     waiting = unschedulable(mine)
