@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from google.protobuf import text_format
 from testground.controlplane import ControlPlane
 from testground.nodeagent import (
     A10G_PRODUCT,
@@ -33,14 +31,13 @@ from testground.nodeagent import (
     claim_volume_path,
 )
 from testground.nodeagent_kube import Kube
+from testground.triton import TRITON_IMAGE, add_one_deployment, add_one_model, infer_add_one
 from testground.waiting import wait_for
-from tritonclient.grpc import model_config_pb2
 from tritonresnet_builder.contract import parse_result
 
 pytestmark = pytest.mark.cluster
 
 BUILDER_IMAGE = "registry.example/tritonresnet-builder:0.1.0"
-TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.08-py3"
 TIMEOUT = 120.0
 
 
@@ -335,87 +332,10 @@ def test_claim_without_class_gets_testground_volume_bound(
 # -- a Triton Deployment -------------------------------------------------------------
 
 
-ADD_ONE_MODEL_PY = """\
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        out = []
-        for request in requests:
-            value = pb_utils.get_input_tensor_by_name(request, "INPUT").as_numpy()
-            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT", value + 1)]))
-        return out
-"""
-
-
-def add_one_model(repository: Path) -> None:
-    """A tiny python-backend model (so the test needs no ONNX): OUTPUT = INPUT + 1."""
-    config = model_config_pb2.ModelConfig(name="add_one", backend="python", max_batch_size=0)
-    config.input.add(name="INPUT", data_type=model_config_pb2.TYPE_FP32, dims=[1])
-    config.output.add(name="OUTPUT", data_type=model_config_pb2.TYPE_FP32, dims=[1])
-    config.instance_group.add(count=1, kind=model_config_pb2.ModelInstanceGroup.KIND_CPU)
-    (repository / "add_one" / "1").mkdir(parents=True)
-    (repository / "add_one" / "config.pbtxt").write_text(text_format.MessageToString(config))
-    (repository / "add_one" / "1" / "model.py").write_text(ADD_ONE_MODEL_PY)
-
-
 def triton_deployment(namespace: str, claim_name: str) -> dict[str, Any]:
-    labels = {"app": "triton"}
-    container = {
-        "name": "triton",
-        "image": TRITON_IMAGE,
-        "command": ["tritonserver"],
-        "args": [
-            "--model-repository=/models",
-            "--model-control-mode=explicit",
-            "--load-model=add_one",
-            "--strict-readiness=true",
-        ],
-        "ports": [
-            {"name": "http", "containerPort": 8000},
-            {"name": "grpc", "containerPort": 8001},
-            {"name": "metrics", "containerPort": 8002},
-        ],
-        "resources": {"limits": {GPU_RESOURCE: "1"}},
-        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 1},
-        "livenessProbe": {
-            "httpGet": {"path": "/v2/health/live", "port": "http"},
-            "periodSeconds": 5,
-            "initialDelaySeconds": 10,
-        },
-        "volumeMounts": [{"name": "models", "mountPath": "/models", "readOnly": True}],
-    }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "triton", "namespace": namespace},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "tolerations": [GPU_TOLERATION],
-                    "nodeSelector": {GPU_PRODUCT_LABEL: A10G_PRODUCT},
-                    "terminationGracePeriodSeconds": 5,
-                    "containers": [container],
-                    "volumes": [{"name": "models", "persistentVolumeClaim": {"claimName": claim_name}}],
-                },
-            },
-        },
-    }
-
-
-def infer_add_one(pod_ip: str, value: float) -> float:
-    body = {"inputs": [{"name": "INPUT", "shape": [1], "datatype": "FP32", "data": [value]}]}
-    request = urllib.request.Request(
-        f"http://{pod_ip}:8000/v2/models/add_one/infer",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return float(json.load(response)["outputs"][0]["data"][0])
+    volume = {"persistentVolumeClaim": {"claimName": claim_name}}
+    placement = {"tolerations": [GPU_TOLERATION], "nodeSelector": {GPU_PRODUCT_LABEL: A10G_PRODUCT}}
+    return add_one_deployment(namespace, volume, placement)
 
 
 @pytest.mark.triton
@@ -440,7 +360,7 @@ def test_triton_deployment_becomes_available_and_serves_from_its_volume(
     assert running["spec"]["nodeName"].startswith("gpu-a10g-")
     assert condition(running, "Ready")["status"] == "True"
     assert status["podIP"].startswith("127.0.") and status["podIP"] != "127.0.0.1"
-    assert infer_add_one(status["podIP"], 41.0) == 42.0
+    assert infer_add_one(f"http://{status['podIP']}:8000", 41.0) == 42.0
 
     # Deleting the Deployment stops the server process and removes the pod.
     pid = pid_of(status["containerStatuses"][0])

@@ -18,8 +18,17 @@ kwok (``ensure_kwok``) is built the same way but only when a benchmark asks
 for it: the test suite never runs it, so a fresh machine's first ``make test``
 does not pay for it. It has a cache folder of its own, keyed by its version.
 
+The pod network's parts (``ensure_network_binaries``, see testground.network)
+are also fetched on demand, the first time a test asks for the network:
+kube-proxy from the same Kubernetes module, a CoreDNS with only the plugins
+the test ground uses (``tools/coredns/main.go``), and the ``nft`` command
+kube-proxy's nftables mode runs, from Debian's packages (``apt-get download``
+and ``dpkg -x``, no installation: nothing on the machine changes). One cache
+folder, keyed by all three versions.
+
     python -m testground.binaries              # build or reuse, print the folder
     python -m testground.binaries --kwok       # the same for kwok, print its path
+    python -m testground.binaries --network    # the pod network's binaries, print their folder
     python -m testground.binaries --regenerate # rewrite tools/*/go.mod
 """
 
@@ -34,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 KUBERNETES_VERSION = "v1.36.3"
@@ -45,6 +55,13 @@ KWOK_MODULE = "sigs.k8s.io/kwok"
 KWOK_PACKAGE = "sigs.k8s.io/kwok/cmd/kwok"
 
 KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+#: Built from the same module, only for the pod network (``ensure_network_binaries``).
+NETWORK_KUBE_COMMANDS = ("kube-proxy",)
+COREDNS_VERSION = "v1.15.0"
+COREDNS_MODULE = "github.com/coredns/coredns"
+#: Debian packages giving ``nft`` (its other libraries are part of a Debian base system).
+NFTABLES_PACKAGES = ("nftables=1.0.6-2+deb12u2", "libnftables1=1.0.6-2+deb12u2", "libnftnl11=1.2.4-2")
+NETWORK_BINARIES = ("kube-proxy", "coredns", "nftables/usr/sbin/nft")
 ALL_BINARIES = (*KUBE_COMMANDS, "etcd", "helm")
 
 TOOLS_DIR = Path(__file__).resolve().parent / "tools"
@@ -96,7 +113,7 @@ def _regenerate_kubernetes() -> None:
         parts = line.split()
         if len(parts) >= 3 and parts[1] == "=>" and parts[2].startswith("./staging/"):
             edits.append(f"-replace={parts[0]}={parts[0]}@{staging_version}")
-    edits += [f"-tool=k8s.io/kubernetes/cmd/{cmd}" for cmd in KUBE_COMMANDS]
+    edits += [f"-tool=k8s.io/kubernetes/cmd/{cmd}" for cmd in (*KUBE_COMMANDS, *NETWORK_KUBE_COMMANDS)]
     _go(["mod", "edit", *edits], folder)
     _go(["mod", "tidy"], folder)
 
@@ -108,8 +125,19 @@ def _regenerate_simple(name: str, module: str, version: str, tool: str) -> None:
     _go(["mod", "tidy"], folder)
 
 
+def _regenerate_coredns() -> None:
+    # Our own main package (main.go) picks the plugins: keep it, renew go.mod and go.sum.
+    folder = TOOLS_DIR / "coredns"
+    for name in ("go.mod", "go.sum"):
+        (folder / name).unlink(missing_ok=True)
+    _go(["mod", "init", "tritonresnet.io/testground/tools/coredns"], folder)
+    _go(["mod", "edit", f"-require={COREDNS_MODULE}@{COREDNS_VERSION}"], folder)
+    _go(["mod", "tidy"], folder)
+
+
 def regenerate() -> None:
     _regenerate_kubernetes()
+    _regenerate_coredns()
     _regenerate_simple("etcd", "go.etcd.io/etcd/server/v3", ETCD_VERSION, "go.etcd.io/etcd/server/v3")
     _regenerate_simple("helm", "helm.sh/helm/v3", HELM_VERSION, "helm.sh/helm/v3/cmd/helm")
     _regenerate_simple("kwok", KWOK_MODULE, KWOK_VERSION, KWOK_PACKAGE)
@@ -140,13 +168,22 @@ def _build_plan() -> list[tuple[str, str, str, str]]:
     return plan
 
 
-def build(target: Path, log=print) -> None:  # type: ignore[no-untyped-def]
+def _network_build_plan() -> list[tuple[str, str, str, str]]:
+    plan = [
+        (cmd, "kubernetes", f"k8s.io/kubernetes/cmd/{cmd}", _kube_ldflags()) for cmd in NETWORK_KUBE_COMMANDS
+    ]
+    coredns_ld = f"-s -w -X {COREDNS_MODULE}/coremain.GitCommit={COREDNS_VERSION}"
+    plan.append(("coredns", "coredns", "tritonresnet.io/testground/tools/coredns", coredns_ld))
+    return plan
+
+
+def build(target: Path, log=print, plan: list[tuple[str, str, str, str]] | None = None) -> None:  # type: ignore[no-untyped-def]
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="testground-tools-") as tmp:
         # Build from a copy so `go` never rewrites the committed go.mod/go.sum.
         work = Path(tmp) / "tools"
         shutil.copytree(TOOLS_DIR, work)
-        for binary, module, package, ldflags in _build_plan():
+        for binary, module, package, ldflags in plan or _build_plan():
             if (target / binary).is_file():
                 continue
             started = time.monotonic()
@@ -170,15 +207,19 @@ def ensure_binaries(log=print) -> Path:  # type: ignore[no-untyped-def]
             if _complete(folder):
                 return folder
             log(f"testground: {var}={folder} lacks some of {', '.join(ALL_BINARIES)}; building instead")
-    folder = cache_dir()
-    if _complete(folder):
+    return _made_once(cache_dir(), _complete, lambda folder: build(folder, log))
+
+
+def _made_once(folder: Path, complete: Callable[[Path], bool], make: Callable[[Path], None]) -> Path:
+    """``folder`` once ``complete``, calling ``make`` at most once per machine, also when several
+    test processes ask at the same time."""
+    if complete(folder):
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    # One build per machine even when several test processes start at once.
     with open(folder / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not _complete(folder):
-            build(folder, log)
+        if not complete(folder):
+            make(folder)
     return folder
 
 
@@ -227,6 +268,62 @@ def kwok_module_dir() -> Path:
     return Path(info["Dir"])
 
 
+# -- the pod network's parts, on demand ---------------------------------------------
+
+
+def network_cache_dir() -> Path:
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    nft = NFTABLES_PACKAGES[0].split("=", 1)[1]
+    key = f"network-kubernetes-{KUBERNETES_VERSION}_coredns-{COREDNS_VERSION}_nftables-{nft}"
+    return root / "tritonresnet" / "testground" / key
+
+
+def _network_complete(folder: Path) -> bool:
+    return all((folder / name).is_file() and os.access(folder / name, os.X_OK) for name in NETWORK_BINARIES)
+
+
+def nft_env(folder: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: ours) with the unpacked ``nft`` first on PATH and its libraries found."""
+    out = dict(os.environ if env is None else env)
+    root = folder / "nftables"
+    out["PATH"] = os.pathsep.join(filter(None, [str(root / "usr" / "sbin"), out.get("PATH")]))
+    libs = [str(path) for path in sorted((root / "usr" / "lib").glob("*-linux-gnu"))]
+    out["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [*libs, out.get("LD_LIBRARY_PATH")]))
+    return out
+
+
+def _fetch_nftables(target: Path, log=print) -> None:  # type: ignore[no-untyped-def]
+    started = time.monotonic()
+    log(f"testground: fetching {', '.join(NFTABLES_PACKAGES)} (first run only) ...")
+    with tempfile.TemporaryDirectory(prefix="testground-deb-") as tmp:
+        os.chmod(tmp, 0o755)  # apt's download user must be able to write there
+        subprocess.run(
+            ["apt-get", "download", "-q", *NFTABLES_PACKAGES], cwd=tmp, check=True, capture_output=True
+        )
+        partial = target / ".nftables.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        for deb in sorted(Path(tmp).glob("*.deb")):
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(partial)], check=True)
+    shutil.rmtree(target / "nftables", ignore_errors=True)
+    partial.rename(target / "nftables")
+    check = subprocess.run(["nft", "--version"], env=nft_env(target), capture_output=True, text=True)
+    if check.returncode != 0:
+        shutil.rmtree(target / "nftables")
+        raise RuntimeError(f"the unpacked nft does not run: {check.stderr.strip()}")
+    log(f"testground: unpacked {check.stdout.strip()} in {time.monotonic() - started:.0f} s")
+
+
+def ensure_network_binaries(log=print) -> Path:  # type: ignore[no-untyped-def]
+    """A folder with kube-proxy, coredns and nftables/ (``nft_env``), made once per machine."""
+
+    def make(folder: Path) -> None:
+        if not (folder / "nftables" / "usr" / "sbin" / "nft").is_file():
+            _fetch_nftables(folder, log)
+        build(folder, log, _network_build_plan())
+
+    return _made_once(network_cache_dir(), _network_complete, make)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -237,12 +334,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--kwok", action="store_true", help="build or reuse kwok (benchmarks only) and print its path"
     )
+    parser.add_argument(
+        "--network", action="store_true", help="build or fetch the pod network's parts and print their folder"
+    )
     args = parser.parse_args(argv)
     if args.regenerate:
         regenerate()
     to_stderr = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     if args.kwok:
         print(ensure_kwok(log=to_stderr))
+        return 0
+    if args.network:
+        print(ensure_network_binaries(log=to_stderr))
         return 0
     print(ensure_binaries(log=to_stderr))
     return 0

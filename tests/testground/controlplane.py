@@ -172,6 +172,7 @@ class Component:
     argv: list[str]
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] | None = None  #: None: ours
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -185,6 +186,7 @@ class Component:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 preexec_fn=_die_with_parent,
+                env=self.env,
             )
 
     @property

@@ -8,6 +8,8 @@ pytest so there is one list of what a test can ask for:
 * ``cluster``        session: the control plane plus emulated GPU nodes and storage
 * ``namespace``      function: a fresh namespace in ``cluster``, deleted afterwards
                      (ControlPlane.throwaway_namespace, for other scopes)
+* ``pod_network``    module, opt-in: pods in network namespaces, kube-proxy and CoreDNS
+                     (testground.clusternet; needs root; skipped without it)
 * ``s3``             session: moto's standalone server on loopback with a bucket
 * ``onnx_models``    session: ResNet ONNX files made with CPU torch, cached
 """
@@ -15,6 +17,7 @@ pytest so there is one list of what a test can ask for:
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -22,6 +25,9 @@ from testground.controlplane import ControlPlane, start_control_plane
 from testground.models import OnnxModels, ensure_models
 from testground.nodeagent import NodeAgent, start_node_agent
 from testground.s3 import S3Server, start_s3
+
+if TYPE_CHECKING:
+    from testground.clusternet import ClusterNetwork
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +54,24 @@ def namespace(cluster: ControlPlane) -> Iterator[str]:
     # Fixtures of other scopes, or without the nodes, use the same context manager.
     with cluster.throwaway_namespace() as name:
         yield name
+
+
+@pytest.fixture(scope="module")
+def pod_network(
+    control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ClusterNetwork]:
+    """A node whose pods are on a real network, Services routed by kube-proxy, names by CoreDNS.
+
+    Module-scoped: one machine runs one pod network at a time (testground.network).
+    """
+    from testground.clusternet import start_cluster_network
+    from testground.network import available
+
+    why_not = available()
+    if why_not:
+        pytest.skip(why_not)
+    with start_cluster_network(control_plane, tmp_path_factory.mktemp("pod-network")) as network:
+        yield network
 
 
 @pytest.fixture(scope="session")

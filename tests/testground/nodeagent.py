@@ -20,6 +20,12 @@ listen on the same ports. The API server refuses loopback addresses in
 EndpointSlices, so a Service's endpoints stay empty here (the controller-manager
 logs "may not be in the loopback range"): reach pods by their ``podIP``, as the
 operator does.
+
+With ``pod_network`` (a ``testground.network`` spec; the ``pod_network``
+fixture) an agent runs each pod in a network namespace of its own instead, with
+an address from the pod range, a veth link to the node namespace and a
+resolv.conf naming cluster DNS; its Services then get endpoints, which
+kube-proxy routes (``testground.clusternet``).
 The details live in ``nodeagent_nodes`` (objects), ``nodeagent_pods`` (pure
 rules), ``nodeagent_runtime`` (processes, probes, status) and
 ``nodeagent_daemon`` (the process); this module is the API tests use::
@@ -133,6 +139,11 @@ class NodeAgent:
     kubeconfig: Path
     workdir: Path
     nodes: tuple[NodeSpec, ...]
+    #: A testground.network.PodNetworkSpec as JSON: its pods get network namespaces.
+    pod_network: Path | None = None
+    #: Provide the default StorageClass and its volumes (one agent of a cluster does).
+    storage: bool = True
+    agent_id: str = "testground"
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -163,6 +174,12 @@ class NodeAgent:
             f"--workdir={self.workdir}",
             f"--nodes={nodes_to_json(self.nodes)}",
         ]
+        if self.pod_network is not None:
+            argv.append(f"--pod-network={self.pod_network}")
+        if not self.storage:
+            argv.append("--no-storage")
+        if self.agent_id != "testground":
+            argv.append(f"--agent-id={self.agent_id}")
         self.workdir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log_file:
             self.process = subprocess.Popen(
@@ -195,7 +212,8 @@ class NodeAgent:
             classes = kube.get("/apis/storage.k8s.io/v1/storageclasses")
         except Exception:
             return False
-        if not any(item["metadata"]["name"] == STORAGE_CLASS for item in classes.get("items", [])):
+        has_class = any(item["metadata"]["name"] == STORAGE_CLASS for item in classes.get("items", []))
+        if self.storage and not has_class:
             return False
         ready = set()
         for node in listing.get("items", []):
@@ -276,10 +294,26 @@ def claim_volume_path(kubeconfig: Path, namespace: str, claim: str) -> Path:
 
 @contextlib.contextmanager
 def start_node_agent(
-    cp: ControlPlane, workdir: Path, nodes: Sequence[NodeSpec] = DEFAULT_NODES
+    cp: ControlPlane,
+    workdir: Path,
+    nodes: Sequence[NodeSpec] = DEFAULT_NODES,
+    pod_network: Path | None = None,
+    storage: bool = True,
+    agent_id: str = "testground",
 ) -> Iterator[NodeAgent]:
-    """Run the node agent for ``nodes`` against ``cp`` until the block exits."""
-    agent = NodeAgent(kubeconfig=Path(cp.kubeconfig), workdir=Path(workdir).resolve(), nodes=tuple(nodes))
+    """Run the node agent for ``nodes`` against ``cp`` until the block exits.
+
+    ``pod_network``: the spec file of a ``testground.network`` pod network; each
+    pod then runs in a network namespace of its own with an address from it.
+    """
+    agent = NodeAgent(
+        kubeconfig=Path(cp.kubeconfig),
+        workdir=Path(workdir).resolve(),
+        nodes=tuple(nodes),
+        pod_network=pod_network,
+        storage=storage,
+        agent_id=agent_id,
+    )
     try:
         agent.start()
         yield agent

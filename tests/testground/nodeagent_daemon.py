@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from testground.network import PodNetworkSpec
 from testground.nodeagent_kube import MERGE_PATCH, Kube, list_and_watch, start_thread
 from testground.nodeagent_nodes import (
     AGENT_LABEL,
@@ -73,20 +74,30 @@ def kubeconfig_template(kube: Kube) -> dict[str, Any]:
 
 
 class NodeAgentDaemon:
-    def __init__(self, kube: Kube, workdir: Path, nodes: Sequence[NodeSpec], agent_id: str) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        workdir: Path,
+        nodes: Sequence[NodeSpec],
+        agent_id: str,
+        network: PodNetworkSpec | None = None,
+        storage: bool = True,
+    ) -> None:
         self.kube = kube
         self.workdir = workdir
         self.nodes = {node.name: node for node in nodes}
         self.agent_id = agent_id
         self.stop = threading.Event()
+        self.storage = storage  #: provision the default StorageClass's volumes (one agent per cluster does)
         self.processes = ProcessRegistry(workdir / "run")
         self.context = AgentContext(
             kube=kube,
             workdir=workdir,
-            ips=IpAllocator(),
+            ips=IpAllocator(network.address, network.size) if network else IpAllocator(),
             processes=self.processes,
             stop=self.stop,
             kubeconfig_template=kubeconfig_template(kube),
+            network=network,
         )
         self.workers: dict[str, PodWorker] = {}
         self.done: set[str] = set()  #: uids of pods that need no worker (terminal)
@@ -266,8 +277,9 @@ class NodeAgentDaemon:
         threads = [
             start_thread("heartbeat", self.heartbeat_loop),
             start_thread("pods", self.pods_loop),
-            start_thread("storage", self.storage_loops),
         ]
+        if self.storage:
+            threads.append(start_thread("storage", self.storage_loops))
         log.info("node agent %s running nodes %s", self.agent_id, ", ".join(self.nodes))
         self.stop.wait()
         log.info("stopping: %d pod workers", len(self.workers))
@@ -289,6 +301,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, required=True, help="folder for pod logs, volumes and state")
     parser.add_argument("--nodes", default="", help="JSON list of NodeSpec fields (default: DEFAULT_NODES)")
     parser.add_argument("--agent-id", default="testground", help=f"value of the {AGENT_LABEL} label")
+    parser.add_argument(
+        "--pod-network",
+        type=Path,
+        help="a testground.network.PodNetworkSpec (JSON file): each pod in a network namespace of its own",
+    )
+    parser.add_argument(
+        "--no-storage", action="store_true", help="leave the StorageClass and its volumes to another agent"
+    )
     return parser.parse_args(argv)
 
 
@@ -302,7 +322,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     nodes = nodes_from_json(args.nodes) if args.nodes else DEFAULT_NODES
-    daemon = NodeAgentDaemon(Kube(args.kubeconfig), workdir, nodes, args.agent_id)
+    network = PodNetworkSpec.from_json(args.pod_network.read_text()) if args.pod_network else None
+    daemon = NodeAgentDaemon(
+        Kube(args.kubeconfig), workdir, nodes, args.agent_id, network, storage=not args.no_storage
+    )
 
     def request_stop(signum: int, frame: object) -> None:
         daemon.stop.set()

@@ -27,6 +27,14 @@ INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 #: The taint GPU node pools usually carry; pods that want a GPU tolerate it.
 GPU_TAINT: dict[str, str] = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
 GPU_TOLERATION: dict[str, str] = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+#: Nodes whose pods run on the pod network (testground.network) carry it, so only pods that
+#: ask for that network land there.
+POD_NETWORK_TAINT: dict[str, str] = {"key": "testground.tritonresnet.io/pod-network", "effect": "NoSchedule"}
+POD_NETWORK_TOLERATION: dict[str, str] = {
+    "key": "testground.tritonresnet.io/pod-network",
+    "operator": "Exists",
+    "effect": "NoSchedule",
+}
 #: Marks the nodes (and volumes) this agent owns, so a second run finds its own.
 AGENT_LABEL = "testground.tritonresnet.io/node-agent"
 
@@ -61,6 +69,9 @@ class NodeSpec:
     memory: str = "64Gi"
     pods: int = 110
     instance_type: str = "m5.4xlarge"
+    #: On the pod network: tainted with POD_NETWORK_TAINT, its InternalIP the network's node address.
+    internal_ip: str = "127.0.0.1"
+    pod_network: bool = False
 
     @property
     def has_gpu(self) -> bool:
@@ -137,12 +148,17 @@ def node_capacity(node: NodeSpec) -> dict[str, str]:
     return capacity
 
 
+def node_taints(node: NodeSpec) -> list[dict[str, str]]:
+    taints = [dict(GPU_TAINT)] if node.has_gpu else []
+    return taints + ([dict(POD_NETWORK_TAINT)] if node.pod_network else [])
+
+
 def node_object(node: NodeSpec, agent: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {"name": node.name, "labels": node_labels(node, agent)},
-        "spec": {"taints": [dict(GPU_TAINT)] if node.has_gpu else []},
+        "spec": {"taints": node_taints(node)},
     }
 
 
@@ -172,7 +188,7 @@ def node_status(node: NodeSpec, heartbeat: str, since: str) -> dict[str, Any]:
         "allocatable": capacity,
         "conditions": node_conditions(heartbeat, since),
         "addresses": [
-            {"type": "InternalIP", "address": "127.0.0.1"},
+            {"type": "InternalIP", "address": node.internal_ip},
             {"type": "Hostname", "address": node.name},
         ],
         "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},

@@ -25,7 +25,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ import urllib3
 import yaml
 from kubernetes.client.rest import ApiException
 
+from testground.network import PodNetworkSpec, attach_pod, detach_pod, in_netns
 from testground.nodeagent_kube import STRATEGIC_PATCH, Kube
 from testground.nodeagent_nodes import now_rfc3339, volume_path_of
 from testground.nodeagent_pods import (
@@ -83,13 +84,20 @@ def path_key(namespace: str, pod: str) -> str:
     return f"{namespace}_{pod}"
 
 
-class IpAllocator:
-    """Loopback addresses 127.0.X.Y (X >= 1), one per pod; the apiserver stays on 127.0.0.1."""
+def loopback_address(index: int) -> str:
+    return f"127.0.{index // 254 + 1}.{index % 254 + 1}"
 
-    def __init__(self) -> None:
+
+class IpAllocator:
+    """One address per pod: by default loopback 127.0.X.Y (X >= 1; the apiserver stays on
+    127.0.0.1), on the pod network the ``address_of(index)`` of its range."""
+
+    def __init__(self, address_of: Callable[[int], str] = loopback_address, size: int = 254 * 254) -> None:
         self._lock = threading.Lock()
         self._used: set[str] = set()
         self._next = 0
+        self._address_of = address_of
+        self._size = size
 
     def claim(self, address: str) -> bool:
         with self._lock:
@@ -100,13 +108,13 @@ class IpAllocator:
 
     def allocate(self) -> str:
         with self._lock:
-            for _ in range(254 * 254):
-                index, self._next = self._next, (self._next + 1) % (254 * 254)
-                address = f"127.0.{index // 254 + 1}.{index % 254 + 1}"
+            for _ in range(self._size):
+                index, self._next = self._next, (self._next + 1) % self._size
+                address = self._address_of(index)
                 if address not in self._used:
                     self._used.add(address)
                     return address
-        raise RuntimeError("no free loopback address left for a pod")
+        raise RuntimeError("no free address left for a pod")
 
     def release(self, address: str) -> None:
         with self._lock:
@@ -204,6 +212,8 @@ class AgentContext:
     processes: ProcessRegistry
     stop: threading.Event
     kubeconfig_template: dict[str, Any]  #: the agent's kubeconfig without credentials
+    #: Pods in network namespaces of their own (testground.network); None: on loopback.
+    network: PodNetworkSpec | None = None
 
     @property
     def logs_dir(self) -> Path:
@@ -419,6 +429,7 @@ class PodWorker(threading.Thread):
         self.gone = False
         self.finished = False  #: the worker has nothing left to do for this pod
         self.pod_ip = ""
+        self.netns = ""  #: on the pod network: the pod's network namespace
         self.dir = context.pod_dir(self.namespace, self.pod_name, self.uid)
         self.started_at = pod.get("status", {}).get("startTime") or now_rfc3339()
         self.transitions: dict[str, tuple[bool, str]] = {}
@@ -633,6 +644,8 @@ class PodWorker(threading.Thread):
             return
         assert started is not None
         argv, host_env = started
+        if self.context.network is not None:
+            argv = in_netns(self.netns, argv)
         env = process_env(base, pod_env, paths, host_env)
         workdir = paths.local(run.spec["workingDir"]) if run.spec.get("workingDir") else None
         cwd = Path(workdir or self.dir / "cwd" / run.name)
@@ -913,14 +926,17 @@ class PodWorker(threading.Thread):
         finally:
             # Triton needs ~4 s to exit cleanly; killed sooner its stubs leave /dev/shm regions.
             self._stop_all(AGENT_STOP_GRACE_SECONDS)
+            if self.netns and self.context.network is not None:
+                detach_pod(self.context.network, self.pod_ip)
             if self.pod_ip:
                 self.context.ips.release(self.pod_ip)
             self.finished = True
 
     def _claim_ip(self) -> None:
-        if self.pod_ip and self.context.ips.claim(self.pod_ip):
-            return
-        self.pod_ip = self.context.ips.allocate()
+        if not (self.pod_ip and self.context.ips.claim(self.pod_ip)):
+            self.pod_ip = self.context.ips.allocate()
+        if self.context.network is not None:
+            self.netns = attach_pod(self.context.network, self.pod_ip, self.namespace)
 
     def _run(self) -> None:
         self._claim_ip()

@@ -18,7 +18,7 @@ import secrets
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -210,7 +210,9 @@ def apply_sample(
     replicas: int = 1,
     model_name: str = "resnet50",
     max_batch_size: int = 4,
+    serving: Mapping[str, Any] | None = None,
 ) -> None:
+    """The sample TritonResNet with its Secret and claim; ``serving``: more spec.serving fields."""
     secret = {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -231,7 +233,7 @@ def apply_sample(
             "source": {"uri": uri, "endpoint": s3.endpoint, "credentialsSecret": "s3-credentials"},
             "model": {"name": model_name, "format": "onnx"},
             "engine": {"maxBatchSize": max_batch_size},
-            "serving": {"release": "25.01", "replicas": replicas, "instanceCount": 1},
+            "serving": {"release": "25.01", "replicas": replicas, "instanceCount": 1, **(serving or {})},
             "repository": {"claimName": "models"},
         },
     }

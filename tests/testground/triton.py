@@ -52,6 +52,7 @@ import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -66,6 +67,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from testground import standin_backends
 
@@ -340,3 +342,99 @@ def start_tritonserver(
             )
         finally:
             _stop(process, stop_grace)
+
+
+# -- a model for tests that need a Triton but no ONNX ----------------------------------
+
+#: An image the node agent runs as pytriton's tritonserver.
+TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.08-py3"
+
+
+ADD_ONE_MODEL_PY = """\
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        out = []
+        for request in requests:
+            value = pb_utils.get_input_tensor_by_name(request, "INPUT").as_numpy()
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT", value + 1)]))
+        return out
+"""
+
+
+def add_one_model(repository: Path) -> None:
+    """A tiny python-backend model ``add_one`` (so a test needs no ONNX): OUTPUT = INPUT + 1."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    config = model_config_pb2.ModelConfig(name="add_one", backend="python", max_batch_size=0)
+    config.input.add(name="INPUT", data_type=model_config_pb2.TYPE_FP32, dims=[1])
+    config.output.add(name="OUTPUT", data_type=model_config_pb2.TYPE_FP32, dims=[1])
+    config.instance_group.add(count=1, kind=model_config_pb2.ModelInstanceGroup.KIND_CPU)
+    (repository / "add_one" / "1").mkdir(parents=True)
+    (repository / "add_one" / "config.pbtxt").write_text(text_format.MessageToString(config))
+    (repository / "add_one" / "1" / "model.py").write_text(ADD_ONE_MODEL_PY)
+
+
+def add_one_deployment(
+    namespace: str, volume: dict[str, Any], placement: dict[str, Any], name: str = "triton"
+) -> dict[str, Any]:
+    """A one-replica Triton Deployment serving ``add_one`` from ``volume`` (a pod ``volumes`` entry
+    without its name); ``placement``: the pod spec's nodeSelector, tolerations and the like."""
+    labels = {"app": name}
+    container = {
+        "name": "triton",
+        "image": TRITON_IMAGE,
+        "command": ["tritonserver"],
+        "args": [
+            "--model-repository=/models",
+            "--model-control-mode=explicit",
+            "--load-model=add_one",
+            "--strict-readiness=true",
+        ],
+        "ports": [
+            {"name": "http", "containerPort": 8000},
+            {"name": "grpc", "containerPort": 8001},
+            {"name": "metrics", "containerPort": 8002},
+        ],
+        "resources": {"limits": {"nvidia.com/gpu": "1"}},
+        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 1},
+        "livenessProbe": {
+            "httpGet": {"path": "/v2/health/live", "port": "http"},
+            "periodSeconds": 5,
+            "initialDelaySeconds": 10,
+        },
+        "volumeMounts": [{"name": "models", "mountPath": "/models", "readOnly": True}],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": placement
+                | {
+                    "terminationGracePeriodSeconds": 5,
+                    "containers": [container],
+                    "volumes": [{"name": "models", **volume}],
+                },
+            },
+        },
+    }
+
+
+def infer_add_one(base_url: str, value: float, timeout: float = 30.0) -> float:
+    """One HTTP inference of ``add_one`` at ``base_url`` (``http://host:port``)."""
+    body = {"inputs": [{"name": "INPUT", "shape": [1], "datatype": "FP32", "data": [value]}]}
+    request = urllib.request.Request(
+        f"{base_url}/v2/models/add_one/infer",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return float(json.load(response)["outputs"][0]["data"][0])

@@ -1,0 +1,247 @@
+"""Services on a real pod network: a Triton pod answers at its Service's ClusterIP and DNS name.
+
+The ``pod_network`` fixture (testground.clusternet) runs the pod in a network
+namespace of its own with an address from the pod range; the EndpointSlice
+controller publishes that address, kube-proxy (nftables) routes the ClusterIP
+to it and CoreDNS answers ``<service>.<namespace>.svc`` from the API. The DNS
+name is resolved where a pod resolves it: in a pod-like namespace whose
+resolv.conf names kube-dns, by glibc, as any client program would.
+
+Two servers: a bare Triton Deployment (``add_one``), and a TritonResNet the
+real operator makes Ready with its Triton pods placed on the network's node
+(``spec.serving.nodeSelector`` and ``tolerations``), answered through the
+Service the operator rendered.
+
+Every request is bounded: a handful per address, each with a timeout, and the
+client process has a deadline of its own.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from testground.clusternet import ClusterNetwork
+from testground.controlplane import ControlPlane
+from testground.models import OnnxModels
+from testground.network import POD_CIDR, in_netns
+from testground.nodeagent import GPU_TOLERATION
+from testground.nodeagent_kube import Kube
+from testground.nodeagent_nodes import HOSTNAME_LABEL, POD_NETWORK_TOLERATION
+from testground.operator_run import OperatorProcess, apply_sample, is_ready, wait_for_trn
+from testground.s3 import S3Server
+from testground.triton import add_one_deployment, add_one_model, infer_add_one
+from testground.waiting import wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.triton]
+
+TIMEOUT = 120.0
+REQUESTS = 5  #: per address
+REQUEST_TIMEOUT = 10.0  # seconds, each
+CLIENT_DEADLINE = 60.0  # seconds, the whole in-namespace client
+
+#: Runs in the client's network namespace: resolve the name as a pod would, then infer.
+CLIENT = """
+import json, socket, sys, urllib.request
+host, count, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+addresses = sorted({info[4][0] for info in socket.getaddrinfo(host, 8000, proto=socket.IPPROTO_TCP)})
+body = json.dumps({"inputs": [{"name": "INPUT", "shape": [1], "datatype": "FP32", "data": [41.0]}]}).encode()
+answers = []
+for _ in range(count):
+    request = urllib.request.Request(f"http://{host}:8000/v2/models/add_one/infer", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        answers.append(json.load(response)["outputs"][0]["data"][0])
+print(json.dumps({"addresses": addresses, "answers": answers}))
+"""
+
+#: A TritonResNet's model by its Service's DNS name: metadata, then inferences of zeros at batch 1.
+MODEL_CLIENT = """
+import json, socket, sys
+import numpy as np
+import tritonclient.http as httpclient
+host, model, count, timeout = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+addresses = sorted({info[4][0] for info in socket.getaddrinfo(host, 8000, proto=socket.IPPROTO_TCP)})
+client = httpclient.InferenceServerClient(f"{host}:8000", connection_timeout=timeout, network_timeout=timeout)
+metadata = client.get_model_metadata(model)
+source, target = metadata["inputs"][0], metadata["outputs"][0]
+shape = [1 if int(d) < 0 else int(d) for d in source["shape"]]
+tensor = httpclient.InferInput(source["name"], shape, source["datatype"])
+tensor.set_data_from_numpy(np.zeros(shape, dtype=np.float32))
+shapes = [list(client.infer(model, [tensor]).as_numpy(target["name"]).shape) for _ in range(count)]
+print(json.dumps({"addresses": addresses, "shapes": shapes}))
+"""
+
+#: The apiserver as a pod reaches it: the kubernetes Service's name, TLS verified with the cluster CA.
+API_CLIENT = """
+import json, ssl, sys, urllib.request
+context = ssl.create_default_context(cafile=sys.argv[1])
+url = "https://kubernetes.default.svc/version"
+with urllib.request.urlopen(url, context=context, timeout=10) as response:
+    print(json.load(response)["gitVersion"])
+"""
+
+
+def triton_objects(namespace: str, node: str, repository: Path) -> list[dict[str, Any]]:
+    """add_one's Triton pinned to the network's node, serving from a local folder, and its Service."""
+    placement = {
+        "nodeSelector": {HOSTNAME_LABEL: node},
+        "tolerations": [GPU_TOLERATION, POD_NETWORK_TOLERATION],
+    }
+    deployment = add_one_deployment(namespace, {"hostPath": {"path": str(repository)}}, placement)
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "triton", "namespace": namespace},
+        "spec": {
+            "selector": {"app": "triton"},
+            "ports": [{"name": "http", "port": 8000, "targetPort": "http"}],
+        },
+    }
+    return [deployment, service]
+
+
+@pytest.fixture
+def kube(control_plane: ControlPlane) -> Iterator[Kube]:
+    client = Kube(str(control_plane.kubeconfig))
+    try:
+        yield client
+    finally:
+        client.api.close()
+
+
+def ready_endpoints(kube: Kube, namespace: str, service: str) -> list[str]:
+    slices = kube.get(
+        f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices",
+        labelSelector=f"kubernetes.io/service-name={service}",
+    )["items"]
+    return [
+        address
+        for item in slices
+        for endpoint in item.get("endpoints") or []
+        if (endpoint.get("conditions") or {}).get("ready")
+        for address in endpoint["addresses"]
+    ]
+
+
+def test_triton_answers_at_its_service_cluster_ip_and_dns_name(
+    control_plane: ControlPlane, pod_network: ClusterNetwork, kube: Kube, tmp_path: Path
+) -> None:
+    repository = tmp_path / "models"
+    add_one_model(repository)
+    with control_plane.throwaway_namespace("net") as namespace:
+        objects = {
+            "apiVersion": "v1",
+            "kind": "List",
+            "items": triton_objects(namespace, pod_network.node.name, repository),
+        }
+        control_plane.kubectl("apply", "-f", "-", input=json.dumps(objects))
+
+        # The pod's address is from the pod range, and the EndpointSlice controller takes it.
+        endpoints = wait_for(
+            lambda: ready_endpoints(kube, namespace, "triton") or None,
+            "a ready endpoint of Service triton",
+            TIMEOUT,
+        )
+        (pod,) = kube.get(f"/api/v1/namespaces/{namespace}/pods", labelSelector="app=triton")["items"]
+        pod_ip = pod["status"]["podIP"]
+        assert ipaddress.ip_address(pod_ip) in ipaddress.ip_network(POD_CIDR)
+        assert endpoints == [pod_ip]
+        pod_netns = pod_network.net.spec.pod_names(pod_ip)[0]
+        assert Path("/run/netns", pod_netns).exists()
+
+        # The ClusterIP from the host: kube-proxy's rules in the node namespace translate it.
+        cluster_ip = kube.get(f"/api/v1/namespaces/{namespace}/services/triton")["spec"]["clusterIP"]
+        assert [
+            infer_add_one(f"http://{cluster_ip}:8000", 41.0, REQUEST_TIMEOUT) for _ in range(REQUESTS)
+        ] == [42.0] * REQUESTS
+
+        # The DNS name from a pod's point of view: its resolv.conf, kube-dns' ClusterIP, CoreDNS.
+        name = f"triton.{namespace}.svc"
+        with pod_network.client_netns(0, namespace) as client_netns:
+            client = subprocess.run(
+                in_netns(
+                    client_netns, [sys.executable, "-c", CLIENT, name, str(REQUESTS), str(REQUEST_TIMEOUT)]
+                ),
+                capture_output=True,
+                text=True,
+                timeout=CLIENT_DEADLINE,
+            )
+            api = subprocess.run(
+                in_netns(client_netns, [sys.executable, "-c", API_CLIENT, str(control_plane.ca_file)]),
+                capture_output=True,
+                text=True,
+                timeout=CLIENT_DEADLINE,
+            )
+        assert client.returncode == 0, client.stderr
+        answer = json.loads(client.stdout)
+        assert answer == {"addresses": [cluster_ip], "answers": [42.0] * REQUESTS}
+        assert api.returncode == 0, api.stderr
+        assert api.stdout.strip().startswith("v1.")
+
+        # The pod's namespace goes with the pod.
+        kube.delete(
+            f"/apis/apps/v1/namespaces/{namespace}/deployments/triton", {"propagationPolicy": "Foreground"}
+        )
+        wait_for(
+            lambda: not Path("/run/netns", pod_netns).exists(), "the pod's network namespace to go", TIMEOUT
+        )
+
+
+def test_a_ready_tritonresnet_serves_at_its_service_cluster_ip_and_dns_name(
+    operator: OperatorProcess,
+    pod_network: ClusterNetwork,
+    s3: S3Server,
+    onnx_models: OnnxModels,
+    kube: Kube,
+) -> None:
+    """The operator makes it Ready as anywhere (its checks reach the pod on the network); then
+    the Service the operator rendered routes to the pod, by ClusterIP and by name."""
+    cp = operator.cp
+    with cp.throwaway_namespace("netop") as namespace:
+        uri = s3.upload(onnx_models.path("resnet18"), f"{namespace}/model.onnx")
+        placement = {
+            "nodeSelector": {HOSTNAME_LABEL: pod_network.node.name},
+            "tolerations": [POD_NETWORK_TOLERATION],
+        }
+        apply_sample(cp, namespace, s3, uri, name="classifier", model_name="resnet18", serving=placement)
+        wait_for_trn(cp, namespace, "classifier", is_ready(), "Ready", operator=operator)
+
+        (pod,) = kube.get(
+            f"/api/v1/namespaces/{namespace}/pods", labelSelector="app.kubernetes.io/component=triton"
+        )["items"]
+        assert pod["spec"]["nodeName"] == pod_network.node.name
+        pod_ip = pod["status"]["podIP"]
+        assert ipaddress.ip_address(pod_ip) in ipaddress.ip_network(POD_CIDR)
+        assert wait_for(
+            lambda: ready_endpoints(kube, namespace, "classifier") == [pod_ip] or None,
+            "the Service's endpoint",
+            TIMEOUT,
+        )
+        cluster_ip = kube.get(f"/api/v1/namespaces/{namespace}/services/classifier")["spec"]["clusterIP"]
+
+        with pod_network.client_netns(1, namespace) as client_netns:
+            for host in (cluster_ip, f"classifier.{namespace}.svc"):
+                argv = [
+                    sys.executable,
+                    "-c",
+                    MODEL_CLIENT,
+                    host,
+                    "resnet18",
+                    str(REQUESTS),
+                    str(REQUEST_TIMEOUT),
+                ]
+                client = subprocess.run(
+                    in_netns(client_netns, argv), capture_output=True, text=True, timeout=CLIENT_DEADLINE
+                )
+                assert client.returncode == 0, client.stderr
+                assert json.loads(client.stdout) == {
+                    "addresses": [cluster_ip],
+                    "shapes": [[1, 1000]] * REQUESTS,
+                }
