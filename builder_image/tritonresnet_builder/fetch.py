@@ -352,7 +352,7 @@ class Progress:
         )
 
 
-class _TransferWatch(BaseSubscriber):
+class _TransferWatch(BaseSubscriber):  # type: ignore[misc]  # s3transfer ships no type hints
     """s3transfer's subscriber: hands it the object's size and ETag, and counts progress.
 
     Giving both spares s3transfer its own HEAD and pins every range to the

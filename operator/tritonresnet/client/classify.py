@@ -306,7 +306,7 @@ class _Server:
         if protocol == "http":
             import tritonclient.http as module
         elif protocol == "grpc":
-            import tritonclient.grpc as module  # type: ignore[no-redef]
+            import tritonclient.grpc as module
         else:
             raise ClassifyError(f"unknown protocol {protocol!r}; use http or grpc")
         self.module: Any = module
