@@ -64,7 +64,8 @@ def engine_key(spec: TritonResNetSpec, target: Target, release: str) -> str:
     Includes what changes the artifact: the contract, the model's bytes as
     far as the spec names them (its pinned ``source.sha256``, else its
     location: an unpinned object overwritten in place keeps its key, so it is
-    not rebuilt; pin the digest to have every new object rebuilt), the
+    not rebuilt; pin the digest to have every new object rebuilt; and the pins
+    of its external-data files, so a new pin is a new build), the
     engine settings, the builder release and the GPU kind (the target's
     nodeSelector; not its name, so renaming a target rebuilds nothing). An
     onnx artifact is the validated model itself, so precision, workspace and
@@ -72,7 +73,12 @@ def engine_key(spec: TritonResNetSpec, target: Target, release: str) -> str:
     """
     settings = spec.engine_settings()
     source = spec.source
-    origin = {"sha256": source.sha256} if source.sha256 else {"uri": source.uri, "endpoint": source.endpoint}
+    origin: dict[str, Any] = (
+        {"sha256": source.sha256} if source.sha256 else {"uri": source.uri, "endpoint": source.endpoint}
+    )
+    if source.external_data:
+        # Only when set, so the keys of every resource without such pins stay as they were.
+        origin["externalData"] = dict(source.external_data)
     content: dict[str, Any] = {
         "contract": CONTRACT,
         "source": origin,
