@@ -130,12 +130,7 @@ def traversal_external_data(path: Path) -> Path:
 
 def tampered_external_data(world: World) -> str:
     """The test ground's external-data ResNet with its weights file changed after the pin was taken."""
-    folder = world.scratch / "tampered"
-    shutil.copytree(world.models.path("external_data"), folder)  # copies: onnx refuses hard links
-    data = folder / EXTERNAL_DATA_FILE
-    weights = bytearray(data.read_bytes())
-    weights[len(weights) // 2] ^= 0xFF  # one byte of one weight: still a loadable model
-    data.write_bytes(bytes(weights))
+    folder = world.models.tampered_external_data(world.scratch / "tampered")
     return world.s3.upload(folder, "bad-inputs/tampered") + "/" + EXTERNAL_MODEL_FILE
 
 

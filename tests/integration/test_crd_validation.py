@@ -90,6 +90,24 @@ BAD_SPECS: list[tuple[str, Callable[[Spec], None], tuple[str, ...]]] = [
     ("uri-bad-scheme", _set("source.uri", "http://models/resnet50.onnx"), ("spec.source.uri",)),
     ("uri-relative-path", _set("source.uri", "models/resnet50.onnx"), ("spec.source.uri",)),
     ("sha256-not-hex", _set("source.sha256", "ABC123"), ("spec.source.sha256",)),
+    (
+        "external-data-location-leaves-the-folder",
+        _set("source.externalData", [{"location": "../model.onnx.data", "sha256": "a" * 64}]),
+        ("spec.source.externalData[0].location",),
+    ),
+    (
+        "external-data-without-digest",
+        _set("source.externalData", [{"location": "model.onnx.data"}]),
+        ("spec.source.externalData[0].sha256", "Required value"),
+    ),
+    (
+        "external-data-pinned-twice",
+        _set(
+            "source.externalData",
+            [{"location": "d.bin", "sha256": "a" * 64}, {"location": "d.bin", "sha256": "b" * 64}],
+        ),
+        ("spec.source.externalData[1]", "Duplicate value"),
+    ),
     ("endpoint-not-http", _set("source.endpoint", "ftp://minio:9000"), ("spec.source.endpoint",)),
     ("secret-name-invalid", _set("source.credentialsSecret", "S3_Creds"), ("spec.source.credentialsSecret",)),
     ("format-not-in-enum", _set("model.format", "pytorch"), ("spec.model.format", "Unsupported value")),
@@ -419,6 +437,15 @@ PATTERN_CASES: list[tuple[str, str]] = [
     ("repository.subPath", "team/a"),
     ("repository.subPath", "team/../a"),
     ("repository.subPath", "team/a\n"),
+    ("source.externalData[0].location", "model.onnx.data"),
+    ("source.externalData[0].location", "weights/layer1.0.conv1.weight"),
+    ("source.externalData[0].location", "model.onnx.data\n"),
+    ("source.externalData[0].location", "./model.onnx.data"),
+    ("source.externalData[0].location", "weights//fc.bin"),
+    ("source.externalData[0].location", "/etc/passwd"),
+    ("source.externalData[0].sha256", "a" * 64),
+    ("source.externalData[0].sha256", "a" * 64 + "\n"),
+    ("source.externalData[0].sha256", ""),
     ("engine.targets[0].name", "a10g"),
     ("engine.targets[0].name", "a10g\n"),
     ("engine.targets[0].name", "\u0661"),
@@ -429,6 +456,10 @@ def _spec_with(field: str, value: str) -> Spec:
     spec: Spec = {"source": {"uri": "s3://models/resnet50/model.onnx"}, "repository": {"claimName": "models"}}
     if field.startswith("engine.targets"):
         spec["engine"] = {"targets": [{"name": value, "nodeSelector": {"gpu": "a10g"}}]}
+        return spec
+    if field.startswith("source.externalData"):
+        pin = {"location": "model.onnx.data", "sha256": "a" * 64} | {field.rsplit(".", 1)[1]: value}
+        spec["source"]["externalData"] = [pin]
         return spec
     _set(field, value)(spec)
     if field == "repository.subPath":

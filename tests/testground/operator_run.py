@@ -17,7 +17,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -193,7 +193,9 @@ def apply_sample(
     name: str = "resnet50",
     replicas: int = 1,
     model_name: str = "resnet50",
+    source: Mapping[str, Any] | None = None,
 ) -> None:
+    """The onnx sample with its Secret and claim; ``source`` adds fields to spec.source."""
     secret = {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -211,7 +213,12 @@ def apply_sample(
         "kind": names.KIND,
         "metadata": {"name": name, "namespace": namespace},
         "spec": {
-            "source": {"uri": uri, "endpoint": s3.endpoint, "credentialsSecret": "s3-credentials"},
+            "source": {
+                "uri": uri,
+                "endpoint": s3.endpoint,
+                "credentialsSecret": "s3-credentials",
+                **(source or {}),
+            },
             "model": {"name": model_name, "format": "onnx"},
             "engine": {"maxBatchSize": 4},
             "serving": {"release": "25.01", "replicas": replicas, "instanceCount": 1},
