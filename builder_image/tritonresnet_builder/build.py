@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path, PurePosixPath
 
-from tritonresnet_builder import onnx_model, tensorrt_api, tensorrt_engine
+from tritonresnet_builder import accuracy, onnx_model, tensorrt_api, tensorrt_engine
 from tritonresnet_builder.contract import (
     ENGINE_RESULT,
     ONNX_FILENAME,
@@ -250,6 +250,24 @@ def build(args: BuildArgs) -> Result:
                 )
             )
             seconds["build"] = round(time.monotonic() - mark, 3)
+            mark = time.monotonic()
+            # Before the engine folder exists: a plan outside the tolerance is never published.
+            agreement = accuracy.check(
+                model_path,
+                plan.path,
+                info.inputs,
+                engine.accuracy,
+                engine.precision,
+                tensorrt_engine.run_plan,  # looked up here, so a test can put a stand-in in its place
+                max(1, max_batch),
+            )
+            seconds["accuracy"] = round(time.monotonic() - mark, 3)
+            log.info(
+                "accuracy: top-5 agreement %.1f%%, max abs difference %.4g on %d fixed inputs",
+                agreement.top5_agreement_percent,
+                agreement.max_abs_difference,
+                agreement.samples,
+            )
             for name in (ONNX_FILENAME, *external):  # the plan is self-contained
                 (out / name).unlink()
             result = replace(

@@ -89,6 +89,16 @@ class Source:
 
 
 @dataclass(frozen=True)
+class AccuracyTolerance:
+    """How far a TensorRT plan may answer from onnxruntime on the builder's fixed inputs."""
+
+    #: inputs whose top-5 classes must be the same set as onnxruntime's, in percent
+    min_top5_agreement_percent: int = 90
+    #: the largest absolute difference allowed in any value of the first output
+    max_abs_difference: float = 1.0
+
+
+@dataclass(frozen=True)
 class EngineSettings:
     format: Format = "tensorrt"
     precision: Precision = "fp16"
@@ -96,6 +106,7 @@ class EngineSettings:
     max_batch_size: int = 8
     opt_batch_size: int = 0  #: 0: half of max_batch_size, at least 1
     workspace_mib: int = 4096
+    accuracy: AccuracyTolerance = field(default_factory=AccuracyTolerance)
 
     def optimum_batch(self) -> int:
         return self.opt_batch_size or max(1, self.max_batch_size // 2)
@@ -129,6 +140,11 @@ class BuildArgs:
             f"--workspace-mib={self.engine.workspace_mib}",
             f"--result-file={self.result_file}",
         ]
+        if self.engine.format == "tensorrt":  # the gate compares a plan; an onnx build has none
+            argv += [
+                f"--min-top5-agreement={self.engine.accuracy.min_top5_agreement_percent}",
+                f"--max-abs-difference={self.engine.accuracy.max_abs_difference!r}",
+            ]
         if self.source.sha256:
             argv.append(f"--sha256={self.source.sha256}")
         if self.source.endpoint:
@@ -201,6 +217,8 @@ def argument_parser() -> argparse.ArgumentParser:
     build.add_argument("--max-batch-size", type=int, default=8)
     build.add_argument("--opt-batch-size", type=int, default=0)
     build.add_argument("--workspace-mib", type=int, default=4096)
+    build.add_argument("--min-top5-agreement", type=int, default=AccuracyTolerance.min_top5_agreement_percent)
+    build.add_argument("--max-abs-difference", type=float, default=AccuracyTolerance.max_abs_difference)
     build.add_argument("--result-file", default=TERMINATION_LOG)
 
     publish = sub.add_parser("publish", help="assemble a model version from built engines")
@@ -252,6 +270,7 @@ def parse_args(argv: Sequence[str]) -> BuildArgs | PublishArgs:
                 max_batch_size=ns.max_batch_size,
                 opt_batch_size=ns.opt_batch_size,
                 workspace_mib=ns.workspace_mib,
+                accuracy=AccuracyTolerance(ns.min_top5_agreement, ns.max_abs_difference),
             ),
             result_file=ns.result_file,
         )
