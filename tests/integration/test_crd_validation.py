@@ -133,6 +133,16 @@ BAD_SPECS: list[tuple[str, Callable[[Spec], None], tuple[str, ...]]] = [
     ),
     ("workspace-too-small", _set("engine.workspaceMiB", 16), ("spec.engine.workspaceMiB",)),
     (
+        "accuracy-difference-a-string",
+        _set("engine.accuracy", {"maxAbsDifference": "0.1"}),
+        ("spec.engine.accuracy.maxAbsDifference",),
+    ),
+    (
+        "accuracy-percent-above-100",
+        _set("engine.accuracy", {"minTop5AgreementPercent": 101}),
+        ("spec.engine.accuracy.minTop5AgreementPercent",),
+    ),
+    (
         "targets-with-onnx",
         _all(_set("model.format", "onnx"), _set("engine.targets", [{"nodeSelector": {"gpu": "a10g"}}])),
         ("spec.engine.targets", "only applies to format tensorrt"),
@@ -346,6 +356,8 @@ def test_crd_accepts_a_minimal_spec_and_applies_defaults(
         "optBatchSize": 0,
         "workspaceMiB": 4096,
         "buildTimeoutSeconds": 3600,
+        # the API server stores the number 1.0 as 1; parse_spec reads either as 1.0
+        "accuracy": {"minTop5AgreementPercent": 90, "maxAbsDifference": 1},
     }
     assert spec["serving"]["replicas"] == 1
     assert spec["serving"]["resources"] == {"limits": {"nvidia.com/gpu": 1}}

@@ -75,6 +75,16 @@ def test_engine_key_changes_with_an_external_data_pin_and_stays_without_one() ->
     assert key(parse(source=repinned)) != pinned
 
 
+def test_engine_key_changes_with_a_changed_accuracy_gate_and_stays_at_its_defaults() -> None:
+    """A tighter gate checks again instead of reusing a plan a looser one let through; the
+    defaults written out keep the key resources had before the gate existed."""
+    base = key(parse())
+    assert key(parse(engine={"accuracy": {"minTop5AgreementPercent": 90, "maxAbsDifference": 1.0}})) == base
+    assert key(parse(engine={"accuracy": {"minTop5AgreementPercent": 100}})) != base
+    onnx = parse(model={"format": "onnx"})
+    assert key(parse(model={"format": "onnx"}, engine={"accuracy": {"maxAbsDifference": 0.1}})) == key(onnx)
+
+
 def test_engine_key_ignores_what_does_not_change_the_artifact() -> None:
     base = key(parse())
     assert key(parse(), target=Target("renamed", dict(A10G.node_selector))) == base

@@ -15,7 +15,7 @@ from tritonresnet.api.spec import (
     parse_spec,
     target_name_for,
 )
-from tritonresnet_builder.contract import EngineSettings, Source
+from tritonresnet_builder.contract import AccuracyTolerance, EngineSettings, Source
 
 
 def body(**spec: Any) -> dict[str, Any]:
@@ -173,6 +173,17 @@ def test_external_data_pins_reach_the_builder_as_location_to_digest() -> None:
     assert parse_spec(body()).source.contract().external_data_sha256 == {}
 
 
+def test_accuracy_tolerance_defaults_and_reaches_the_builder() -> None:
+    assert parse_spec(body()).engine_settings().accuracy == AccuracyTolerance(90, 1.0)
+    spec = parse_spec(body(engine={"accuracy": {"minTop5AgreementPercent": 100, "maxAbsDifference": 0.05}}))
+    assert spec.engine_settings().accuracy == AccuracyTolerance(100, 0.05)
+    # YAML writes `maxAbsDifference: 2` as an integer; it is the number 2.
+    assert (
+        parse_spec(body(engine={"accuracy": {"maxAbsDifference": 2}})).engine.accuracy.max_abs_difference
+        == 2.0
+    )
+
+
 def _pins(*items: Any) -> dict[str, Any]:
     return {"source": {"uri": "/m.onnx", "externalData": list(items)}}
 
@@ -252,6 +263,26 @@ BAD_SPECS: list[tuple[str, dict[str, Any], str]] = [
     ("batch bool", {"engine": {"maxBatchSize": True}}, "spec.engine.maxBatchSize"),
     ("opt above max", {"engine": {"maxBatchSize": 8, "optBatchSize": 9}}, "spec.engine.optBatchSize"),
     ("workspace", {"engine": {"workspaceMiB": 1}}, "spec.engine.workspaceMiB"),
+    (
+        "accuracy percent above 100",
+        {"engine": {"accuracy": {"minTop5AgreementPercent": 101}}},
+        "spec.engine.accuracy.minTop5AgreementPercent",
+    ),
+    (
+        "accuracy difference negative",
+        {"engine": {"accuracy": {"maxAbsDifference": -0.1}}},
+        "spec.engine.accuracy.maxAbsDifference",
+    ),
+    (
+        "accuracy difference a string",
+        {"engine": {"accuracy": {"maxAbsDifference": "0.1"}}},
+        "spec.engine.accuracy.maxAbsDifference",
+    ),
+    (
+        "accuracy difference a bool",
+        {"engine": {"accuracy": {"maxAbsDifference": True}}},
+        "spec.engine.accuracy.maxAbsDifference",
+    ),
     ("timeout", {"engine": {"buildTimeoutSeconds": 5}}, "spec.engine.buildTimeoutSeconds"),
     ("engine not an object", {"engine": [1]}, "spec.engine"),
     ("targets for onnx", {"model": {"format": "onnx"}, "engine": {"targets": [{}]}}, "spec.engine.targets"),

@@ -12,9 +12,10 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Literal
 
-from tritonresnet_builder.contract import CONTRACT
+from tritonresnet_builder.contract import CONTRACT, AccuracyTolerance
 
 if TYPE_CHECKING:  # spec imports digest from here
     from tritonresnet.api.spec import Target, TritonResNetSpec
@@ -93,6 +94,10 @@ def engine_key(spec: TritonResNetSpec, target: Target, release: str) -> str:
             "workspaceMiB": settings.workspace_mib,
             "gpu": dict(target.node_selector),
         }
+        if settings.accuracy != AccuracyTolerance():
+            # A tighter gate must check again, not reuse a plan a looser one let through; only
+            # when changed, so the keys of resources that leave the defaults stay as they were.
+            content["accuracy"] = asdict(settings.accuracy)
     return digest(content)[:KEY_LENGTH]
 
 

@@ -23,6 +23,7 @@ from tritonresnet_builder.contract import (
     FORMATS,
     MODEL_NAME_RE,
     PRECISIONS,
+    AccuracyTolerance,
     EngineSettings,
     Format,
     Precision,
@@ -149,6 +150,7 @@ class EngineSpec:
     workspace_mib: int = 4096
     targets: tuple[Target, ...] = ()  #: as written; see TritonResNetSpec.build_targets()
     build_timeout_seconds: int = 3600
+    accuracy: AccuracyTolerance = field(default_factory=AccuracyTolerance)  #: the gate of a plan
 
 
 @dataclass(frozen=True)
@@ -219,6 +221,7 @@ class TritonResNetSpec:
             max_batch_size=self.engine.max_batch_size,
             opt_batch_size=self.engine.opt_batch_size,
             workspace_mib=self.engine.workspace_mib,
+            accuracy=self.engine.accuracy,
         )
 
     def build_targets(self) -> tuple[Target, ...]:
@@ -274,6 +277,17 @@ def _integer(parent: Mapping[str, Any], key: str, path: str, default: int, low: 
     if not low <= value <= high:
         raise SpecError(f"{path}.{key}", f"{value} is out of range {low}..{high}")
     return value
+
+
+def _number(parent: Mapping[str, Any], key: str, path: str, default: float, low: float, high: float) -> float:
+    value = parent.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(f"{path}.{key}", f"must be a number, not {value!r}")
+    if not low <= value <= high:
+        raise SpecError(f"{path}.{key}", f"{value} is out of range {low:g}..{high:g}")
+    return float(value)
 
 
 def _choice(parent: Mapping[str, Any], key: str, path: str, choices: Sequence[str], default: str) -> str:
@@ -437,6 +451,18 @@ def _precision(section: Mapping[str, Any], path: str) -> Precision:
     return next(p for p in PRECISIONS if p == value)
 
 
+def _accuracy(engine: Mapping[str, Any], path: str) -> AccuracyTolerance:
+    where = f"{path}.accuracy"
+    section = _section(engine, "accuracy", path)
+    defaults = AccuracyTolerance()
+    return AccuracyTolerance(
+        min_top5_agreement_percent=_integer(
+            section, "minTop5AgreementPercent", where, defaults.min_top5_agreement_percent, 0, 100
+        ),
+        max_abs_difference=_number(section, "maxAbsDifference", where, defaults.max_abs_difference, 0, 1e6),
+    )
+
+
 def _engine(spec: Mapping[str, Any], model: ModelSpec) -> EngineSpec:
     path = "spec.engine"
     section = _section(spec, "engine", "spec")
@@ -462,6 +488,7 @@ def _engine(spec: Mapping[str, Any], model: ModelSpec) -> EngineSpec:
         workspace_mib=_integer(section, "workspaceMiB", path, 4096, 256, 262144),
         targets=targets,
         build_timeout_seconds=_integer(section, "buildTimeoutSeconds", path, 3600, 60, 86400),
+        accuracy=_accuracy(section, path),
     )
 
 
