@@ -16,19 +16,22 @@ import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from tritonresnet_builder import onnx_model, tensorrt_api, tensorrt_engine
+from tritonresnet_builder import accuracy, onnx_model, tensorrt_api, tensorrt_engine
 from tritonresnet_builder.contract import (
     ENGINE_RESULT,
     ONNX_FILENAME,
+    PLAN_FILENAME_RE,
+    VERSION_MARKER,
     BuildArgs,
     ContractError,
     RepositoryLayout,
     Result,
+    SourceFile,
     parse_result,
 )
-from tritonresnet_builder.failures import usage
+from tritonresnet_builder.failures import bad_input, usage
 from tritonresnet_builder.fetch import SourceFetcher
 from tritonresnet_builder.volume import (
     fsync_dir,
@@ -43,6 +46,8 @@ log = logging.getLogger(__name__)
 
 #: Next to engine.json: what publish needs beyond the contract's Result.
 MODEL_INFO = "model-info.json"
+#: Files of an engine folder that describe it rather than serve it.
+ENGINE_METADATA = frozenset({ENGINE_RESULT, MODEL_INFO})
 KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 
 
@@ -95,6 +100,41 @@ def check_args(args: BuildArgs) -> None:
     if engine.format == "tensorrt":
         tensorrt_engine.refuse_uncalibrated(engine.precision)
     require_repository(args.repository)
+
+
+def refuse_colliding_locations(locations: tuple[str, ...], model_name: str) -> None:
+    """Refuse external data whose file would replace another file of the build.
+
+    The data files land next to the model in the engine folder and, for onnx, in
+    the version folder. A location named like the model (``model.onnx``, the
+    name the model is kept under, or the model's own file name) would make the
+    fetch overwrite the graph with whatever object has that name: a different
+    model served under the pin of this one. The builder's own files would
+    overwrite or hide the data, and a location that is another one's folder
+    cannot be written at all. ``locations`` are normalised (onnx_model).
+    """
+    own = {ONNX_FILENAME, model_name}
+    ours = {*ENGINE_METADATA, VERSION_MARKER}
+    folders = {parent for name in locations for parent in PurePosixPath(name).parents} - {PurePosixPath(".")}
+    for location in locations:
+        parts = location.split("/")
+        theirs = [part for part in parts if part in ours or PLAN_FILENAME_RE.match(part)]
+        what = ""
+        if parts[0] in own:
+            names = " and ".join(sorted(own))
+            what = f"the model's own file name ({names}); fetching it would replace the graph"
+        elif theirs:
+            # publish leaves the metadata names out of a version wherever they are
+            what = f"a file the builder writes next to the model ({theirs[0]})"
+        elif PurePosixPath(location) in folders:
+            what = "a folder of another external-data location"
+        if what:
+            raise bad_input(
+                "ExternalDataCollision",
+                f"the model keeps tensor data in {location!r}, which collides with {what}; "
+                "save the model with another external-data location",
+                onnx_model.SOURCE_FIELD,
+            )
 
 
 def existing_engine(engine_dir: Path) -> Result | None:
@@ -164,8 +204,12 @@ def build(args: BuildArgs) -> Result:
         mark = time.monotonic()
         fetched = fetcher.fetch_model(model_path)
         external = onnx_model.external_data_files(onnx_model.load_graph(model_path))
+        refuse_colliding_locations(external, fetcher.model_name)
+        fetcher.refuse_unused_pins(external)
+        files = [SourceFile(fetcher.model_name, fetched.sha256, fetched.size)]
         for name in external:
-            fetcher.fetch_sibling(name, out / name)
+            data = fetcher.fetch_sibling(name, out / name)
+            files.append(SourceFile(name, data.sha256, data.size))
         seconds["fetch"] = round(time.monotonic() - mark, 3)
 
         mark = time.monotonic()
@@ -187,6 +231,7 @@ def build(args: BuildArgs) -> Result:
             phase="build",
             engine_key=args.engine_key,
             source_sha256=fetched.sha256,
+            source_files=tuple(files),
             inputs=info.inputs,
             outputs=info.outputs,
             format=engine.format,
@@ -205,6 +250,24 @@ def build(args: BuildArgs) -> Result:
                 )
             )
             seconds["build"] = round(time.monotonic() - mark, 3)
+            mark = time.monotonic()
+            # Before the engine folder exists: a plan outside the tolerance is never published.
+            agreement = accuracy.check(
+                model_path,
+                plan.path,
+                info.inputs,
+                engine.accuracy,
+                engine.precision,
+                tensorrt_engine.run_plan,  # looked up here, so a test can put a stand-in in its place
+                max(1, max_batch),
+            )
+            seconds["accuracy"] = round(time.monotonic() - mark, 3)
+            log.info(
+                "accuracy: top-5 agreement %.1f%%, max abs difference %.4g on %d fixed inputs",
+                agreement.top5_agreement_percent,
+                agreement.max_abs_difference,
+                agreement.samples,
+            )
             for name in (ONNX_FILENAME, *external):  # the plan is self-contained
                 (out / name).unlink()
             result = replace(

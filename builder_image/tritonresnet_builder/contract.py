@@ -12,7 +12,11 @@ here:
   builder writes and Triton reads.
 
 Bump :data:`CONTRACT` when any of them changes incompatibly; the operator
-refuses results of a contract it does not know.
+refuses results of a contract it does not know. An optional argument or result
+field is a compatible addition (the bump would change every engine key and so
+rebuild every model): an older builder refuses an argument it does not know
+(exit 2), so a pin is never silently dropped, and an older operator ignores a
+result field it does not read.
 
 This module is pure (no I/O beyond path arithmetic, no third-party imports) so
 the operator can import it without pulling the builder's dependencies.
@@ -23,7 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import IntEnum
 from pathlib import PurePosixPath
@@ -79,6 +83,19 @@ class Source:
     sha256: str = ""  #: optional pin, lowercase hex
     endpoint: str = ""  #: S3-compatible endpoint URL (MinIO, Ceph)
     region: str = ""
+    #: optional pins of external-data files: the location as the model names it (relative to
+    #: the model, normalised) -> lowercase hex sha256
+    external_data_sha256: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AccuracyTolerance:
+    """How far a TensorRT plan may answer from onnxruntime on the builder's fixed inputs."""
+
+    #: inputs whose top-5 classes must be the same set as onnxruntime's, in percent
+    min_top5_agreement_percent: int = 90
+    #: the largest absolute difference allowed in any value of the first output
+    max_abs_difference: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -89,6 +106,7 @@ class EngineSettings:
     max_batch_size: int = 8
     opt_batch_size: int = 0  #: 0: half of max_batch_size, at least 1
     workspace_mib: int = 4096
+    accuracy: AccuracyTolerance = field(default_factory=AccuracyTolerance)
 
     def optimum_batch(self) -> int:
         return self.opt_batch_size or max(1, self.max_batch_size // 2)
@@ -122,12 +140,21 @@ class BuildArgs:
             f"--workspace-mib={self.engine.workspace_mib}",
             f"--result-file={self.result_file}",
         ]
+        if self.engine.format == "tensorrt":  # the gate compares a plan; an onnx build has none
+            argv += [
+                f"--min-top5-agreement={self.engine.accuracy.min_top5_agreement_percent}",
+                f"--max-abs-difference={self.engine.accuracy.max_abs_difference!r}",
+            ]
         if self.source.sha256:
             argv.append(f"--sha256={self.source.sha256}")
         if self.source.endpoint:
             argv.append(f"--endpoint={self.source.endpoint}")
         if self.source.region:
             argv.append(f"--region={self.source.region}")
+        argv += [
+            f"--external-data-sha256={location}={digest}"
+            for location, digest in sorted(self.source.external_data_sha256.items())
+        ]
         return argv
 
 
@@ -183,11 +210,15 @@ def argument_parser() -> argparse.ArgumentParser:
     build.add_argument("--sha256", default="")
     build.add_argument("--endpoint", default="")
     build.add_argument("--region", default="")
+    # LOCATION=SHA256, once per pinned external-data file; a location may hold "=", a digest never.
+    build.add_argument("--external-data-sha256", action="append", default=[], dest="external_pins")
     build.add_argument("--format", choices=FORMATS, default="tensorrt")
     build.add_argument("--precision", choices=PRECISIONS, default="fp16")
     build.add_argument("--max-batch-size", type=int, default=8)
     build.add_argument("--opt-batch-size", type=int, default=0)
     build.add_argument("--workspace-mib", type=int, default=4096)
+    build.add_argument("--min-top5-agreement", type=int, default=AccuracyTolerance.min_top5_agreement_percent)
+    build.add_argument("--max-abs-difference", type=float, default=AccuracyTolerance.max_abs_difference)
     build.add_argument("--result-file", default=TERMINATION_LOG)
 
     publish = sub.add_parser("publish", help="assemble a model version from built engines")
@@ -208,20 +239,38 @@ def argument_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _pins(parser: argparse.ArgumentParser, items: Sequence[str]) -> dict[str, str]:
+    pins: dict[str, str] = {}
+    for item in items:
+        location, equals, digest = item.rpartition("=")
+        if not equals or not location:
+            parser.error(f"--external-data-sha256 {item!r} is not LOCATION=SHA256")  # exits 2, USAGE
+        pins[location] = digest
+    return pins
+
+
 def parse_args(argv: Sequence[str]) -> BuildArgs | PublishArgs:
     """Parse builder argv; raises SystemExit(2) (ExitCode.USAGE) on bad arguments."""
-    ns = argument_parser().parse_args(list(argv))
+    parser = argument_parser()
+    ns = parser.parse_args(list(argv))
     if ns.command == "build":
         return BuildArgs(
             repository=ns.repository,
             engine_key=ns.engine_key,
-            source=Source(uri=ns.source, sha256=ns.sha256, endpoint=ns.endpoint, region=ns.region),
+            source=Source(
+                uri=ns.source,
+                sha256=ns.sha256,
+                endpoint=ns.endpoint,
+                region=ns.region,
+                external_data_sha256=_pins(parser, ns.external_pins),
+            ),
             engine=EngineSettings(
                 format=ns.format,
                 precision=ns.precision,
                 max_batch_size=ns.max_batch_size,
                 opt_batch_size=ns.opt_batch_size,
                 workspace_mib=ns.workspace_mib,
+                accuracy=AccuracyTolerance(ns.min_top5_agreement, ns.max_abs_difference),
             ),
             result_file=ns.result_file,
         )
@@ -303,6 +352,9 @@ def plan_filename(compute_capability: str) -> str:
     return f"model.sm{compute_capability.replace('.', '')}.plan"
 
 
+#: Every name :func:`plan_filename` gives.
+PLAN_FILENAME_RE = re.compile(r"^model\.sm[0-9]+\.plan$")
+
 ONNX_FILENAME = "model.onnx"
 
 
@@ -317,6 +369,17 @@ class Tensor:
     #: version's config: what Triton's model metadata reports (after a leading -1 when
     #: the version batches, i.e. its max_batch_size is above 0)
     shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One file the builder fetched, as it hashed it."""
+
+    #: the model file's own name (the last part of the URI), or an external-data
+    #: location as the model names it, relative to the model
+    name: str
+    sha256: str
+    size: int
 
 
 @dataclass(frozen=True)
@@ -337,6 +400,8 @@ class Result:
     # build and publish
     engine_key: str = ""
     source_sha256: str = ""
+    #: every file fetched: the model first, then its external data by location
+    source_files: tuple[SourceFile, ...] = ()
     inputs: tuple[Tensor, ...] = ()
     outputs: tuple[Tensor, ...] = ()
     # build
@@ -367,11 +432,16 @@ class Result:
         }
         text = json.dumps(data, separators=(",", ":"), sort_keys=True)
         if len(text.encode()) > MAX_RESULT_BYTES:
-            # Never let the kubelet cut the JSON in half: drop the bulky parts.
+            # Never let the kubelet cut the JSON in half: drop the bulky parts, the list
+            # of source files last (a model saved with one file per tensor has hundreds;
+            # the model's own digest stays in source_sha256).
             data.pop("files", None)
             data.pop("outputs", None)
             data["truncated"] = True
-            text = json.dumps(data, separators=(",", ":"), sort_keys=True)[:MAX_RESULT_BYTES]
+            text = json.dumps(data, separators=(",", ":"), sort_keys=True)
+            if len(text.encode()) > MAX_RESULT_BYTES:
+                data.pop("source_files", None)
+                text = json.dumps(data, separators=(",", ":"), sort_keys=True)[:MAX_RESULT_BYTES]
         return text
 
 
@@ -403,6 +473,10 @@ def parse_result(text: str) -> Result:
         error=Failure(**error) if error else None,
         engine_key=data.get("engine_key", ""),
         source_sha256=data.get("source_sha256", ""),
+        source_files=tuple(
+            SourceFile(name=f["name"], sha256=f["sha256"], size=int(f["size"]))
+            for f in data.get("source_files", ())
+        ),
         inputs=_tensors(data.get("inputs")),
         outputs=_tensors(data.get("outputs")),
         format=data.get("format", ""),

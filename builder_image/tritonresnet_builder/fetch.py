@@ -52,6 +52,7 @@ MiB = 1 << 20
 URI_FIELD = "spec.source.uri"
 ENDPOINT_FIELD = "spec.source.endpoint"
 SHA256_FIELD = "spec.source.sha256"
+EXTERNAL_DATA_FIELD = "spec.source.externalData"
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 PART_MIB_ENV = "TRITONRESNET_FETCH_PART_MIB"
@@ -193,9 +194,9 @@ def parse_uri(uri: str) -> S3Location | Path:
     return Path(uri)
 
 
-def validate_sha256(pin: str) -> str:
+def validate_sha256(pin: str, field: str = SHA256_FIELD) -> str:
     if pin and not SHA256_RE.match(pin):
-        raise bad_input("InvalidDigest", f"sha256 pin {pin!r} is not 64 lowercase hex digits", SHA256_FIELD)
+        raise bad_input("InvalidDigest", f"sha256 pin {pin!r} is not 64 lowercase hex digits", field)
     return pin
 
 
@@ -207,12 +208,12 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_digest(fetched: FetchedFile, pin: str, uri: str) -> None:
+def check_digest(fetched: FetchedFile, pin: str, uri: str, field: str = SHA256_FIELD) -> None:
     if pin and fetched.sha256 != pin:
         raise bad_input(
             "DigestMismatch",
             f"{uri} has sha256 {fetched.sha256}, but the spec pins {pin}",
-            SHA256_FIELD,
+            field,
         )
 
 
@@ -641,14 +642,43 @@ def fetch_local(path: Path, dest: Path) -> FetchedFile:
 
 
 class SourceFetcher:
-    """Fetches the model and, by relative name, the files next to it (external data)."""
+    """Fetches the model and, by relative name, the files next to it (external data), each
+    checked against its pin."""
 
     def __init__(self, source: Source, settings: FetchSettings | None = None) -> None:
         self.source = source
         self.settings = settings or FetchSettings.from_env()
         self.location = parse_uri(source.uri)
         validate_sha256(source.sha256)
+        for location, pin in source.external_data_sha256.items():
+            if not pin:  # an empty pin would pin nothing, silently
+                raise bad_input("InvalidDigest", f"the pin of {location!r} is empty", EXTERNAL_DATA_FIELD)
+            validate_sha256(pin, EXTERNAL_DATA_FIELD)
         self._client: Any = None
+
+    @property
+    def model_name(self) -> str:
+        """The model file's own name: the last part of its key or path."""
+        if isinstance(self.location, S3Location):
+            return posixpath.basename(self.location.key)
+        return self.location.name
+
+    def _sibling(self, relative: str) -> S3Location | Path:
+        if isinstance(self.location, S3Location):
+            return self.location.sibling(relative)
+        return self.location.parent / relative
+
+    def refuse_unused_pins(self, locations: tuple[str, ...]) -> None:
+        """A pin of a location the model does not read would cover nothing: most likely a typo."""
+        unused = sorted(set(self.source.external_data_sha256) - set(locations))
+        if unused:
+            used = ", ".join(repr(name) for name in locations) or "none"
+            raise bad_input(
+                "UnknownExternalData",
+                f"the spec pins external data {unused[0]!r}, but the model {self.source.uri} keeps "
+                f"no tensor data there (its external-data locations: {used})",
+                EXTERNAL_DATA_FIELD,
+            )
 
     def _s3(self) -> Any:
         if self._client is None:
@@ -662,10 +692,13 @@ class SourceFetcher:
         return fetched
 
     def fetch_sibling(self, relative: str, dest: Path) -> FetchedFile:
-        """A file the model names relative to itself (validated by the caller)."""
-        if isinstance(self.location, S3Location):
-            return self._fetch(self.location.sibling(relative), dest)
-        return self._fetch(self.location.parent / relative, dest)
+        """A file the model names relative to itself (validated by the caller), checked
+        against its pin in ``external_data_sha256`` if it has one."""
+        location = self._sibling(relative)
+        fetched = self._fetch(location, dest)
+        uri = location.uri if isinstance(location, S3Location) else str(location)
+        check_digest(fetched, self.source.external_data_sha256.get(relative, ""), uri, EXTERNAL_DATA_FIELD)
+        return fetched
 
     def _fetch(self, location: S3Location | Path, dest: Path) -> FetchedFile:
         started = time.monotonic()

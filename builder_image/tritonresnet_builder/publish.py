@@ -38,7 +38,7 @@ from pathlib import Path
 from tritonclient.grpc.model_config_pb2 import ModelConfig
 
 from tritonresnet_builder import triton_config
-from tritonresnet_builder.build import KEY_RE, BuiltModelInfo, existing_engine
+from tritonresnet_builder.build import ENGINE_METADATA, KEY_RE, BuiltModelInfo, existing_engine
 from tritonresnet_builder.contract import (
     CONTRACT,
     MODEL_NAME_RE,
@@ -67,8 +67,6 @@ from tritonresnet_builder.volume import (
 log = logging.getLogger(__name__)
 
 MODEL_NAME_FIELD = "spec.model.name"
-#: Files of an engine folder that describe it rather than serve it.
-_ENGINE_METADATA = frozenset({"engine.json", "model-info.json"})
 
 #: An engine folder no retained version uses is kept while it is younger than this
 #: (by the folder's mtime, set when its build installed it), and so is a staging
@@ -178,7 +176,7 @@ def version_files(engines: list[Engine]) -> dict[str, Path]:
     return {
         str(p.relative_to(folder)): p
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name not in _ENGINE_METADATA
+        if p.is_file() and p.name not in ENGINE_METADATA
     }
 
 

@@ -52,6 +52,25 @@ class MemoryPoolType(Protocol):
     def value(self) -> int: ...
 
 
+class TensorIOMode(Protocol):
+    INPUT: ClassVar[TensorIOMode]
+    OUTPUT: ClassVar[TensorIOMode]
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def value(self) -> int: ...
+
+
+class DataType(Protocol):
+    """TensorRT's ``DataType``; ``tensorrt.nptype`` turns one into a numpy type."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def value(self) -> int: ...
+
+
 # -- objects ------------------------------------------------------------------------
 
 
@@ -130,6 +149,28 @@ class OnnxParser(Protocol):
     def get_error(self, index: int) -> ParserError: ...
 
 
+class IExecutionContext(Protocol):
+    def set_input_shape(self, name: str, shape: Dims | tuple[int, ...]) -> bool: ...
+    def get_tensor_shape(self, name: str) -> Dims: ...
+    def set_tensor_address(self, name: str, memory: int) -> bool: ...
+    def execute_async_v3(self, stream_handle: int) -> bool: ...
+
+
+class ICudaEngine(Protocol):
+    @property
+    def num_io_tensors(self) -> int: ...
+    def get_tensor_name(self, index: int) -> str: ...
+    def get_tensor_mode(self, name: str) -> TensorIOMode: ...
+    def get_tensor_dtype(self, name: str) -> DataType: ...
+    def create_execution_context(self) -> IExecutionContext: ...
+
+
+class Runtime(Protocol):
+    def __init__(self, logger: Logger) -> None: ...
+    # None when the plan does not load (another TensorRT version or GPU kind).
+    def deserialize_cuda_engine(self, serialized_engine: bytes) -> ICudaEngine | None: ...
+
+
 class TensorRT(Protocol):
     """The ``tensorrt`` module itself."""
 
@@ -140,6 +181,11 @@ class TensorRT(Protocol):
     Dims: type[Dims]
     BuilderFlag: type[BuilderFlag]
     MemoryPoolType: type[MemoryPoolType]
+    Runtime: type[Runtime]
+    TensorIOMode: type[TensorIOMode]
+
+    # Returns a numpy scalar type; typed loosely so this module needs no numpy.
+    def nptype(self, trt_type: DataType) -> type: ...
 
 
 def import_tensorrt() -> TensorRT:

@@ -15,8 +15,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from tritonresnet_builder import cuda_device
 from tritonresnet_builder.contract import ExitCode, Precision, plan_filename
@@ -25,6 +30,8 @@ from tritonresnet_builder.tensorrt_api import (
     Builder,
     BuilderFlag,
     IBuilderConfig,
+    ICudaEngine,
+    IExecutionContext,
     INetworkDefinition,
     IOptimizationProfile,
     ITimingCache,
@@ -191,3 +198,58 @@ def build_plan(request: PlanRequest) -> BuiltPlan:
         gpu_name=device.name,
         seconds=time.monotonic() - started,
     )
+
+
+def run_plan(plan_path: Path, inputs: Mapping[str, npt.NDArray[Any]]) -> npt.NDArray[Any]:
+    """Run a built plan once on the GPU and return its first output (the accuracy gate's runner).
+
+    Inputs are copied to device memory, every output gets device memory of the shape
+    the context reports for these inputs, and the first output is copied back.
+    """
+    trt = import_tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    engine = trt.Runtime(logger).deserialize_cuda_engine(plan_path.read_bytes())
+    if engine is None:
+        raise BuilderError(ExitCode.INTERNAL, "EngineLoadFailed", f"TensorRT could not load {plan_path.name}")
+    context = engine.create_execution_context()
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+    if not outputs:
+        raise BuilderError(ExitCode.INTERNAL, "EngineRunFailed", f"{plan_path.name} has no outputs")
+    try:
+        with cuda_device.DeviceSession() as session:
+            for name, value in inputs.items():
+                host: npt.NDArray[Any] = np.ascontiguousarray(
+                    value, dtype=trt.nptype(engine.get_tensor_dtype(name))
+                )
+                context.set_input_shape(name, tuple(host.shape))
+                pointer = session.allocate(host.nbytes)
+                session.to_device(pointer, host.data.cast("B"))
+                context.set_tensor_address(name, pointer)
+            # Every output needs memory of the shape these inputs give; only the first is read back.
+            pointers = []
+            for name in outputs:
+                pointers.append(session.allocate(_nbytes(trt, engine, context, name)))
+                context.set_tensor_address(name, pointers[-1])
+            if not context.execute_async_v3(session.stream):
+                raise BuilderError(
+                    ExitCode.INTERNAL, "EngineRunFailed", f"TensorRT could not run {plan_path.name}"
+                )
+            session.synchronize()
+            first: npt.NDArray[Any] = np.empty(
+                _shape(context, outputs[0]), trt.nptype(engine.get_tensor_dtype(outputs[0]))
+            )
+            session.to_host(first.data.cast("B"), pointers[0])
+    except cuda_device.NoGpu as exc:
+        raise unsupported("NoGpu", f"running the plan for the accuracy check failed: {exc}") from exc
+    return first
+
+
+def _shape(context: IExecutionContext, name: str) -> list[int]:
+    dims = context.get_tensor_shape(name)
+    return [dims[d] for d in range(len(dims))]
+
+
+def _nbytes(trt: TensorRT, engine: ICudaEngine, context: IExecutionContext, name: str) -> int:
+    item = np.dtype(trt.nptype(engine.get_tensor_dtype(name))).itemsize
+    return int(np.prod(_shape(context, name), dtype=np.int64)) * item

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from onnx import TensorProto
-from testground.models import OnnxModels
+from testground.models import EXTERNAL_DATA_FILE, EXTERNAL_MODEL_FILE, OnnxModels
 from testground.s3 import S3Server, start_s3
 from tritonresnet_builder.contract import (
     BuildArgs,
@@ -56,6 +57,7 @@ def build(
     source: Callable[[World], str],
     *,
     sha256: str = "",
+    pins: Callable[[World], dict[str, str]] = lambda w: {},
     endpoint: Callable[[World], str] | None = None,
     fmt: str = "onnx",
     precision: str = "fp16",
@@ -70,6 +72,7 @@ def build(
             source=Source(
                 uri=uri,
                 sha256=sha256,
+                external_data_sha256=pins(world),
                 endpoint=endpoint(world)
                 if endpoint
                 else (world.s3.endpoint if uri.startswith("s3://") else ""),
@@ -120,16 +123,32 @@ def no_credentials(world: World) -> dict[str, str]:
 
 
 def traversal_external_data(path: Path) -> Path:
-    import onnx
+    return onnx_graphs.relocate_external_data(
+        onnx_graphs.classifier(path, external=True), "../../../etc/passwd"
+    )
 
-    onnx_graphs.classifier(path, external=True)
-    model = onnx.load(str(path), load_external_data=False)
-    for tensor in model.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                entry.value = "../../../etc/passwd"
-    onnx.save_model(model, str(path))
-    return path
+
+def tampered_external_data(world: World) -> str:
+    """The test ground's external-data ResNet with its weights file changed after the pin was taken."""
+    folder = world.models.tampered_external_data(world.scratch / "tampered")
+    return world.s3.upload(folder, "bad-inputs/tampered") + "/" + EXTERNAL_MODEL_FILE
+
+
+def original_weights_pin(world: World) -> dict[str, str]:
+    data = world.models.path("external_data") / EXTERNAL_DATA_FILE
+    return {EXTERNAL_DATA_FILE: hashlib.sha256(data.read_bytes()).hexdigest()}
+
+
+def data_named_like_the_model(world: World) -> str:
+    """graph.onnx keeps its weights in "model.onnx", the name the builder keeps the graph under;
+    next to it a different graph under that name (the test ground's ResNet-18)."""
+    folder = world.scratch / "collide"
+    onnx_graphs.relocate_external_data(
+        onnx_graphs.classifier(folder / "graph.onnx", external=True), "model.onnx"
+    )
+    (folder / "graph.onnx.data").unlink()
+    shutil.copyfile(world.models.path("resnet18"), folder / "model.onnx")
+    return world.s3.upload(folder, "bad-inputs/collide") + "/graph.onnx"
 
 
 CASES: dict[str, Case] = {
@@ -160,6 +179,34 @@ CASES: dict[str, Case] = {
         "DigestMismatch",
         "but the spec pins 000",
         "spec.source.sha256",
+    ),
+    "tampered external data": Case(
+        build(tampered_external_data, pins=original_weights_pin),
+        ExitCode.BAD_INPUT,
+        "DigestMismatch",
+        f"bad-inputs/tampered/{EXTERNAL_DATA_FILE} has sha256",
+        "spec.source.externalData",
+    ),
+    "external data named like the model": Case(
+        build(data_named_like_the_model),
+        ExitCode.BAD_INPUT,
+        "ExternalDataCollision",
+        "keeps tensor data in 'model.onnx', which collides with the model's own file name",
+        "spec.source.uri",
+    ),
+    "external data pin the model does not read": Case(
+        build(uploaded("r18.onnx", resnet18_bytes), pins=lambda w: {"weights.bin": "a" * 64}),
+        ExitCode.BAD_INPUT,
+        "UnknownExternalData",
+        "pins external data 'weights.bin', but the model",
+        "spec.source.externalData",
+    ),
+    "malformed external data pin": Case(
+        build(uploaded("r18.onnx", resnet18_bytes), pins=lambda w: {EXTERNAL_DATA_FILE: "ABC"}),
+        ExitCode.BAD_INPUT,
+        "InvalidDigest",
+        "'ABC'",
+        "spec.source.externalData",
     ),
     "malformed digest": Case(
         build(uploaded("r18.onnx", resnet18_bytes), sha256="not-a-digest"),

@@ -21,9 +21,17 @@ from typing import Any
 
 import pytest
 from botocore.awsrequest import AWSResponse
-from testground.models import OnnxModels
+from testground.models import EXTERNAL_DATA_FILE, EXTERNAL_MODEL_FILE, OnnxModels
 from testground.s3 import S3Server
-from tritonresnet_builder.contract import BuildArgs, EngineSettings, ExitCode, Source, Tensor, parse_result
+from tritonresnet_builder.contract import (
+    BuildArgs,
+    EngineSettings,
+    ExitCode,
+    Source,
+    SourceFile,
+    Tensor,
+    parse_result,
+)
 from tritonresnet_builder.failures import BuilderError
 from tritonresnet_builder.fetch import (
     CONCURRENCY_ENV,
@@ -100,26 +108,54 @@ def test_build_fetches_resnet_from_s3_with_digest_pin(
     assert "fetched s3://" in done.stderr
 
 
-def test_build_fetches_external_data_next_to_the_model(
-    s3: S3Server, onnx_models: OnnxModels, tmp_path: Path
-) -> None:
-    folder = onnx_models.path("external_data")
-    uri = s3.upload(folder, "models/external")
+def build_external_data_model(
+    s3: S3Server, folder: Path, tmp_path: Path, **pins: Any
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """Upload the external-data ResNet and build it (onnx) with ``pins`` (Source's fields);
+    returns the builder's run and the engine folder."""
+    uri = s3.upload(folder, f"models/{tmp_path.name}")
     repo = tmp_path / "repo"
     repo.mkdir()
     args = BuildArgs(
         repository=str(repo),
         engine_key="k-ext",
-        source=Source(uri=f"{uri}/model.onnx", endpoint=s3.endpoint),
+        source=Source(uri=f"{uri}/{EXTERNAL_MODEL_FILE}", endpoint=s3.endpoint, **pins),
         engine=EngineSettings(format="onnx"),
         result_file=str(tmp_path / "result"),
     )
-    done = run_builder(args.to_argv(), s3)
+    return run_builder(args.to_argv(), s3), repo / ".tritonresnet" / "engines" / "k-ext"
+
+
+def test_build_fetches_external_data_next_to_the_model_and_records_each_files_digest(
+    s3: S3Server, onnx_models: OnnxModels, tmp_path: Path
+) -> None:
+    """Unpinned: every file is fetched, and the result lists each with the digest and size the
+    builder hashed while fetching it, the model first."""
+    folder = onnx_models.path("external_data")
+    done, engine = build_external_data_model(s3, folder, tmp_path)
     assert done.returncode == ExitCode.OK, done.stderr
-    engine = repo / ".tritonresnet" / "engines" / "k-ext"
     for file in folder.iterdir():
         assert sha256(engine / file.name) == sha256(file)
-    assert parse_result(done.stdout).artifact_bytes == sum(f.stat().st_size for f in folder.iterdir())
+    result = parse_result(done.stdout)
+    assert result.artifact_bytes == sum(f.stat().st_size for f in folder.iterdir())
+    assert result.source_files == tuple(
+        SourceFile(f.name, sha256(f), f.stat().st_size)
+        for f in (folder / EXTERNAL_MODEL_FILE, folder / EXTERNAL_DATA_FILE)
+    )
+    assert parse_result((tmp_path / "result").read_text()).source_files == result.source_files
+
+
+def test_build_with_the_graph_and_its_external_data_pinned_passes_both_pins(
+    s3: S3Server, onnx_models: OnnxModels, tmp_path: Path
+) -> None:
+    folder = onnx_models.path("external_data")
+    graph, data = folder / EXTERNAL_MODEL_FILE, folder / EXTERNAL_DATA_FILE
+    done, engine = build_external_data_model(
+        s3, folder, tmp_path, sha256=sha256(graph), external_data_sha256={EXTERNAL_DATA_FILE: sha256(data)}
+    )
+    assert done.returncode == ExitCode.OK, done.stderr
+    assert [f.sha256 for f in parse_result(done.stdout).source_files] == [sha256(graph), sha256(data)]
+    assert sha256(engine / EXTERNAL_DATA_FILE) == sha256(data)
 
 
 # -- faults on the way -------------------------------------------------------------------

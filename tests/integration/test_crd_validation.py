@@ -90,6 +90,24 @@ BAD_SPECS: list[tuple[str, Callable[[Spec], None], tuple[str, ...]]] = [
     ("uri-bad-scheme", _set("source.uri", "http://models/resnet50.onnx"), ("spec.source.uri",)),
     ("uri-relative-path", _set("source.uri", "models/resnet50.onnx"), ("spec.source.uri",)),
     ("sha256-not-hex", _set("source.sha256", "ABC123"), ("spec.source.sha256",)),
+    (
+        "external-data-location-leaves-the-folder",
+        _set("source.externalData", [{"location": "../model.onnx.data", "sha256": "a" * 64}]),
+        ("spec.source.externalData[0].location",),
+    ),
+    (
+        "external-data-without-digest",
+        _set("source.externalData", [{"location": "model.onnx.data"}]),
+        ("spec.source.externalData[0].sha256", "Required value"),
+    ),
+    (
+        "external-data-pinned-twice",
+        _set(
+            "source.externalData",
+            [{"location": "d.bin", "sha256": "a" * 64}, {"location": "d.bin", "sha256": "b" * 64}],
+        ),
+        ("spec.source.externalData[1]", "Duplicate value"),
+    ),
     ("endpoint-not-http", _set("source.endpoint", "ftp://minio:9000"), ("spec.source.endpoint",)),
     ("secret-name-invalid", _set("source.credentialsSecret", "S3_Creds"), ("spec.source.credentialsSecret",)),
     ("format-not-in-enum", _set("model.format", "pytorch"), ("spec.model.format", "Unsupported value")),
@@ -114,6 +132,16 @@ BAD_SPECS: list[tuple[str, Callable[[Spec], None], tuple[str, ...]]] = [
         ("spec.engine.optBatchSize", "0 when maxBatchSize is 0"),
     ),
     ("workspace-too-small", _set("engine.workspaceMiB", 16), ("spec.engine.workspaceMiB",)),
+    (
+        "accuracy-difference-a-string",
+        _set("engine.accuracy", {"maxAbsDifference": "0.1"}),
+        ("spec.engine.accuracy.maxAbsDifference",),
+    ),
+    (
+        "accuracy-percent-above-100",
+        _set("engine.accuracy", {"minTop5AgreementPercent": 101}),
+        ("spec.engine.accuracy.minTop5AgreementPercent",),
+    ),
     (
         "targets-with-onnx",
         _all(_set("model.format", "onnx"), _set("engine.targets", [{"nodeSelector": {"gpu": "a10g"}}])),
@@ -328,6 +356,8 @@ def test_crd_accepts_a_minimal_spec_and_applies_defaults(
         "optBatchSize": 0,
         "workspaceMiB": 4096,
         "buildTimeoutSeconds": 3600,
+        # the API server stores the number 1.0 as 1; parse_spec reads either as 1.0
+        "accuracy": {"minTop5AgreementPercent": 90, "maxAbsDifference": 1},
     }
     assert spec["serving"]["replicas"] == 1
     assert spec["serving"]["resources"] == {"limits": {"nvidia.com/gpu": 1}}
@@ -419,6 +449,15 @@ PATTERN_CASES: list[tuple[str, str]] = [
     ("repository.subPath", "team/a"),
     ("repository.subPath", "team/../a"),
     ("repository.subPath", "team/a\n"),
+    ("source.externalData[0].location", "model.onnx.data"),
+    ("source.externalData[0].location", "weights/layer1.0.conv1.weight"),
+    ("source.externalData[0].location", "model.onnx.data\n"),
+    ("source.externalData[0].location", "./model.onnx.data"),
+    ("source.externalData[0].location", "weights//fc.bin"),
+    ("source.externalData[0].location", "/etc/passwd"),
+    ("source.externalData[0].sha256", "a" * 64),
+    ("source.externalData[0].sha256", "a" * 64 + "\n"),
+    ("source.externalData[0].sha256", ""),
     ("engine.targets[0].name", "a10g"),
     ("engine.targets[0].name", "a10g\n"),
     ("engine.targets[0].name", "\u0661"),
@@ -429,6 +468,10 @@ def _spec_with(field: str, value: str) -> Spec:
     spec: Spec = {"source": {"uri": "s3://models/resnet50/model.onnx"}, "repository": {"claimName": "models"}}
     if field.startswith("engine.targets"):
         spec["engine"] = {"targets": [{"name": value, "nodeSelector": {"gpu": "a10g"}}]}
+        return spec
+    if field.startswith("source.externalData"):
+        pin = {"location": "model.onnx.data", "sha256": "a" * 64} | {field.rsplit(".", 1)[1]: value}
+        spec["source"]["externalData"] = [pin]
         return spec
     _set(field, value)(spec)
     if field == "repository.subPath":

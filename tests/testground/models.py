@@ -119,6 +119,16 @@ class OnnxModels:
         path = self.path(name)
         return path / EXTERNAL_MODEL_FILE if SPECS[name].external_data else path
 
+    def tampered_external_data(self, folder: Path) -> Path:
+        """A copy of ``external_data`` in ``folder`` whose weights file differs from the
+        original in one byte (still a loadable model): what a changed object in a bucket is."""
+        shutil.copytree(self.path("external_data"), folder)  # copies: onnx refuses hard links
+        data = folder / EXTERNAL_DATA_FILE
+        weights = bytearray(data.read_bytes())
+        weights[len(weights) // 2] ^= 0xFF
+        data.write_bytes(bytes(weights))
+        return folder
+
     def manifest(self) -> dict[str, object]:
         """Versions, file sizes and build times recorded when the models were made."""
         loaded: dict[str, object] = json.loads((self.root / _MANIFEST).read_text())

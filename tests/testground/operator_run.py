@@ -211,8 +211,10 @@ def apply_sample(
     model_name: str = "resnet50",
     max_batch_size: int = 4,
     serving: Mapping[str, Any] | None = None,
+    source: Mapping[str, Any] | None = None,
 ) -> None:
-    """The sample TritonResNet with its Secret and claim; ``serving``: more spec.serving fields."""
+    """The sample TritonResNet with its Secret and claim; ``serving`` and ``source``: more
+    fields of spec.serving and spec.source."""
     secret = {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -230,7 +232,12 @@ def apply_sample(
         "kind": names.KIND,
         "metadata": {"name": name, "namespace": namespace},
         "spec": {
-            "source": {"uri": uri, "endpoint": s3.endpoint, "credentialsSecret": "s3-credentials"},
+            "source": {
+                "uri": uri,
+                "endpoint": s3.endpoint,
+                "credentialsSecret": "s3-credentials",
+                **(source or {}),
+            },
             "model": {"name": model_name, "format": "onnx"},
             "engine": {"maxBatchSize": max_batch_size},
             "serving": {"release": "25.01", "replicas": replicas, "instanceCount": 1, **(serving or {})},

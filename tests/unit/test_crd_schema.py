@@ -56,9 +56,12 @@ def walk(schema: Schema, path: str = "") -> Iterator[tuple[str, Schema]]:
 
 
 def node_at(root: Schema, dotted: str) -> Schema:
+    """The node at ``spec.a.b``; ``b[]`` is the items of the list ``b``."""
     node = root
     for part in dotted.strip(".").split("."):
-        node = node["properties"][part]
+        node = node["properties"][part.removesuffix("[]")]
+        if part.endswith("[]"):
+            node = node["items"]
     return node
 
 
@@ -226,6 +229,8 @@ def test_transition_rules_guard_the_model_name_and_the_repository(root: Schema) 
         ("spec.repository.subPath", spec.SUB_PATH_RE),
         ("spec.repository.create.size", spec.QUANTITY_RE),
         ("spec.repository.create.storageClassName", spec.CLAIM_NAME_RE),
+        ("spec.source.externalData[].location", spec.SUB_PATH_RE),
+        ("spec.source.externalData[].sha256", spec.REQUIRED_SHA256_RE),
     ],
 )
 def test_crd_patterns_are_the_patterns_parse_spec_uses(
@@ -372,6 +377,42 @@ def test_schema_rejects_what_parse_spec_rejects(
     with pytest.raises(SpecError) as error:
         parse_spec(body)
     assert error.value.field.startswith(error_path)
+
+
+@pytest.mark.parametrize(
+    ("item", "schema_path", "spec_field"),
+    [
+        ({"location": "../model.onnx.data", "sha256": "a" * 64}, "0.location", "[0].location"),
+        ({"location": "./model.onnx.data", "sha256": "a" * 64}, "0.location", "[0].location"),
+        ({"location": "model.onnx.data"}, "0", "[0].sha256"),
+        ({"location": "model.onnx.data", "sha256": "A" * 64}, "0.sha256", "[0].sha256"),
+        ({"location": "model.onnx.data", "sha256": ""}, "0.sha256", "[0].sha256"),
+    ],
+)
+def test_schema_rejects_the_external_data_pins_parse_spec_rejects(
+    root: Schema, item: dict[str, str], schema_path: str, spec_field: str
+) -> None:
+    """The schema's error paths number list items with dots, SpecError's with brackets."""
+    body = copy.deepcopy(MINIMAL)
+    body["spec"]["source"]["externalData"] = [item]
+    assert f"spec.source.externalData.{schema_path}" in schema_errors(root, body)
+    with pytest.raises(SpecError) as error:
+        parse_spec(body)
+    assert error.value.field == f"spec.source.externalData{spec_field}"
+
+
+def test_schema_and_parse_spec_accept_external_data_pins(root: Schema) -> None:
+    body = copy.deepcopy(MINIMAL)
+    body["spec"]["source"]["externalData"] = [
+        {"location": "model.onnx.data", "sha256": "a" * 64},
+        {"location": "weights/layer1.0.conv1.weight", "sha256": "b" * 64},
+    ]
+    assert schema_errors(root, body) == []
+    assert len(parse_spec(body).source.external_data) == 2
+    items = node_at(root, "spec.source.externalData")
+    assert items["maxItems"] == spec.MAX_EXTERNAL_DATA
+    assert items["x-kubernetes-list-map-keys"] == ["location"]
+    assert node_at(root, "spec.source.externalData[].location")["maxLength"] == spec.MAX_EXTERNAL_LOCATION
 
 
 def integer_fields(root: Schema) -> Iterator[tuple[str, int, int]]:

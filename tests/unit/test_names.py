@@ -61,6 +61,30 @@ def test_engine_key_changes_with_release_gpu_kind_and_pinned_digest() -> None:
     assert key(parse(source={"uri": "s3://models/r50/model.onnx", "sha256": "d" * 64})) != pinned
 
 
+def test_engine_key_changes_with_an_external_data_pin_and_stays_without_one() -> None:
+    """A new pin of a data file is a new build, as a new graph pin is; no pins (or an empty
+    list) keep the key every resource had before the field existed."""
+    graph = {"uri": "s3://models/r50/model.onnx", "sha256": "c" * 64}
+    base = key(parse(source=graph))
+    assert key(parse(source={**graph, "externalData": []})) == base
+    pinned = key(
+        parse(source={**graph, "externalData": [{"location": "model.onnx.data", "sha256": "e" * 64}]})
+    )
+    assert pinned != base
+    repinned = {**graph, "externalData": [{"location": "model.onnx.data", "sha256": "f" * 64}]}
+    assert key(parse(source=repinned)) != pinned
+
+
+def test_engine_key_changes_with_a_changed_accuracy_gate_and_stays_at_its_defaults() -> None:
+    """A tighter gate checks again instead of reusing a plan a looser one let through; the
+    defaults written out keep the key resources had before the gate existed."""
+    base = key(parse())
+    assert key(parse(engine={"accuracy": {"minTop5AgreementPercent": 90, "maxAbsDifference": 1.0}})) == base
+    assert key(parse(engine={"accuracy": {"minTop5AgreementPercent": 100}})) != base
+    onnx = parse(model={"format": "onnx"})
+    assert key(parse(model={"format": "onnx"}, engine={"accuracy": {"maxAbsDifference": 0.1}})) == key(onnx)
+
+
 def test_engine_key_ignores_what_does_not_change_the_artifact() -> None:
     base = key(parse())
     assert key(parse(), target=Target("renamed", dict(A10G.node_selector))) == base

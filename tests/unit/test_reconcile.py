@@ -8,6 +8,7 @@ with no cluster: the cluster-level behaviour is covered in tests/e2e.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from tritonresnet.api.status import status_patch
 from tritonresnet.controller.children import MODEL_VERSION_ANNOTATION, with_applied_hash
 from tritonresnet.controller.observe import EndpointCheck
 from tritonresnet.controller.reconcile import plan, with_apply_failures
-from tritonresnet_builder.contract import Failure, Result
+from tritonresnet_builder.contract import Failure, Result, SourceFile
 from unit.worlds import (
     NOW,
     SETTINGS,
@@ -592,3 +593,35 @@ def test_status_reports_the_bytes_the_repository_uses_and_keeps_them_when_the_pu
     ok = {e: EndpointCheck(e, True, "answered") for e in st(ready)["endpoints"]}
     later = plan(world(cr, no_jobs, triton, verification=ok), SETTINGS)
     assert st(later)["published"]["repositoryBytes"] == 48_000_000
+
+
+def test_every_fetched_file_and_its_digest_reach_status_and_a_second_pass_writes_nothing() -> None:
+    """The builder's source_files (the model, then its external data) become the target's
+    sourceFiles; read back from status they give the same status, so nothing is written at rest."""
+    files = (
+        SourceFile("model.onnx", "a" * 64, 1_200),
+        SourceFile("model.onnx.data", "b" * 64, 46_000_000),
+    )
+    first = plan(world(resource()), SETTINGS)
+    job = next(o for o in first.apply if o["kind"] == "Job")
+    key = job["metadata"]["labels"][names.LABEL_ENGINE_KEY]
+    built = replace(build_result(key), source_sha256="a" * 64, source_files=files)
+    cr, objects, pods, p = lifecycle_to_ready(build=built)
+    (target,) = st(p)["targets"]
+    assert target["sourceSha256"] == "a" * 64
+    assert target["sourceFiles"] == [
+        {"name": "model.onnx", "sha256": "a" * 64, "bytes": 1_200},
+        {"name": "model.onnx.data", "sha256": "b" * 64, "bytes": 46_000_000},
+    ]
+    answered = {"10.1.0.5:8000": EndpointCheck("10.1.0.5:8000", True, "answered")}
+    again = plan(world(cr, objects, pods, verification=answered), SETTINGS)
+    assert again.apply == []
+    assert status_patch(cr["status"], again.status) == {}
+
+
+def test_a_build_that_reports_no_files_has_no_source_files_in_status() -> None:
+    """A builder from before the field (or a result without room for the list) reports none:
+    status leaves the field out instead of listing nothing."""
+    _, _, _, p = lifecycle_to_ready()
+    (target,) = st(p)["targets"]
+    assert "sourceFiles" not in target

@@ -155,8 +155,18 @@ def test_build_job_is_named_and_labelled_from_its_engine_key() -> None:
 
 def test_build_job_args_round_trip_through_the_contract() -> None:
     spec = parse(
-        source={"uri": "s3://models/r50/model.onnx", "sha256": "c" * 64, "endpoint": "http://minio:9000"},
-        engine={"precision": "fp32", "maxBatchSize": 16, "workspaceMiB": 2048},
+        source={
+            "uri": "s3://models/r50/model.onnx",
+            "sha256": "c" * 64,
+            "endpoint": "http://minio:9000",
+            "externalData": [{"location": "model.onnx.data", "sha256": "d" * 64}],
+        },
+        engine={
+            "precision": "fp32",
+            "maxBatchSize": 16,
+            "workspaceMiB": 2048,
+            "accuracy": {"minTop5AgreementPercent": 80, "maxAbsDifference": 0.25},
+        },
     )
     args = parse_args(container(gpu_build(spec))["args"])
     assert isinstance(args, BuildArgs)
@@ -167,6 +177,7 @@ def test_build_job_args_round_trip_through_the_contract() -> None:
     assert args.engine.max_batch_size == 16
     assert args.engine.optimum_batch() == 8
     assert args.engine.workspace_mib == 2048
+    assert args.engine.accuracy == spec.engine.accuracy
     assert args.result_file == container(gpu_build(spec))["terminationMessagePath"] == "/dev/termination-log"
 
 

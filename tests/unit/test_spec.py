@@ -15,7 +15,7 @@ from tritonresnet.api.spec import (
     parse_spec,
     target_name_for,
 )
-from tritonresnet_builder.contract import EngineSettings, Source
+from tritonresnet_builder.contract import AccuracyTolerance, EngineSettings, Source
 
 
 def body(**spec: Any) -> dict[str, Any]:
@@ -154,8 +154,89 @@ def test_repository_create_defaults() -> None:
     assert spec.repository.create.access_modes == ("ReadWriteMany",)
 
 
+def test_external_data_pins_reach_the_builder_as_location_to_digest() -> None:
+    spec = parse_spec(
+        body(
+            source={
+                "uri": "s3://models/resnet50/model.onnx",
+                "externalData": [
+                    {"location": "model.onnx.data", "sha256": "a" * 64},
+                    {"location": "weights/fc.bin", "sha256": "b" * 64},
+                ],
+            }
+        )
+    )
+    assert spec.source.contract().external_data_sha256 == {
+        "model.onnx.data": "a" * 64,
+        "weights/fc.bin": "b" * 64,
+    }
+    assert parse_spec(body()).source.contract().external_data_sha256 == {}
+
+
+def test_accuracy_tolerance_defaults_and_reaches_the_builder() -> None:
+    assert parse_spec(body()).engine_settings().accuracy == AccuracyTolerance(90, 1.0)
+    spec = parse_spec(body(engine={"accuracy": {"minTop5AgreementPercent": 100, "maxAbsDifference": 0.05}}))
+    assert spec.engine_settings().accuracy == AccuracyTolerance(100, 0.05)
+    # YAML writes `maxAbsDifference: 2` as an integer; it is the number 2.
+    assert (
+        parse_spec(body(engine={"accuracy": {"maxAbsDifference": 2}})).engine.accuracy.max_abs_difference
+        == 2.0
+    )
+
+
+def _pins(*items: Any) -> dict[str, Any]:
+    return {"source": {"uri": "/m.onnx", "externalData": list(items)}}
+
+
 BAD_SPECS: list[tuple[str, dict[str, Any], str]] = [
     ("no source", {"source": None}, "spec.source"),
+    (
+        "external data not a list",
+        {"source": {"uri": "/m.onnx", "externalData": {"model.onnx.data": "a" * 64}}},
+        "spec.source.externalData",
+    ),
+    ("external data item not an object", _pins("model.onnx.data"), "spec.source.externalData[0]"),
+    (
+        "external data location leaves the folder",
+        _pins({"location": "../model.onnx.data", "sha256": "a" * 64}),
+        "spec.source.externalData[0].location",
+    ),
+    (
+        "external data location absolute",
+        _pins({"location": "/etc/passwd", "sha256": "a" * 64}),
+        "spec.source.externalData[0].location",
+    ),
+    (
+        "external data without a digest",
+        _pins({"location": "model.onnx.data"}),
+        "spec.source.externalData[0].sha256",
+    ),
+    (
+        "external data with an empty digest",
+        _pins({"location": "model.onnx.data", "sha256": ""}),
+        "spec.source.externalData[0].sha256",
+    ),
+    (
+        "external data digest in capitals",
+        _pins({"location": "model.onnx.data", "sha256": "A" * 64}),
+        "spec.source.externalData[0].sha256",
+    ),
+    ("external data without a location", _pins({"sha256": "a" * 64}), "spec.source.externalData[0].location"),
+    (
+        "external data pinned twice",
+        _pins({"location": "d.bin", "sha256": "a" * 64}, {"location": "d.bin", "sha256": "b" * 64}),
+        "spec.source.externalData[1].location",
+    ),
+    (
+        "external data unknown field",
+        _pins({"location": "d.bin", "sha256": "a" * 64, "size": 3}),
+        "spec.source.externalData[0]",
+    ),
+    (
+        "external data too many",
+        _pins(*({"location": f"d{i}.bin", "sha256": "a" * 64} for i in range(65))),
+        "spec.source.externalData",
+    ),
     ("no uri", {"source": {}}, "spec.source.uri"),
     ("http uri", {"source": {"uri": "http://example/model.onnx"}}, "spec.source.uri"),
     ("uri not a string", {"source": {"uri": 5}}, "spec.source.uri"),
@@ -182,6 +263,26 @@ BAD_SPECS: list[tuple[str, dict[str, Any], str]] = [
     ("batch bool", {"engine": {"maxBatchSize": True}}, "spec.engine.maxBatchSize"),
     ("opt above max", {"engine": {"maxBatchSize": 8, "optBatchSize": 9}}, "spec.engine.optBatchSize"),
     ("workspace", {"engine": {"workspaceMiB": 1}}, "spec.engine.workspaceMiB"),
+    (
+        "accuracy percent above 100",
+        {"engine": {"accuracy": {"minTop5AgreementPercent": 101}}},
+        "spec.engine.accuracy.minTop5AgreementPercent",
+    ),
+    (
+        "accuracy difference negative",
+        {"engine": {"accuracy": {"maxAbsDifference": -0.1}}},
+        "spec.engine.accuracy.maxAbsDifference",
+    ),
+    (
+        "accuracy difference a string",
+        {"engine": {"accuracy": {"maxAbsDifference": "0.1"}}},
+        "spec.engine.accuracy.maxAbsDifference",
+    ),
+    (
+        "accuracy difference a bool",
+        {"engine": {"accuracy": {"maxAbsDifference": True}}},
+        "spec.engine.accuracy.maxAbsDifference",
+    ),
     ("timeout", {"engine": {"buildTimeoutSeconds": 5}}, "spec.engine.buildTimeoutSeconds"),
     ("engine not an object", {"engine": [1]}, "spec.engine"),
     ("targets for onnx", {"model": {"format": "onnx"}, "engine": {"targets": [{}]}}, "spec.engine.targets"),

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from tritonresnet.client.status_text import age, describe
-from tritonresnet_builder.contract import Result
+from tritonresnet_builder.contract import Result, SourceFile
 from unit import worlds
 
 #: Five minutes after the worlds' clock: the conditions that turned with the last pass are 5m old.
@@ -28,6 +28,10 @@ def ready_resource() -> dict[str, Any]:
         artifact_bytes=52428800,
         compute_capability="8.0",
         tensorrt_version="10.3.0",
+        source_files=(
+            SourceFile("model.onnx", "a" * 64, 1_048_576),
+            SourceFile("model.onnx.data", "b" * 64, 47_185_920),
+        ),
         inputs=worlds.INPUTS,
         outputs=worlds.OUTPUTS,
     )
@@ -58,6 +62,8 @@ def test_describe_lists_each_target_with_its_plan_details() -> None:
         f"engine key {key}",
         f"Job resnet50-build-{key[:10]}",
         "artifact model.plan (50.0 MiB)",
+        f"fetched model.onnx (1.0 MiB) sha256 {'a' * 64}",
+        f"fetched model.onnx.data (45.0 MiB) sha256 {'b' * 64}",
     ):
         assert f"    {detail}\n" in text
 

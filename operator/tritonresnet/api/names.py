@@ -12,9 +12,10 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Literal
 
-from tritonresnet_builder.contract import CONTRACT
+from tritonresnet_builder.contract import CONTRACT, AccuracyTolerance
 
 if TYPE_CHECKING:  # spec imports digest from here
     from tritonresnet.api.spec import Target, TritonResNetSpec
@@ -64,7 +65,8 @@ def engine_key(spec: TritonResNetSpec, target: Target, release: str) -> str:
     Includes what changes the artifact: the contract, the model's bytes as
     far as the spec names them (its pinned ``source.sha256``, else its
     location: an unpinned object overwritten in place keeps its key, so it is
-    not rebuilt; pin the digest to have every new object rebuilt), the
+    not rebuilt; pin the digest to have every new object rebuilt; and the pins
+    of its external-data files, so a new pin is a new build), the
     engine settings, the builder release and the GPU kind (the target's
     nodeSelector; not its name, so renaming a target rebuilds nothing). An
     onnx artifact is the validated model itself, so precision, workspace and
@@ -72,7 +74,12 @@ def engine_key(spec: TritonResNetSpec, target: Target, release: str) -> str:
     """
     settings = spec.engine_settings()
     source = spec.source
-    origin = {"sha256": source.sha256} if source.sha256 else {"uri": source.uri, "endpoint": source.endpoint}
+    origin: dict[str, Any] = (
+        {"sha256": source.sha256} if source.sha256 else {"uri": source.uri, "endpoint": source.endpoint}
+    )
+    if source.external_data:
+        # Only when set, so the keys of every resource without such pins stay as they were.
+        origin["externalData"] = dict(source.external_data)
     content: dict[str, Any] = {
         "contract": CONTRACT,
         "source": origin,
@@ -87,6 +94,10 @@ def engine_key(spec: TritonResNetSpec, target: Target, release: str) -> str:
             "workspaceMiB": settings.workspace_mib,
             "gpu": dict(target.node_selector),
         }
+        if settings.accuracy != AccuracyTolerance():
+            # A tighter gate must check again, not reuse a plan a looser one let through; only
+            # when changed, so the keys of resources that leave the defaults stay as they were.
+            content["accuracy"] = asdict(settings.accuracy)
     return digest(content)[:KEY_LENGTH]
 
 

@@ -23,6 +23,7 @@ from tritonresnet_builder.contract import (
     FORMATS,
     MODEL_NAME_RE,
     PRECISIONS,
+    AccuracyTolerance,
     EngineSettings,
     Format,
     Precision,
@@ -55,6 +56,8 @@ RELEASE_RE = _pattern(r"^\d{2}\.\d{2}$")
 SOURCE_URI_RE = _pattern(r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/\S+|/\S+)$")
 #: Optional fields accept "" (the issue's sample writes them out empty).
 SHA256_RE = _pattern(r"^([0-9a-f]{64})?$")
+#: A pin of an external-data file is never empty: an empty one would pin nothing.
+REQUIRED_SHA256_RE = _pattern(r"^[0-9a-f]{64}$")
 ENDPOINT_RE = _pattern(r"^(https?://\S+)?$")
 REGION_RE = _pattern(r"^[a-z0-9-]{0,32}$")
 #: A PVC's (or storage class's) name: a DNS subdomain.
@@ -63,7 +66,8 @@ CLAIM_NAME_RE = _pattern(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 SECRET_NAME_RE = _pattern(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?)?$")
 #: A target's name shows up in status and in child labels: a short DNS label.
 TARGET_NAME_RE = _pattern(r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$")
-#: A relative folder inside the claim; no component may start with a dot (no ``..``).
+#: A relative folder inside the claim; no component may start with a dot (no ``..``). Also
+#: the grammar of an external-data location (relative to the model, as the builder normalises it).
 SUB_PATH_RE = _pattern(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*(/[A-Za-z0-9_-][A-Za-z0-9_.-]*)*$")
 #: Kubernetes' resource.Quantity grammar.
 QUANTITY_RE = _pattern(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|[numkMGTPE]|[KMGTPE]i)?$")
@@ -79,6 +83,8 @@ MAX_PREFERRED_BATCH_SIZES = 16
 MAX_TOLERATIONS = 32
 MAX_SELECTOR_ENTRIES = 32
 MAX_REPLICAS = 1000
+MAX_EXTERNAL_DATA = 64
+MAX_EXTERNAL_LOCATION = 1024
 
 GPU_RESOURCE = "nvidia.com/gpu"
 DEFAULT_SERVING_RESOURCES: Mapping[str, Mapping[str, str]] = {"limits": {GPU_RESOURCE: "1"}}
@@ -107,9 +113,17 @@ class SourceSpec:
     endpoint: str = ""
     region: str = ""
     credentials_secret: str = ""  #: Secret holding AWS_* keys; empty: the pod's default chain
+    #: pins of external-data files: location (relative to the model) -> sha256, in spec order
+    external_data: Mapping[str, str] = field(default_factory=dict)
 
     def contract(self) -> Source:
-        return Source(uri=self.uri, sha256=self.sha256, endpoint=self.endpoint, region=self.region)
+        return Source(
+            uri=self.uri,
+            sha256=self.sha256,
+            endpoint=self.endpoint,
+            region=self.region,
+            external_data_sha256=dict(self.external_data),
+        )
 
 
 @dataclass(frozen=True)
@@ -136,6 +150,7 @@ class EngineSpec:
     workspace_mib: int = 4096
     targets: tuple[Target, ...] = ()  #: as written; see TritonResNetSpec.build_targets()
     build_timeout_seconds: int = 3600
+    accuracy: AccuracyTolerance = field(default_factory=AccuracyTolerance)  #: the gate of a plan
 
 
 @dataclass(frozen=True)
@@ -206,6 +221,7 @@ class TritonResNetSpec:
             max_batch_size=self.engine.max_batch_size,
             opt_batch_size=self.engine.opt_batch_size,
             workspace_mib=self.engine.workspace_mib,
+            accuracy=self.engine.accuracy,
         )
 
     def build_targets(self) -> tuple[Target, ...]:
@@ -261,6 +277,17 @@ def _integer(parent: Mapping[str, Any], key: str, path: str, default: int, low: 
     if not low <= value <= high:
         raise SpecError(f"{path}.{key}", f"{value} is out of range {low}..{high}")
     return value
+
+
+def _number(parent: Mapping[str, Any], key: str, path: str, default: float, low: float, high: float) -> float:
+    value = parent.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(f"{path}.{key}", f"must be a number, not {value!r}")
+    if not low <= value <= high:
+        raise SpecError(f"{path}.{key}", f"{value} is out of range {low:g}..{high:g}")
+    return float(value)
 
 
 def _choice(parent: Mapping[str, Any], key: str, path: str, choices: Sequence[str], default: str) -> str:
@@ -336,6 +363,28 @@ def target_name_for(node_selector: Mapping[str, str]) -> str:
 # -- sections -------------------------------------------------------------------------------
 
 
+def _external_data(section: Mapping[str, Any], path: str) -> dict[str, str]:
+    """``externalData``: a list keyed by location (the CRD's list-map), read as location -> sha256."""
+    pins: dict[str, str] = {}
+    for index, item in enumerate(_list(section, "externalData", path, MAX_EXTERNAL_DATA)):
+        where = f"{path}.externalData[{index}]"
+        if not isinstance(item, Mapping):
+            raise SpecError(where, "must be an object")
+        unknown = set(item) - {"location", "sha256"}
+        if unknown:
+            raise SpecError(where, f"unknown fields {', '.join(sorted(unknown))}")
+        location = _string(item, "location", where, pattern=SUB_PATH_RE)
+        digest = _string(item, "sha256", where, pattern=REQUIRED_SHA256_RE)
+        if not location or not digest:
+            raise SpecError(f"{where}.{'sha256' if location else 'location'}", "is required")
+        if len(location) > MAX_EXTERNAL_LOCATION:
+            raise SpecError(f"{where}.location", f"is longer than {MAX_EXTERNAL_LOCATION} characters")
+        if location in pins:
+            raise SpecError(f"{where}.location", f"{location!r} is pinned twice")
+        pins[location] = digest
+    return pins
+
+
 def _source(spec: Mapping[str, Any]) -> SourceSpec:
     path = "spec.source"
     if "source" not in spec or spec.get("source") is None:
@@ -350,6 +399,7 @@ def _source(spec: Mapping[str, Any]) -> SourceSpec:
         endpoint=_string(section, "endpoint", path, pattern=ENDPOINT_RE),
         region=_string(section, "region", path, pattern=REGION_RE),
         credentials_secret=_string(section, "credentialsSecret", path, pattern=SECRET_NAME_RE),
+        external_data=_external_data(section, path),
     )
 
 
@@ -401,6 +451,18 @@ def _precision(section: Mapping[str, Any], path: str) -> Precision:
     return next(p for p in PRECISIONS if p == value)
 
 
+def _accuracy(engine: Mapping[str, Any], path: str) -> AccuracyTolerance:
+    where = f"{path}.accuracy"
+    section = _section(engine, "accuracy", path)
+    defaults = AccuracyTolerance()
+    return AccuracyTolerance(
+        min_top5_agreement_percent=_integer(
+            section, "minTop5AgreementPercent", where, defaults.min_top5_agreement_percent, 0, 100
+        ),
+        max_abs_difference=_number(section, "maxAbsDifference", where, defaults.max_abs_difference, 0, 1e6),
+    )
+
+
 def _engine(spec: Mapping[str, Any], model: ModelSpec) -> EngineSpec:
     path = "spec.engine"
     section = _section(spec, "engine", "spec")
@@ -426,6 +488,7 @@ def _engine(spec: Mapping[str, Any], model: ModelSpec) -> EngineSpec:
         workspace_mib=_integer(section, "workspaceMiB", path, 4096, 256, 262144),
         targets=targets,
         build_timeout_seconds=_integer(section, "buildTimeoutSeconds", path, 3600, 60, 86400),
+        accuracy=_accuracy(section, path),
     )
 
 

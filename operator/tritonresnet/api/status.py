@@ -180,6 +180,15 @@ class PublishedStatus:
     repository_bytes: int | None = None
 
 
+@dataclass(frozen=True)
+class SourceFileStatus:
+    """One file a build fetched: the model, or one of its external-data files."""
+
+    name: str  #: the model's file name, or an external-data location relative to it
+    sha256: str
+    bytes: int
+
+
 TargetState = Literal["Pending", "Running", "Unschedulable", "Stuck", "Built", "Failed"]
 
 
@@ -197,6 +206,9 @@ class TargetStatus:
     artifact: str | None = None
     artifact_bytes: int | None = None
     source_sha256: str | None = None
+    #: Every file the build fetched, the model first; None when not reported (too many files
+    #: for the builder's result, or a builder from before this field).
+    source_files: tuple[SourceFileStatus, ...] | None = None
     message: str | None = None
     #: The applied hash of the build Job that failed: while the Job the spec renders has this hash,
     #: the failure stands (its Job may be gone with its TTL) and the build is not run again.
@@ -266,7 +278,10 @@ def camel(name: str) -> str:
 
 
 def _encode(value: Any) -> Any:
-    if isinstance(value, (TritonResNetStatus, PublishedStatus, TargetStatus, StatusCondition, TensorStatus)):
+    if isinstance(
+        value,
+        (TritonResNetStatus, PublishedStatus, TargetStatus, StatusCondition, TensorStatus, SourceFileStatus),
+    ):
         out = {camel(f.name): _encode(getattr(value, f.name)) for f in fields(value)}
         if isinstance(value, PublishedStatus):
             return {k: v for k, v in out.items() if v is not None}
@@ -325,6 +340,16 @@ def _published(value: Any) -> PublishedStatus | None:
     )
 
 
+def _source_files(value: Any) -> tuple[SourceFileStatus, ...] | None:
+    if value is None:
+        return None
+    return tuple(
+        SourceFileStatus(str(f.get("name", "")), str(f.get("sha256", "")), _int(f.get("bytes")) or 0)
+        for f in _list(value)
+        if isinstance(f, Mapping)
+    )
+
+
 def _targets(value: Any) -> tuple[TargetStatus, ...] | None:
     if value is None:
         return None
@@ -347,6 +372,7 @@ def _targets(value: Any) -> tuple[TargetStatus, ...] | None:
                 artifact=_str(t.get("artifact")),
                 artifact_bytes=_int(t.get("artifactBytes")),
                 source_sha256=_str(t.get("sourceSha256")),
+                source_files=_source_files(t.get("sourceFiles")),
                 message=_str(t.get("message")),
                 job_hash=_str(t.get("jobHash")),
             )

@@ -119,6 +119,10 @@ def _targets(status: TritonResNetStatus) -> list[str]:
         if target.artifact:
             size = f" ({_size(target.artifact_bytes)})" if target.artifact_bytes else ""
             details.append(f"artifact {target.artifact}{size}")
+        # What was fetched, each file with the digest a pin would name.
+        details += [
+            f"fetched {f.name} ({_size(f.bytes)}) sha256 {f.sha256}" for f in target.source_files or ()
+        ]
         lines += [f"{_INDENT * 2}{d}" for d in details]
         if target.message:
             lines.append(f"{_INDENT * 2}{target.message}")

@@ -25,6 +25,7 @@ from tritonresnet.api import names
 from tritonresnet.api.spec import SpecError, Target, TritonResNetSpec, parse_spec
 from tritonresnet.api.status import (
     PublishedStatus,
+    SourceFileStatus,
     TargetStatus,
     TensorStatus,
     TritonResNetStatus,
@@ -266,6 +267,8 @@ def _builds(
                 artifact=r.artifact or None,
                 artifact_bytes=r.artifact_bytes,
                 source_sha256=r.source_sha256 or None,
+                source_files=tuple(SourceFileStatus(f.name, f.sha256, f.size) for f in r.source_files)
+                or None,
                 message=f"built {r.artifact or r.format}",
             )
         else:

@@ -35,6 +35,18 @@ def save(model: onnx.ModelProto, path: Path, *, external: bool = False) -> Path:
     return path
 
 
+def relocate_external_data(path: Path, location: str) -> Path:
+    """Rewrite every external-data location the model at ``path`` names to ``location``
+    (the files themselves stay as they are): a model that names a file it should not."""
+    model = onnx.load(str(path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    onnx.save_model(model, str(path))
+    return path
+
+
 def classifier(
     path: Path,
     *,

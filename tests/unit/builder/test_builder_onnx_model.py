@@ -53,12 +53,7 @@ def test_inspect_refuses_missing_external_data_file(tmp_path: Path) -> None:
 
 def test_inspect_refuses_external_data_outside_the_model_folder(tmp_path: Path) -> None:
     path = onnx_graphs.classifier(tmp_path / "sub" / "m.onnx", external=True)
-    model = onnx.load(str(path), load_external_data=False)
-    for tensor in model.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                entry.value = "../../etc/passwd"
-    onnx.save_model(model, str(path))
+    onnx_graphs.relocate_external_data(path, "../../etc/passwd")
     error = refusal(path)
     assert "weights" in error.message or "shape" in error.message
     assert "outside the model's folder" in error.message

@@ -11,12 +11,22 @@ import json
 import subprocess
 import sys
 import types
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tritonresnet_builder import cuda_device, tensorrt_engine
-from tritonresnet_builder.contract import BuildArgs, EngineSettings, ExitCode, Precision, Source, parse_result
+from tritonresnet_builder import accuracy, cuda_device, tensorrt_engine
+from tritonresnet_builder.contract import (
+    ONNX_FILENAME,
+    AccuracyTolerance,
+    BuildArgs,
+    EngineSettings,
+    ExitCode,
+    Precision,
+    Source,
+    parse_result,
+)
 from tritonresnet_builder.failures import BuilderError
 from unit.builder import onnx_graphs
 
@@ -132,6 +142,19 @@ def stand_in_tensorrt(
     return trt
 
 
+def classifier_build(tmp_path: Path, key: str, engine: EngineSettings, result_file: str = "") -> BuildArgs:
+    """A build of the small classifier into a new repository under ``tmp_path``."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    return BuildArgs(
+        repository=str(repo),
+        engine_key=key,
+        source=Source(uri=str(onnx_graphs.classifier(tmp_path / "m.onnx"))),
+        engine=engine,
+        result_file=result_file,
+    )
+
+
 @pytest.fixture
 def stand_in_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CUDA driver query answers as an sm 8.6 GPU would (stand-in: there is no GPU here)."""
@@ -210,15 +233,8 @@ def test_int8_is_refused_without_calibration_data() -> None:
 
 def test_build_without_tensorrt_exits_unsupported_and_writes_no_plan(tmp_path: Path) -> None:
     """The real CLI on this machine, which has neither TensorRT nor a GPU."""
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    args = BuildArgs(
-        repository=str(repo),
-        engine_key="k",
-        source=Source(uri=str(onnx_graphs.classifier(tmp_path / "m.onnx"))),
-        engine=EngineSettings(format="tensorrt"),
-        result_file=str(tmp_path / "result"),
-    )
+    args = classifier_build(tmp_path, "k", EngineSettings(format="tensorrt"), str(tmp_path / "result"))
+    repo = Path(args.repository)
     done = subprocess.run(
         [sys.executable, "-m", "tritonresnet_builder", *args.to_argv()],
         capture_output=True,
@@ -250,6 +266,17 @@ def test_product_code_writes_plans_only_from_tensorrt_serialized_engines() -> No
         assert "build_serialized_network" not in text, module.name
 
 
+@pytest.fixture
+def stand_in_plan_runner(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The accuracy gate's plan runner replaced by a stand-in (there is no TensorRT to run a
+    plan here): it answers exactly as onnxruntime does on the ONNX file next to the plan."""
+    monkeypatch.setattr(tensorrt_engine, "run_plan", _answers_as_onnxruntime)
+
+
+def _answers_as_onnxruntime(plan: Path, feed: Mapping[str, Any]) -> Any:
+    return accuracy.onnxruntime_runner(plan.parent / ONNX_FILENAME, feed)
+
+
 @pytest.mark.parametrize(
     ("input_shape", "export"), [((-1, 3, 4, 4), "batch"), ((1, 3, 4, 4), 1)], ids=["dynamic", "fixed-1"]
 )
@@ -257,6 +284,7 @@ def test_max_batch_zero_builds_a_batch_one_profile_with_stand_in_tensorrt(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     stand_in_gpu: None,
+    stand_in_plan_runner: None,
     input_shape: tuple[int, ...],
     export: str | int,
 ) -> None:
@@ -289,3 +317,51 @@ def test_max_batch_zero_renders_an_optimum_of_one() -> None:
     assert (engine.optimum_batch(), engine.largest_batch()) == (1, 1)
     argv = BuildArgs(repository="/m", engine_key="k", source=Source(uri="/m/x.onnx"), engine=engine).to_argv()
     assert "--max-batch-size=0" in argv and "--opt-batch-size=1" in argv
+
+
+def _build_with(tmp_path: Path, tolerance: AccuracyTolerance) -> tuple[Path, Any]:
+    from tritonresnet_builder.build import build
+
+    engine = EngineSettings(format="tensorrt", max_batch_size=4, accuracy=tolerance)
+    args = classifier_build(tmp_path, "gate", engine)
+    return Path(args.repository) / ".tritonresnet/engines/gate", build(args)
+
+
+def test_accuracy_gate_passes_a_plan_that_answers_as_onnxruntime_with_stand_in_tensorrt_and_runner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stand_in_gpu: None, stand_in_plan_runner: None
+) -> None:
+    """Stand-ins for TensorRT and for running the plan: the gate runs between the build and
+    the install, in batches the plan's profile takes (max batch 4: two runs of 4 inputs)."""
+    monkeypatch.setitem(sys.modules, "tensorrt", stand_in_tensorrt(Recorder(), (-1, 3, 4, 4)))
+    batches: list[int] = []
+
+    def counting(plan: Path, feed: Mapping[str, Any]) -> Any:
+        batches.append(len(next(iter(feed.values()))))
+        return _answers_as_onnxruntime(plan, feed)
+
+    monkeypatch.setattr(tensorrt_engine, "run_plan", counting)
+    engine_dir, result = _build_with(tmp_path, AccuracyTolerance(100, 0.0))
+    assert result.ok and "accuracy" in result.seconds
+    assert batches == [4, 4]
+    assert (engine_dir / "model.sm86.plan").is_file()
+
+
+def test_accuracy_gate_fails_a_drifting_plan_with_the_numbers_and_installs_nothing_with_stand_in_tensorrt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stand_in_gpu: None
+) -> None:
+    """Stand-ins for TensorRT and for running the plan: the stand-in plan answers onnxruntime's
+    outputs rounded to fp16 plus a drift that reverses every ranking (what a broken fp16 build
+    would do); the build fails AccuracyCheckFailed naming both numbers, and no engine folder exists."""
+    monkeypatch.setitem(sys.modules, "tensorrt", stand_in_tensorrt(Recorder(), (-1, 3, 4, 4)))
+
+    def drifting(plan: Path, feed: Mapping[str, Any]) -> Any:
+        return -_answers_as_onnxruntime(plan, feed).astype("float16").astype("float32")
+
+    monkeypatch.setattr(tensorrt_engine, "run_plan", drifting)
+    with pytest.raises(BuilderError) as error:
+        _build_with(tmp_path, AccuracyTolerance())
+    assert (error.value.kind, error.value.exit_code) == ("AccuracyCheckFailed", ExitCode.BAD_INPUT)
+    assert error.value.field == "spec.engine.accuracy"
+    assert "top-5 agreement 0.0% (at least 90% wanted)" in error.value.message
+    assert "max abs difference" in error.value.message and "fp16 plan" in error.value.message
+    assert not (tmp_path / "repo/.tritonresnet/engines/gate").exists()
