@@ -340,7 +340,9 @@ def test_every_request_of_the_operator_is_granted_by_the_chart_and_known(operato
     assert sorted(str(p) for p in used if grant_of(p) not in granted) == [], "used, not granted by the chart"
     observed = ObservedRbac.load(OBSERVED_FILE)
     unknown = sorted(str(p) for p in used - observed.requests)
-    assert unknown == [], f"used, not in {OBSERVED_FILE.name}: add to the chart and the file"
+    if os.environ.get(WRITE_VARIABLE) != "1":
+        # When rewriting, the next test writes the file from this run: a stale file is expected.
+        assert unknown == [], f"used, not in {OBSERVED_FILE.name}: add to the chart and the file"
 
 
 def test_every_grant_of_the_chart_was_used_by_the_whole_e2e_suite(

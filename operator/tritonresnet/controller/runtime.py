@@ -311,7 +311,7 @@ class Runtime:
         if resource is None or resource["metadata"].get("deletionTimestamp"):
             return None  # owner references let the garbage collector remove the children
         namespace, name = key
-        group = self._group_of[key]
+        group = self._group_of.get(key) or (namespace, model_name_as_written(resource))
         peers = self._peers.get(group)
         if peers is None:
             peers = self._peers[group] = tuple(self._by_model.get(group, {}).values())
