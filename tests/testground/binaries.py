@@ -18,6 +18,10 @@ kwok (``ensure_kwok``) is built the same way but only when a benchmark asks
 for it: the test suite never runs it, so a fresh machine's first ``make test``
 does not pay for it. It has a cache folder of its own, keyed by its version.
 
+Karpenter (``ensure_karpenter``: its core with the kwok cloud provider, from
+``sigs.k8s.io/karpenter``) is built the same way, on demand, the first time
+the autoscaler test runs; a cache folder of its own, keyed by its version.
+
 The pod network's parts (``ensure_network_binaries``, see testground.network)
 are also fetched on demand, the first time a test asks for the network:
 kube-proxy from the same Kubernetes module, a CoreDNS with only the plugins
@@ -28,6 +32,7 @@ folder, keyed by all three versions.
 
     python -m testground.binaries              # build or reuse, print the folder
     python -m testground.binaries --kwok       # the same for kwok, print its path
+    python -m testground.binaries --karpenter  # the same for Karpenter, print its path
     python -m testground.binaries --network    # the pod network's binaries, print their folder
     python -m testground.binaries --regenerate # rewrite tools/*/go.mod
 """
@@ -54,6 +59,11 @@ KWOK_VERSION = "v0.8.0"
 KWOK_MODULE = "sigs.k8s.io/kwok"
 KWOK_PACKAGE = "sigs.k8s.io/kwok/cmd/kwok"
 
+#: Karpenter's core with its kwok cloud provider, for the autoscaler test (``ensure_karpenter``).
+#: v1.14.1 is the newest release whose go.mod asks for no newer Go than the machines have (1.26.8).
+KARPENTER_VERSION = "v1.14.1"
+KARPENTER_MODULE = "sigs.k8s.io/karpenter"
+KARPENTER_PACKAGE = "sigs.k8s.io/karpenter/kwok"
 KUBE_COMMANDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 #: Built from the same module, only for the pod network (``ensure_network_binaries``).
 NETWORK_KUBE_COMMANDS = ("kube-proxy",)
@@ -141,6 +151,20 @@ def regenerate() -> None:
     _regenerate_simple("etcd", "go.etcd.io/etcd/server/v3", ETCD_VERSION, "go.etcd.io/etcd/server/v3")
     _regenerate_simple("helm", "helm.sh/helm/v3", HELM_VERSION, "helm.sh/helm/v3/cmd/helm")
     _regenerate_simple("kwok", KWOK_MODULE, KWOK_VERSION, KWOK_PACKAGE)
+    _regenerate_karpenter()
+
+
+def _regenerate_karpenter() -> None:
+    # Our instance-type file lives there too: keep it, renew go.mod and go.sum.
+    folder = TOOLS_DIR / "karpenter"
+    for name in ("go.mod", "go.sum"):
+        (folder / name).unlink(missing_ok=True)
+    _go(["mod", "init", "tritonresnet.io/testground/tools/karpenter"], folder)
+    _go(
+        ["mod", "edit", f"-require={KARPENTER_MODULE}@{KARPENTER_VERSION}", f"-tool={KARPENTER_PACKAGE}"],
+        folder,
+    )
+    _go(["mod", "tidy"], folder)
 
 
 # -- building -----------------------------------------------------------------------
@@ -261,11 +285,40 @@ def ensure_kwok(log=print) -> Path:  # type: ignore[no-untyped-def]
 
 def kwok_module_dir() -> Path:
     """kwok's module source in the Go module cache (its stock Stage files live under kustomize/stage)."""
-    with tempfile.TemporaryDirectory(prefix="testground-kwok-") as tmp:
-        work = Path(tmp) / "kwok"
-        shutil.copytree(TOOLS_DIR / "kwok", work)
-        info = json.loads(_go(["mod", "download", "-json", f"{KWOK_MODULE}@{KWOK_VERSION}"], work))
+    return _module_dir("kwok", KWOK_MODULE, KWOK_VERSION)
+
+
+def _module_dir(tools: str, module: str, version: str) -> Path:
+    with tempfile.TemporaryDirectory(prefix=f"testground-{tools}-") as tmp:
+        work = Path(tmp) / tools
+        shutil.copytree(TOOLS_DIR / tools, work)
+        info = json.loads(_go(["mod", "download", "-json", f"{module}@{version}"], work))
     return Path(info["Dir"])
+
+
+# -- Karpenter, for the autoscaler test only ------------------------------------------
+
+
+def karpenter_cache_dir() -> Path:
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "tritonresnet" / "testground" / f"karpenter-{KARPENTER_VERSION}"
+
+
+def _karpenter_complete(folder: Path) -> bool:
+    return (folder / "karpenter").is_file() and os.access(folder / "karpenter", os.X_OK)
+
+
+def ensure_karpenter(log=print) -> Path:  # type: ignore[no-untyped-def]
+    """The path of Karpenter (core plus its kwok cloud provider) built from its pinned module, once."""
+    ldflags = f"-s -w -X sigs.k8s.io/karpenter/pkg/operator.Version={KARPENTER_VERSION}"
+    plan = [("karpenter", "karpenter", KARPENTER_PACKAGE, ldflags)]
+    folder = _made_once(karpenter_cache_dir(), _karpenter_complete, lambda target: build(target, log, plan))
+    return folder / "karpenter"
+
+
+def karpenter_module_dir() -> Path:
+    """Karpenter's module source in the Go module cache: its CRDs (pkg/apis/crds, kwok/apis/crds)."""
+    return _module_dir("karpenter", KARPENTER_MODULE, KARPENTER_VERSION)
 
 
 # -- the pod network's parts, on demand ---------------------------------------------
@@ -335,6 +388,11 @@ def main(argv: list[str] | None = None) -> int:
         "--kwok", action="store_true", help="build or reuse kwok (benchmarks only) and print its path"
     )
     parser.add_argument(
+        "--karpenter",
+        action="store_true",
+        help="build or reuse Karpenter (autoscaler test) and print its path",
+    )
+    parser.add_argument(
         "--network", action="store_true", help="build or fetch the pod network's parts and print their folder"
     )
     args = parser.parse_args(argv)
@@ -343,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     to_stderr = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     if args.kwok:
         print(ensure_kwok(log=to_stderr))
+        return 0
+    if args.karpenter:
+        print(ensure_karpenter(log=to_stderr))
         return 0
     if args.network:
         print(ensure_network_binaries(log=to_stderr))

@@ -144,6 +144,8 @@ class NodeAgent:
     #: Provide the default StorageClass and its volumes (one agent of a cluster does).
     storage: bool = True
     agent_id: str = "testground"
+    #: An instance-type file: also adopt the nodes Karpenter's kwok provider creates (nodeagent_adopt).
+    adopt_instance_types: Path | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -180,6 +182,8 @@ class NodeAgent:
             argv.append("--no-storage")
         if self.agent_id != "testground":
             argv.append(f"--agent-id={self.agent_id}")
+        if self.adopt_instance_types is not None:
+            argv.append(f"--adopt={self.adopt_instance_types}")
         self.workdir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log_file:
             self.process = subprocess.Popen(
@@ -300,6 +304,7 @@ def start_node_agent(
     pod_network: Path | None = None,
     storage: bool = True,
     agent_id: str = "testground",
+    adopt_instance_types: Path | None = None,
 ) -> Iterator[NodeAgent]:
     """Run the node agent for ``nodes`` against ``cp`` until the block exits.
 
@@ -313,6 +318,7 @@ def start_node_agent(
         pod_network=pod_network,
         storage=storage,
         agent_id=agent_id,
+        adopt_instance_types=adopt_instance_types,
     )
     try:
         agent.start()

@@ -5,6 +5,8 @@ Threads, each with a list+watch loop that survives API server restarts:
 * heartbeat: keeps every node's status Ready and renews its Lease in
   ``kube-node-lease`` every :data:`LEASE_RENEW_SECONDS`;
 * pods: dispatches pods bound to our nodes to one :class:`PodWorker` each;
+* nodes (with ``--adopt``): adopts the nodes Karpenter's kwok provider
+  creates and plays their kubelet too (``testground.nodeagent_adopt``);
 * storage: provisions a hostPath PersistentVolume for each pending claim of the
   ``testground`` class (the default class) and deletes released ones.
 
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from testground.network import PodNetworkSpec
+from testground.nodeagent_adopt import adopted_spec, is_adoptable, load_instance_types
 from testground.nodeagent_kube import MERGE_PATCH, Kube, list_and_watch, start_thread
 from testground.nodeagent_nodes import (
     AGENT_LABEL,
@@ -82,6 +85,7 @@ class NodeAgentDaemon:
         agent_id: str,
         network: PodNetworkSpec | None = None,
         storage: bool = True,
+        adopt_instance_types: Path | None = None,
     ) -> None:
         self.kube = kube
         self.workdir = workdir
@@ -104,6 +108,14 @@ class NodeAgentDaemon:
         self.lock = threading.Lock()
         self.node_uids: dict[str, str] = {}
         self.ready_since = now_rfc3339()
+        #: Nodes an autoscaler created that we play the kubelet of (testground.nodeagent_adopt),
+        #: by name; never registered (nor registered again) by us.
+        self.instance_types = load_instance_types(adopt_instance_types) if adopt_instance_types else None
+        self.adopted: dict[str, NodeSpec] = {}
+        self.adopted_uids: dict[str, str] = {}
+
+    def plays(self, node_name: str | None) -> bool:
+        return node_name in self.nodes or node_name in self.adopted
 
     # -- nodes
 
@@ -118,6 +130,47 @@ class NodeAgentDaemon:
             self.node_uids[node.name] = created["metadata"]["uid"]
             self.post_node_status(node)
 
+    def on_node(self, kind: str, node: dict[str, Any]) -> None:
+        """Adopt a node an autoscaler created (or forget a deleted one)."""
+        name = node["metadata"]["name"]
+        if kind == "DELETED" or node["metadata"].get("deletionTimestamp"):
+            if self.adopted.pop(name, None) is not None:
+                self.adopted_uids.pop(name, None)
+                log.info("adopted node %s is gone", name)
+            return
+        if name in self.adopted or self.instance_types is None or not is_adoptable(node):
+            return
+        spec = adopted_spec(node, self.instance_types)
+        if spec is None:
+            log.warning("node %s has an instance type we do not know; not adopting it", name)
+            return
+        try:
+            self.adopted_uids[name] = node["metadata"]["uid"]
+            self.post_node_status(spec)
+            self.renew_lease(name)
+            self.adopted[name] = spec
+            log.info(
+                "adopted node %s (%s, %d GPUs %s)", name, spec.instance_type, spec.gpus, spec.gpu_product
+            )
+        except Exception:
+            self.adopted_uids.pop(name, None)
+            log.exception("adopting node %s failed; trying again on its next event", name)
+
+    def nodes_loop(self) -> None:
+        list_and_watch(self.kube, "/api/v1/nodes", self.on_node, self.stop, resync_seconds=30)
+
+    def adopted_heartbeat(self, last_status: float) -> bool:
+        """Leases (and, when due, status) of the adopted nodes; True when status was posted."""
+        due = time.monotonic() - last_status > NODE_STATUS_SECONDS
+        for name, spec in list(self.adopted.items()):
+            try:
+                self.renew_lease(name)
+                if due:
+                    self.post_node_status(spec)
+            except Exception as error:  # deleted under us: the nodes watch forgets it
+                log.warning("heartbeat of adopted node %s failed (%s)", name, error)
+        return due
+
     def post_node_status(self, node: NodeSpec) -> None:
         status = node_status(node, now_rfc3339(), self.ready_since)
         self.kube.patch(f"/api/v1/nodes/{node.name}/status", {"status": status}, MERGE_PATCH)
@@ -130,7 +183,7 @@ class NodeAgentDaemon:
         if patched is None:
             self.kube.create_or_keep(
                 f"/apis/coordination.k8s.io/v1/namespaces/{NODE_LEASE_NAMESPACE}/leases",
-                node_lease(name, self.node_uids[name]),
+                node_lease(name, self.node_uids.get(name) or self.adopted_uids[name]),
             )
 
     def heartbeat_loop(self) -> None:
@@ -142,7 +195,8 @@ class NodeAgentDaemon:
                     last_status = time.monotonic()
                 for name in self.nodes:
                     self.renew_lease(name)
-                if time.monotonic() - last_status > NODE_STATUS_SECONDS:
+                adopted_due = self.adopted_heartbeat(last_status)
+                if adopted_due or time.monotonic() - last_status > NODE_STATUS_SECONDS:
                     for node in self.nodes.values():
                         self.post_node_status(node)
                     last_status = time.monotonic()
@@ -156,7 +210,7 @@ class NodeAgentDaemon:
     # -- pods
 
     def on_pod(self, kind: str, pod: dict[str, Any]) -> None:
-        if pod.get("spec", {}).get("nodeName") not in self.nodes:
+        if not self.plays(pod.get("spec", {}).get("nodeName")):
             return
         uid = pod["metadata"]["uid"]
         try:
@@ -280,6 +334,8 @@ class NodeAgentDaemon:
         ]
         if self.storage:
             threads.append(start_thread("storage", self.storage_loops))
+        if self.instance_types is not None:
+            threads.append(start_thread("nodes", self.nodes_loop))
         log.info("node agent %s running nodes %s", self.agent_id, ", ".join(self.nodes))
         self.stop.wait()
         log.info("stopping: %d pod workers", len(self.workers))
@@ -309,6 +365,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-storage", action="store_true", help="leave the StorageClass and its volumes to another agent"
     )
+    parser.add_argument(
+        "--adopt",
+        type=Path,
+        metavar="INSTANCE_TYPES",
+        help="also play the kubelet of the nodes Karpenter's kwok provider creates, "
+        "with the machines of this instance-type file (testground.nodeagent_adopt)",
+    )
     return parser.parse_args(argv)
 
 
@@ -324,7 +387,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     nodes = nodes_from_json(args.nodes) if args.nodes else DEFAULT_NODES
     network = PodNetworkSpec.from_json(args.pod_network.read_text()) if args.pod_network else None
     daemon = NodeAgentDaemon(
-        Kube(args.kubeconfig), workdir, nodes, args.agent_id, network, storage=not args.no_storage
+        Kube(args.kubeconfig),
+        workdir,
+        nodes,
+        args.agent_id,
+        network,
+        storage=not args.no_storage,
+        adopt_instance_types=args.adopt,
     )
 
     def request_stop(signum: int, frame: object) -> None:
