@@ -221,6 +221,7 @@ def apply_sample(
         "metadata": {"name": "s3-credentials", "namespace": namespace},
         "stringData": {k: v for k, v in s3.env.items() if k.startswith("AWS_")},
     }
+    secret = s3.credentials_secret(namespace)
     pvc = {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
