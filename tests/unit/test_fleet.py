@@ -321,6 +321,16 @@ def test_no_gpu_node_waits_for_one_and_builds_nothing() -> None:
     assert ready["reason"] == "WaitingForNode" and "gpuKinds Auto" in ready["message"]
 
 
+def test_an_empty_view_of_the_nodes_takes_no_running_build_away() -> None:
+    """The first Node events may come after a pass: no kind seen means wait, not delete."""
+    cr = auto()
+    p = plan(see(cr, [], [], THREE_KINDS), SETTINGS)
+    cr, objects = step(cr, [], p)
+    p = plan(see(cr, objects, [], []), SETTINGS)
+    assert p.delete == [] and p.apply == []
+    assert st(p)["phase"] == "Pending"
+
+
 def test_listed_mode_ignores_the_fleet_and_renders_no_node_affinity() -> None:
     cr = resource(fmt="tensorrt")
     p = plan(see(cr, [], [], THREE_KINDS), SETTINGS)

@@ -355,6 +355,9 @@ def engines(
     targets = build_targets(observed, spec, release, old)
     engine_keys = {t.name: names.engine_key(spec, t, release) for t in targets}
     version_key = names.version_key(spec, sorted(engine_keys.values()))
+    if not targets:
+        # gpuKinds Auto with no GPU kind seen (yet): nothing to build, and nothing to take away.
+        return Engines(version_key, 0, (), None, waiting_for_node=NO_GPU_KIND)
 
     # An older spec's unfinished builds would only burn GPUs.
     current = {names.build_job_name(name, k) for k in engine_keys.values()}
@@ -363,8 +366,6 @@ def engines(
         if job_name not in current and not observe.finished(job):
             children.delete.append(("batch/v1", "Job", job_name))
 
-    if not targets:
-        return Engines(version_key, 0, (), None, waiting_for_node=NO_GPU_KIND)
     # The version key covers maxBatchSize, so a version published for it is batched as the spec says.
     published = _published(old, version_key, served, release, spec.engine.max_batch_size > 0)
     if published is not None:
