@@ -203,15 +203,7 @@ def test_three_capabilities_give_three_pinned_builds_one_version_and_triton_requ
     for target, job in jobs.items():
         selector = job["spec"]["template"]["spec"]["nodeSelector"]
         assert selector == {fleet.COMPUTE_MAJOR_LABEL: target[2], fleet.COMPUTE_MINOR_LABEL: target[3]}
-    cr, objects = step(cr, [], p)
-
-    built_on = {"sm75": "t4-0", "sm86": "a10g-1", "sm89": "l4-0"}
-    objects, pods = finish_builds(objects, [], jobs, built_on)
-    p = plan(see(cr, objects, pods, THREE_KINDS), SETTINGS)
-    cr, objects = step(cr, objects, p)
-    objects, pods = publish(cr, objects, pods, p, version=1)
-    p = plan(see(cr, objects, pods, THREE_KINDS), SETTINGS)
-    cr, objects = step(cr, objects, p)
+    cr, objects, _, p = _served_version_one(cr, {"sm75": "t4-0", "sm86": "a10g-1", "sm89": "l4-0"})
 
     (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
     assert affinity_terms(deployment) == [("7", "5"), ("8", "6"), ("8", "9")]
@@ -225,12 +217,16 @@ def test_three_capabilities_give_three_pinned_builds_one_version_and_triton_requ
     assert st(p)["published"]["version"] == 1
 
 
-def _served_version_one() -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], Plan]:
-    cr = auto()
+def _served_version_one(
+    cr: dict[str, Any] | None = None, built_on: dict[str, str] | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], Plan]:
+    """An Auto resource on THREE_KINDS from apply to version 1 deployed (builds on ``built_on``)."""
+    cr = cr or auto()
     p = plan(see(cr, [], [], THREE_KINDS), SETTINGS)
     jobs = builds(p)
     cr, objects = step(cr, [], p)
-    objects, pods = finish_builds(objects, [], jobs, {"sm75": "t4-0", "sm86": "a10g-0", "sm89": "l4-0"})
+    built_on = built_on or {"sm75": "t4-0", "sm86": "a10g-0", "sm89": "l4-0"}
+    objects, pods = finish_builds(objects, [], jobs, built_on)
     p = plan(see(cr, objects, pods, THREE_KINDS), SETTINGS)
     cr, objects = step(cr, objects, p)
     objects, pods = publish(cr, objects, pods, p, version=1)
@@ -377,3 +373,78 @@ def test_runtime_wakes_auto_resources_only_when_a_nodes_gpu_view_changes() -> No
     assert runtime.fleet_nodes() == ()
     snap = runtime.snapshot(("vision", "listed"))
     assert snap is not None and snap.nodes == ()
+
+
+# -- hardwareCompatibility AmperePlus: one plan for every GPU of 8.0 and up --------------------------
+
+
+def ampere_plus(**serving: Any) -> dict[str, Any]:
+    cr = auto(**serving)
+    cr["spec"]["engine"]["hardwareCompatibility"] = "AmperePlus"
+    return cr
+
+
+def test_ampere_plus_builds_once_for_every_capability_of_8_0_and_up_and_once_per_older_one() -> None:
+    p = plan(see(ampere_plus(), [], [], THREE_KINDS), SETTINGS)
+    jobs = builds(p)
+    assert sorted(jobs) == ["sm75", "sm86"], "8.6 and 8.9 share one build, on the lowest present"
+    args = jobs["sm86"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--hardware-compatibility=ampere_plus" in args
+    listed = plan(see(auto(), [], [], THREE_KINDS), SETTINGS)
+    assert all(
+        not a.startswith("--hardware-compatibility")
+        for j in builds(listed).values()
+        for a in j["spec"]["template"]["spec"]["containers"][0]["args"]
+    )
+
+
+def test_ampere_plus_version_pins_triton_to_8_0_and_up_and_a_newer_kind_joining_rebuilds_nothing() -> None:
+    cr, objects, pods, p = _served_version_one(ampere_plus(), {"sm75": "t4-0", "sm86": "a10g-0"})
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    terms = deployment["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]["nodeSelectorTerms"]
+    assert terms[1] == {
+        "matchExpressions": [{"key": fleet.COMPUTE_MAJOR_LABEL, "operator": "Gt", "values": ["7"]}]
+    }
+    assert terms[0] == {
+        "matchExpressions": [
+            {"key": fleet.COMPUTE_MAJOR_LABEL, "operator": "In", "values": ["7"]},
+            {"key": fleet.COMPUTE_MINOR_LABEL, "operator": "In", "values": ["5"]},
+        ]
+    }
+    # A Hopper node joins: its GPU runs the AMPERE_PLUS plan; nothing is built, nothing changes.
+    joined = [*THREE_KINDS, node("h100-0", "NVIDIA-H100", "9.0")]
+    again = plan(see(cr, objects, pods, joined), SETTINGS)
+    assert again.apply == [] and st(again)["versionKey"] == st(p)["versionKey"]
+    # An 8.0 joining (lower than the build's 8.6) rebuilds nothing either: the build stays on 8.6.
+    lower = plan(see(cr, objects, pods, [*joined, node("a100-0", "NVIDIA-A100", "8.0")]), SETTINGS)
+    assert lower.apply == []
+
+
+def test_hardware_level_is_ampere_plus_only_on_ampere_or_newer_with_standin_tensorrt(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """STAND-IN TensorRT and GPU (testground.standin_tensorrt): the level the builder sets, and
+    what it records; a T4 (7.5) gets a plan of its own level instead of a refused build."""
+    import sys
+
+    from testground.models import ensure_models
+    from testground.standin_tensorrt import tensorrt as standin
+    from tritonresnet_builder import cuda_device, tensorrt_engine
+
+    monkeypatch.setitem(sys.modules, "tensorrt", standin)
+    onnx = ensure_models().path("resnet18")
+    built = {}
+    for cc in ("8.6", "7.5"):
+        monkeypatch.setattr(cuda_device, "first_device", lambda cc=cc: cuda_device.Device("stand-in", cc))
+        out = tmp_path / cc
+        out.mkdir()
+        request = tensorrt_engine.PlanRequest(
+            onnx, out, tmp_path / "cache", "fp16", 8, 4, 1024, hardware_compatibility="ampere_plus"
+        )
+        built[cc] = tensorrt_engine.build_plan(request)
+    assert built["8.6"].hardware_compatibility == "ampere_plus"
+    assert b"hardware compatibility AMPERE_PLUS" in built["8.6"].path.read_bytes()[:200]
+    assert built["7.5"].hardware_compatibility == "none"
+    assert b"hardware compatibility NONE" in built["7.5"].path.read_bytes()[:200]

@@ -127,6 +127,15 @@ def test_gpu_kinds_auto_leaves_only_the_listed_targets_to_the_spec_and_is_refuse
     assert error.value.field == "spec.engine.gpuKinds"
 
 
+def test_hardware_compatibility_maps_to_the_contract_and_is_refused_for_onnx() -> None:
+    assert parse_spec(body()).engine_settings().hardware_compatibility == "none"
+    spec = parse_spec(body(engine={"hardwareCompatibility": "AmperePlus"}))
+    assert spec.engine_settings().hardware_compatibility == "ampere_plus"
+    with pytest.raises(SpecError) as error:
+        parse_spec(body(model={"format": "onnx"}, engine={"hardwareCompatibility": "AmperePlus"}))
+    assert error.value.field == "spec.engine.hardwareCompatibility"
+
+
 def test_unnamed_targets_are_named_from_their_selector_independently_of_key_order() -> None:
     spec = parse_spec(
         body(

@@ -26,6 +26,7 @@ from tritonresnet_builder.contract import (
     AccuracyTolerance,
     EngineSettings,
     Format,
+    HardwareCompatibility,
     Precision,
     Source,
 )
@@ -79,6 +80,12 @@ MetricType = Literal["cpu", "queueTime"]
 #: nodes Triton may land on, grouped by compute capability (``controller/fleet.py``).
 GpuKinds = Literal["Listed", "Auto"]
 GPU_KINDS: tuple[GpuKinds, ...] = ("Listed", "Auto")
+#: TensorRT's hardware compatibility level, as the CRD spells it (contract: none, ampere_plus).
+HardwareCompatibilityName = Literal["None", "AmperePlus"]
+HARDWARE_COMPATIBILITY: Mapping[HardwareCompatibilityName, HardwareCompatibility] = {
+    "None": "none",
+    "AmperePlus": "ampere_plus",
+}
 METRIC_TYPES: tuple[MetricType, ...] = ("cpu", "queueTime")
 
 MAX_BATCH = 256
@@ -157,6 +164,8 @@ class EngineSpec:
     accuracy: AccuracyTolerance = field(default_factory=AccuracyTolerance)  #: the gate of a plan
     #: Auto: one build per compute capability among the nodes Triton may land on, plus ``targets``.
     gpu_kinds: GpuKinds = "Listed"
+    #: ampere_plus: one plan for every GPU of compute capability 8.0 and up (TensorRT's AMPERE_PLUS)
+    hardware_compatibility: HardwareCompatibility = "none"
 
 
 @dataclass(frozen=True)
@@ -228,6 +237,7 @@ class TritonResNetSpec:
             opt_batch_size=self.engine.opt_batch_size,
             workspace_mib=self.engine.workspace_mib,
             accuracy=self.engine.accuracy,
+            hardware_compatibility=self.engine.hardware_compatibility,
         )
 
     def build_targets(self) -> tuple[Target, ...]:
@@ -502,6 +512,9 @@ def _engine(spec: Mapping[str, Any], model: ModelSpec) -> EngineSpec:
         raise SpecError(
             f"{path}.gpuKinds", "Auto only applies to format tensorrt; an onnx model is prepared once, on CPU"
         )
+    level = _choice(section, "hardwareCompatibility", path, tuple(HARDWARE_COMPATIBILITY), "None")
+    if level != "None" and model.format != "tensorrt":
+        raise SpecError(f"{path}.hardwareCompatibility", "only applies to format tensorrt")
     return EngineSpec(
         precision=_precision(section, path),
         max_batch_size=max_batch,
@@ -511,6 +524,7 @@ def _engine(spec: Mapping[str, Any], model: ModelSpec) -> EngineSpec:
         build_timeout_seconds=_integer(section, "buildTimeoutSeconds", path, 3600, 60, 86400),
         accuracy=_accuracy(section, path),
         gpu_kinds=gpu_kinds,
+        hardware_compatibility="ampere_plus" if level == "AmperePlus" else "none",
     )
 
 

@@ -338,7 +338,7 @@ def build_targets(
 
 def _with_capabilities(spec: TritonResNetSpec, published: Served, targets: Sequence[TargetStatus]) -> Served:
     """The published version with the compute capabilities of its plans, which pin Triton (Auto)."""
-    found = tuple(sorted({t.compute_capability for t in targets if t.compute_capability}))
+    found = fleet.plan_capabilities(spec, (t.compute_capability for t in targets if t.compute_capability))
     if not spec.fleet_mode or not all(t.compute_capability for t in targets):
         # A target recorded without its result (status lost): what the Deployment remembers.
         return published

@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tritonresnet_builder.contract import AMPERE_MAJOR
+
 from tritonresnet.api.spec import GPU_KINDS, Target, TritonResNetSpec
 from tritonresnet.api.status import TargetStatus
 
@@ -27,6 +29,8 @@ PRODUCT_LABEL = "nvidia.com/gpu.product"
 #: Taint effects that keep a pod off a node; PreferNoSchedule only discourages.
 _BLOCKING_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
 UNSCHEDULABLE_TAINT = "node.kubernetes.io/unschedulable"
+#: In a version's capabilities: an AMPERE_PLUS plan, which runs on every GPU of 8.0 and up.
+AMPERE_PLUS = f"{AMPERE_MAJOR}.0+"
 
 
 @dataclass(frozen=True)
@@ -197,7 +201,8 @@ def targets(
             wanted.add(cc)
     names = {t.name for t in listed}
     out = list(listed)
-    for cc in sorted(wanted - covered, key=_cc_order):
+    wanted = _one_for_ampere_plus(spec, wanted - covered, recorded, key_of)
+    for cc in sorted(wanted, key=_cc_order):
         target = kind_target(spec, cc)
         if target.name in names:  # a hand-listed target took the name
             target = Target(f"{target.name}-auto", target.node_selector, target.tolerations)
@@ -205,15 +210,60 @@ def targets(
     return tuple(out)
 
 
-def required_affinity(compute_capabilities: Iterable[str]) -> dict[str, Any]:
-    """A node affinity that admits only nodes of these capabilities (terms are ORed)."""
-    terms = [
-        {
+def _one_for_ampere_plus(
+    spec: TritonResNetSpec,
+    wanted: set[str],
+    recorded: Sequence[TargetStatus],
+    key_of: Callable[[Target], str],
+) -> set[str]:
+    """With hardwareCompatibility AmperePlus, one build for every capability of 8.0 and up: on the
+    one an earlier build of this spec used (so a newer kind joining rebuilds nothing), else on
+    the lowest present. Older capabilities keep a build each."""
+    if spec.engine.hardware_compatibility != "ampere_plus":
+        return wanted
+    newer = {cc for cc in wanted if _cc_order(cc)[0] >= AMPERE_MAJOR}
+    if len(newer) < 2:
+        return wanted
+    built = [
+        cc
+        for status in recorded
+        if (cc := _kind_of(status)) in newer and status.engine_key == key_of(kind_target(spec, cc))
+    ]
+    keep = built[0] if built else min(newer, key=_cc_order)
+    return (wanted - newer) | {keep}
+
+
+def plan_capabilities(spec: TritonResNetSpec, compute_capabilities: Iterable[str]) -> tuple[str, ...]:
+    """Where a version's plans run: each plan's capability, or :data:`AMPERE_PLUS` for one built
+    with that level (the builder uses it on 8.0 and up only)."""
+    ampere_plus = spec.engine.hardware_compatibility == "ampere_plus"
+    return tuple(
+        sorted(
+            {
+                AMPERE_PLUS if ampere_plus and _cc_order(cc)[0] >= AMPERE_MAJOR else cc
+                for cc in compute_capabilities
+            }
+        )
+    )
+
+
+def _term(cc: str) -> dict[str, Any]:
+    if cc == AMPERE_PLUS:  # compute.major 8 and up (node affinity's Gt compares integers)
+        return {
             "matchExpressions": [
-                {"key": COMPUTE_MAJOR_LABEL, "operator": "In", "values": [cc.split(".")[0]]},
-                {"key": COMPUTE_MINOR_LABEL, "operator": "In", "values": [cc.split(".")[1]]},
+                {"key": COMPUTE_MAJOR_LABEL, "operator": "Gt", "values": [str(AMPERE_MAJOR - 1)]}
             ]
         }
-        for cc in sorted(set(compute_capabilities), key=_cc_order)
-    ]
+    major, _, minor = cc.partition(".")
+    return {
+        "matchExpressions": [
+            {"key": COMPUTE_MAJOR_LABEL, "operator": "In", "values": [major]},
+            {"key": COMPUTE_MINOR_LABEL, "operator": "In", "values": [minor]},
+        ]
+    }
+
+
+def required_affinity(compute_capabilities: Iterable[str]) -> dict[str, Any]:
+    """A node affinity that admits only nodes of these capabilities (terms are ORed)."""
+    terms = [_term(cc) for cc in sorted(set(compute_capabilities), key=lambda cc: _cc_order(cc.rstrip("+")))]
     return {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}

@@ -34,6 +34,11 @@ class MemoryPoolType(_Enum):
     WORKSPACE = 0
 
 
+class HardwareCompatibilityLevel(_Enum):
+    NONE = 0
+    AMPERE_PLUS = 1
+
+
 class _Severity(_Enum):
     WARNING = 2
 
@@ -126,6 +131,7 @@ class IBuilderConfig:
         self.flags: list[BuilderFlag] = []
         self.profiles: list[IOptimizationProfile] = []
         self.cache = ITimingCache(b"")
+        self.hardware_compatibility_level = HardwareCompatibilityLevel.NONE
 
     def set_memory_pool_limit(self, pool: MemoryPoolType, pool_size: int) -> None:
         self.workspace = pool_size
@@ -164,4 +170,5 @@ class Builder:
     def build_serialized_network(self, network: INetworkDefinition, config: IBuilderConfig) -> bytes | None:
         if network.onnx_path is None or not config.profiles:
             return None  # as TensorRT: no engine without a parsed network and a profile
-        return PLAN_HEADER + network.onnx_path.read_bytes()
+        level = f"hardware compatibility {config.hardware_compatibility_level.name}\n".encode()
+        return PLAN_HEADER + level + network.onnx_path.read_bytes()
