@@ -159,10 +159,8 @@ def test_a_mistyped_marker_is_an_error_not_a_skipped_block(text: str, problem: s
 
 def test_readme_marks_the_newcomers_path_for_the_test_ground() -> None:
     """The walk covers install, credentials, a model, Ready, status, classify, the
-    tutorial's layout and request, Triton's own clients, the workstation commands and
-    clean-up; dropping a marker from one of them fails here."""
-    """The walk covers install, credentials, a model, Ready, status, classify, the mixed GPU
-    fleet, the workstation commands and clean-up; dropping a marker from one of them fails here."""
+    tutorial's layout and request, Triton's own clients, the mixed GPU fleet, the workstation
+    commands and clean-up; dropping a marker from one of them fails here."""
     blocks = marked_blocks(README.read_text())
     assert blocks and all(block.ground == GROUND for block in blocks)
     code = "\n".join(block.code for block in blocks)

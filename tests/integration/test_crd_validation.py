@@ -142,6 +142,7 @@ BAD_SPECS: list[tuple[str, Callable[[Spec], None], tuple[str, ...]]] = [
         _set("engine.accuracy", {"minTop5AgreementPercent": 101}),
         ("spec.engine.accuracy.minTop5AgreementPercent",),
     ),
+    (
         "gpu-kinds-auto-with-onnx",
         _all(_set("model.format", "onnx"), _set("engine.gpuKinds", "Auto")),
         ("spec.engine.gpuKinds", "Auto only applies to format tensorrt"),

@@ -145,7 +145,6 @@ class NodeAgent:
     pod_network: Path | None = None
     #: Provide the default StorageClass and its volumes (one agent of a cluster does).
     storage: bool = True
-    #: The value of AGENT_LABEL on its nodes: a second agent's nodes can be told apart (and selected).
     agent_id: str = "testground"
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
@@ -176,7 +175,6 @@ class NodeAgent:
             f"--kubeconfig={self.kubeconfig}",
             f"--workdir={self.workdir}",
             f"--nodes={nodes_to_json(self.nodes)}",
-            f"--agent-id={self.agent_id}",
         ]
         if self.pod_network is not None:
             argv.append(f"--pod-network={self.pod_network}")
@@ -317,15 +315,6 @@ def start_node_agent(
         pod_network=pod_network,
         storage=storage,
         agent_id=agent_id,
-    cp: ControlPlane, workdir: Path, nodes: Sequence[NodeSpec] = DEFAULT_NODES, agent_id: str = "testground"
-) -> Iterator[NodeAgent]:
-    """Run the node agent for ``nodes`` against ``cp`` until the block exits.
-
-    A second agent (another ``agent_id`` and ``workdir``) next to the session's adds nodes to the
-    same cluster, as a node group growing would; each runs only the pods bound to its own nodes.
-    """
-    agent = NodeAgent(
-        kubeconfig=Path(cp.kubeconfig), workdir=Path(workdir).resolve(), nodes=tuple(nodes), agent_id=agent_id
     )
     try:
         agent.start()
