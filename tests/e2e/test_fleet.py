@@ -42,8 +42,7 @@ JOINING = gpu_node("fleet-h100-0", "NVIDIA-H100-80GB-HBM3", 9, 0, "p5.48xlarge",
 
 @pytest.fixture
 def three_kinds(cluster: ControlPlane, tmp_path: Path) -> Iterator[NodeAgent]:
-    # storage=False: the session's agent provisions the volumes, this one only runs its nodes.
-    with start_node_agent(cluster, tmp_path / "fleet", THREE_KINDS, storage=False, agent_id=FLEET) as agent:
+    with start_node_agent(cluster, tmp_path / "fleet", THREE_KINDS, agent_id=FLEET) as agent:
         yield agent
     # The nodes stay registered but NotReady without their agent; gone, they cannot draw pods.
     for spec in (*THREE_KINDS, JOINING):
@@ -148,7 +147,7 @@ def test_three_gpu_kinds_build_three_pinned_plans_and_a_joining_kind_one_more_wi
     keys = {n: t["engineKey"] for n, t in targets.items()}
 
     # A node of a new capability joins (another agent: a node group growing).
-    with start_node_agent(cp, tmp_path / "joining", (JOINING,), storage=False, agent_id=FLEET):
+    with start_node_agent(cp, tmp_path / "joining", (JOINING,), agent_id=FLEET):
         status = wait_for_trn(
             cp, namespace, "fleet", published(2), "published at version 2", operator=operator
         )["status"]

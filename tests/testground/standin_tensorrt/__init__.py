@@ -8,6 +8,10 @@ driver query with the node's GPU (its product and compute capability, as GPU
 feature discovery labels them) and puts the stand-in ``tensorrt`` module of the
 ``tensorrt/`` folder first on the import path; then it runs the real builder.
 
+The builder's accuracy gate runs the plan through ``run_plan``, which the module
+replaces with a stand-in that runs the ONNX bytes inside the stand-in plan with
+onnxruntime on CPU: the gate's wiring is exercised, no plan's accuracy is.
+
 So everything around the plan is real: fetching from S3, validating the ONNX,
 the TensorRT calls tensorrt_engine.py makes (with their arguments), the engine
 folder, the result JSON, the publish step and its ``cc_model_filenames``. The
