@@ -277,12 +277,7 @@ def trn_manifest(
 def prepare_namespace(cp: ControlPlane, namespace: str, s3: S3Server) -> None:
     """The namespace, the S3 credentials Secret and the shared models PVC all resources publish into."""
     cp.create_namespace(namespace)
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "s3-credentials", "namespace": namespace},
-        "stringData": {k: v for k, v in s3.env.items() if k.startswith("AWS_")},
-    }
+    secret = s3.credentials_secret(namespace)
     pvc = {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",

@@ -247,6 +247,7 @@ def build(args: BuildArgs) -> Result:
                     max_batch_size=max_batch,
                     opt_batch_size=opt_batch,
                     workspace_mib=engine.workspace_mib,
+                    hardware_compatibility=engine.hardware_compatibility,
                 )
             )
             seconds["build"] = round(time.monotonic() - mark, 3)
@@ -275,6 +276,9 @@ def build(args: BuildArgs) -> Result:
                 artifact=plan.path.name,
                 artifact_bytes=plan.size,
                 compute_capability=plan.compute_capability,
+                hardware_compatibility=""
+                if plan.hardware_compatibility == "none"
+                else plan.hardware_compatibility,
                 tensorrt_version=plan.tensorrt_version,
             )
         else:

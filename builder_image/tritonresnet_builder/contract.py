@@ -46,6 +46,12 @@ Format = Literal["tensorrt", "onnx"]
 Precision = Literal["fp32", "fp16", "bf16", "fp8", "int8"]
 FORMATS: tuple[Format, ...] = ("tensorrt", "onnx")
 PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "bf16", "fp8", "int8")
+#: TensorRT's hardware compatibility level: ``ampere_plus`` builds, on an Ampere or newer GPU,
+#: one plan that runs on every GPU of compute capability 8.0 and up (TensorRT's AMPERE_PLUS).
+HardwareCompatibility = Literal["none", "ampere_plus"]
+HARDWARE_COMPATIBILITIES: tuple[HardwareCompatibility, ...] = ("none", "ampere_plus")
+#: The lowest compute capability an ``ampere_plus`` plan runs on (and is built on).
+AMPERE_MAJOR = 8
 
 #: The most one input may take per sample (batch 1), in bytes: 64 MiB. A ResNet's
 #: 3x224x224 FP32 image is 0.6 MiB and a 3x2048x2048 one 48 MiB; a model that
@@ -107,6 +113,7 @@ class EngineSettings:
     opt_batch_size: int = 0  #: 0: half of max_batch_size, at least 1
     workspace_mib: int = 4096
     accuracy: AccuracyTolerance = field(default_factory=AccuracyTolerance)
+    hardware_compatibility: HardwareCompatibility = "none"
 
     def optimum_batch(self) -> int:
         return self.opt_batch_size or max(1, self.max_batch_size // 2)
@@ -145,6 +152,8 @@ class BuildArgs:
                 f"--min-top5-agreement={self.engine.accuracy.min_top5_agreement_percent}",
                 f"--max-abs-difference={self.engine.accuracy.max_abs_difference!r}",
             ]
+        if self.engine.hardware_compatibility != "none":  # left out by default: older argv unchanged
+            argv.append(f"--hardware-compatibility={self.engine.hardware_compatibility}")
         if self.source.sha256:
             argv.append(f"--sha256={self.source.sha256}")
         if self.source.endpoint:
@@ -219,6 +228,7 @@ def argument_parser() -> argparse.ArgumentParser:
     build.add_argument("--workspace-mib", type=int, default=4096)
     build.add_argument("--min-top5-agreement", type=int, default=AccuracyTolerance.min_top5_agreement_percent)
     build.add_argument("--max-abs-difference", type=float, default=AccuracyTolerance.max_abs_difference)
+    build.add_argument("--hardware-compatibility", choices=HARDWARE_COMPATIBILITIES, default="none")
     build.add_argument("--result-file", default=TERMINATION_LOG)
 
     publish = sub.add_parser("publish", help="assemble a model version from built engines")
@@ -271,6 +281,7 @@ def parse_args(argv: Sequence[str]) -> BuildArgs | PublishArgs:
                 opt_batch_size=ns.opt_batch_size,
                 workspace_mib=ns.workspace_mib,
                 accuracy=AccuracyTolerance(ns.min_top5_agreement, ns.max_abs_difference),
+                hardware_compatibility=ns.hardware_compatibility,
             ),
             result_file=ns.result_file,
         )
@@ -409,6 +420,8 @@ class Result:
     artifact: str = ""  #: file name inside the engine folder
     artifact_bytes: int = 0
     compute_capability: str = ""  #: e.g. 8.6; empty for onnx
+    #: "ampere_plus" when the plan runs on every GPU of compute capability 8.0 and up
+    hardware_compatibility: str = ""
     tensorrt_version: str = ""
     # publish
     model_name: str = ""
@@ -483,6 +496,7 @@ def parse_result(text: str) -> Result:
         artifact=data.get("artifact", ""),
         artifact_bytes=int(data.get("artifact_bytes", 0)),
         compute_capability=data.get("compute_capability", ""),
+        hardware_compatibility=data.get("hardware_compatibility", ""),
         tensorrt_version=data.get("tensorrt_version", ""),
         model_name=data.get("model_name", ""),
         version=int(data.get("version", 0)),

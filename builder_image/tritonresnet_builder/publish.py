@@ -206,6 +206,11 @@ def version_config(args: PublishArgs, engines: list[Engine], version: int) -> Mo
     if first.format == "tensorrt":
         plans = {e.result.compute_capability: e.result.artifact for e in engines}
         default = plans[sorted(plans)[0]]
+        # A GPU missing from cc_model_filenames loads the default: with an AMPERE_PLUS plan, that
+        # is the plan every Ampere or newer GPU (a 9.0 joining later, say) can run.
+        default = next(
+            (e.result.artifact for e in engines if e.result.hardware_compatibility == "ampere_plus"), default
+        )
     else:
         plans, default = {}, ONNX_FILENAME
     return triton_config.model_config(

@@ -64,6 +64,12 @@ class TensorIOMode(Protocol):
 
 class DataType(Protocol):
     """TensorRT's ``DataType``; ``tensorrt.nptype`` turns one into a numpy type."""
+class HardwareCompatibilityLevel(Protocol):
+    """TensorRT's ``HardwareCompatibilityLevel`` (8.6 and later)."""
+
+    NONE: ClassVar[HardwareCompatibilityLevel]
+    #: One plan for every Ampere or newer GPU; built on an Ampere or newer GPU only.
+    AMPERE_PLUS: ClassVar[HardwareCompatibilityLevel]
 
     @property
     def name(self) -> str: ...
@@ -124,6 +130,11 @@ class IBuilderConfig(Protocol):
     def create_timing_cache(self, serialized_timing_cache: bytes) -> ITimingCache: ...
     def set_timing_cache(self, cache: ITimingCache, ignore_mismatch: bool) -> bool: ...
     def get_timing_cache(self) -> ITimingCache: ...
+    # A property in TensorRT's Python API (setHardwareCompatibilityLevel in C++).
+    @property
+    def hardware_compatibility_level(self) -> HardwareCompatibilityLevel: ...
+    @hardware_compatibility_level.setter
+    def hardware_compatibility_level(self, level: HardwareCompatibilityLevel) -> None: ...
 
 
 class Builder(Protocol):
@@ -186,6 +197,7 @@ class TensorRT(Protocol):
 
     # Returns a numpy scalar type; typed loosely so this module needs no numpy.
     def nptype(self, trt_type: DataType) -> type: ...
+    HardwareCompatibilityLevel: type[HardwareCompatibilityLevel]
 
 
 def import_tensorrt() -> TensorRT:

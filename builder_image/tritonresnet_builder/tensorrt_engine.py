@@ -24,7 +24,13 @@ import numpy as np
 import numpy.typing as npt
 
 from tritonresnet_builder import cuda_device
-from tritonresnet_builder.contract import ExitCode, Precision, plan_filename
+from tritonresnet_builder.contract import (
+    AMPERE_MAJOR,
+    ExitCode,
+    HardwareCompatibility,
+    Precision,
+    plan_filename,
+)
 from tritonresnet_builder.failures import BuilderError, bad_input, unsupported
 from tritonresnet_builder.tensorrt_api import (
     Builder,
@@ -58,6 +64,7 @@ class PlanRequest:
     max_batch_size: int
     opt_batch_size: int
     workspace_mib: int
+    hardware_compatibility: HardwareCompatibility = "none"
 
     def batches(self) -> tuple[int, int, int]:
         """The profile's (min, opt, max) batch."""
@@ -74,6 +81,7 @@ class BuiltPlan:
     tensorrt_version: str
     gpu_name: str
     seconds: float
+    hardware_compatibility: HardwareCompatibility = "none"  #: what the plan was built with
 
 
 def require_gpu() -> cuda_device.Device:
@@ -106,6 +114,13 @@ def _precision_flags(trt: TensorRT, precision: Precision) -> list[BuilderFlag]:
         "fp8": [trt.BuilderFlag.FP8],
     }
     return flags[precision]
+
+
+def hardware_level(request: PlanRequest, compute_capability: str) -> HardwareCompatibility:
+    """The level to build with: ``ampere_plus`` only on an Ampere or newer GPU, where TensorRT
+    can build it; an older GPU (a T4 in the same fleet) gets a plan of its own instead."""
+    major = int(compute_capability.split(".")[0])
+    return request.hardware_compatibility if major >= AMPERE_MAJOR else "none"
 
 
 def _parse(parser: OnnxParser, onnx_path: Path) -> None:
@@ -166,6 +181,11 @@ def build_plan(request: PlanRequest) -> BuiltPlan:
     for flag in _precision_flags(trt, request.precision):
         config.set_flag(flag)
     config.add_optimization_profile(_profile(trt, builder, network, request))
+    level = hardware_level(request, device.compute_capability)
+    if level == "ampere_plus":
+        # Fewer tactics, no cuDNN/cuBLAS tactic sources and 48 KiB of shared memory: one
+        # plan for every Ampere or newer GPU, possibly slower than a plan for each.
+        config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
     cache_path = timing_cache_path(request.timing_cache_dir, device.compute_capability, version)
     _load_timing_cache(config, cache_path)
 
@@ -197,6 +217,7 @@ def build_plan(request: PlanRequest) -> BuiltPlan:
         tensorrt_version=version,
         gpu_name=device.name,
         seconds=time.monotonic() - started,
+        hardware_compatibility=level,
     )
 
 

@@ -224,7 +224,12 @@ def refusals(log: str) -> list[str]:
 #: What a namespaced install may still grant cluster-wide: kopf's read-only discovery.
 DISCOVERY_GRANTS = {
     (group, resource, verb)
-    for group, resource in (("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces"))
+    # Nodes: gpuKinds Auto reads the fleet's GPU kinds, cluster-scoped in both install modes.
+    for group, resource in (
+        ("apiextensions.k8s.io", "customresourcedefinitions"),
+        ("", "namespaces"),
+        ("", "nodes"),
+    )
     for verb in ("list", "watch")
 }
 
@@ -264,7 +269,7 @@ def test_helm_chart_operator_as_its_service_account_takes_a_sample_to_ready(
     try:
         assert "kubectl -n vision get trn" in notes  # NOTES.txt says what to apply next
         if scope == "helm-namespaced":
-            # A Role in the one watched namespace; cluster-wide only kopf's read-only discovery.
+            # A Role in the one watched namespace; cluster-wide only read-only discovery and Nodes.
             roles = json.loads(cp.kubectl("get", "roles", "-n", namespace, "-o", "json").stdout)["items"]
             assert roles
             assert cluster_grants(cp, release) <= DISCOVERY_GRANTS

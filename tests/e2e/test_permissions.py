@@ -130,12 +130,7 @@ def test_children_the_operators_cache_misses_are_read_by_name_and_applied_again(
     the pod waits unscheduled and the Job stays unfinished)."""
     cp = operator.cp
     uri = s3.upload(onnx_models.path("resnet18"), f"{namespace}/resnet18/model.onnx")
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "s3-credentials", "namespace": namespace},
-        "stringData": {k: v for k, v in s3.env.items() if k.startswith("AWS_")},
-    }
+    secret = s3.credentials_secret(namespace)
     source = {"uri": uri, "endpoint": s3.endpoint, "credentialsSecret": "s3-credentials"}
     served = {
         "source": source,

@@ -159,8 +159,8 @@ def test_a_mistyped_marker_is_an_error_not_a_skipped_block(text: str, problem: s
 
 def test_readme_marks_the_newcomers_path_for_the_test_ground() -> None:
     """The walk covers install, credentials, a model, Ready, status, classify, the
-    tutorial's layout and request, Triton's own clients, the workstation commands and
-    clean-up; dropping a marker from one of them fails here."""
+    tutorial's layout and request, Triton's own clients, the mixed GPU fleet, the workstation
+    commands and clean-up; dropping a marker from one of them fails here."""
     blocks = marked_blocks(README.read_text())
     assert blocks and all(block.ground == GROUND for block in blocks)
     code = "\n".join(block.code for block in blocks)
@@ -175,6 +175,9 @@ def test_readme_marks_the_newcomers_path_for_the_test_ground() -> None:
         "kubectl -n vision describe trn resnet50",
         "kubectl -n vision scale trn resnet50 --replicas=",
         "tritonresnet status resnet50 -n vision",
+        "kubectl get nodes -L nvidia.com/gpu.product,nvidia.com/gpu.compute.major",
+        "gpuKinds: Auto",
+        "tritonresnet status fleet -n vision",
         "tritonresnet classify",
         "--grpc",
         # coming from the tutorial: its layout, then its own request

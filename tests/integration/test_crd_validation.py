@@ -143,6 +143,17 @@ BAD_SPECS: list[tuple[str, Callable[[Spec], None], tuple[str, ...]]] = [
         ("spec.engine.accuracy.minTop5AgreementPercent",),
     ),
     (
+        "gpu-kinds-auto-with-onnx",
+        _all(_set("model.format", "onnx"), _set("engine.gpuKinds", "Auto")),
+        ("spec.engine.gpuKinds", "Auto only applies to format tensorrt"),
+    ),
+    (
+        "ampere-plus-with-onnx",
+        _all(_set("model.format", "onnx"), _set("engine.hardwareCompatibility", "AmperePlus")),
+        ("spec.engine.hardwareCompatibility", "only applies to format tensorrt"),
+    ),
+    ("gpu-kinds-unknown", _set("engine.gpuKinds", "All"), ("spec.engine.gpuKinds",)),
+    (
         "targets-with-onnx",
         _all(_set("model.format", "onnx"), _set("engine.targets", [{"nodeSelector": {"gpu": "a10g"}}])),
         ("spec.engine.targets", "only applies to format tensorrt"),
@@ -358,6 +369,8 @@ def test_crd_accepts_a_minimal_spec_and_applies_defaults(
         "buildTimeoutSeconds": 3600,
         # the API server stores the number 1.0 as 1; parse_spec reads either as 1.0
         "accuracy": {"minTop5AgreementPercent": 90, "maxAbsDifference": 1},
+        "gpuKinds": "Listed",
+        "hardwareCompatibility": "None",
     }
     assert spec["serving"]["replicas"] == 1
     assert spec["serving"]["resources"] == {"limits": {"nvidia.com/gpu": 1}}

@@ -72,6 +72,7 @@ from testground.nodeagent_nodes import (
     STORAGE_CLASS,
     T4_PRODUCT,
     NodeSpec,
+    gpu_node,
     nodes_to_json,
     volume_path_of,
 )
@@ -102,6 +103,7 @@ __all__ = [
     "NodeAgent",
     "NodeSpec",
     "claim_volume_path",
+    "gpu_node",
     "start_node_agent",
 ]
 

@@ -102,6 +102,7 @@ class NodeAgentDaemon:
             stop=self.stop,
             kubeconfig_template=kubeconfig_template(kube),
             network=network,
+            nodes=self.nodes,
         )
         self.workers: dict[str, PodWorker] = {}
         self.done: set[str] = set()  #: uids of pods that need no worker (terminal)

@@ -72,6 +72,9 @@ class NodeSpec:
     #: On the pod network: tainted with POD_NETWORK_TAINT, its InternalIP the network's node address.
     internal_ip: str = "127.0.0.1"
     pod_network: bool = False
+    #: Builder pods here run with the STAND-IN TensorRT (testground.standin_tensorrt), for tests
+    #: of what happens around a plan; no Triton can load what it writes.
+    standin_tensorrt: bool = False
 
     @property
     def has_gpu(self) -> bool:
@@ -82,7 +85,9 @@ class NodeSpec:
         return f"{self.compute_major}.{self.compute_minor}"
 
 
-def gpu_node(name: str, product: str, major: int, minor: int, instance_type: str) -> NodeSpec:
+def gpu_node(
+    name: str, product: str, major: int, minor: int, instance_type: str, *, standin_tensorrt: bool = False
+) -> NodeSpec:
     return NodeSpec(
         name=name,
         gpu_product=product,
@@ -90,6 +95,7 @@ def gpu_node(name: str, product: str, major: int, minor: int, instance_type: str
         compute_minor=minor,
         gpus=2,
         instance_type=instance_type,
+        standin_tensorrt=standin_tensorrt,
     )
 
 

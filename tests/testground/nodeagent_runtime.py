@@ -36,7 +36,7 @@ from kubernetes.client.rest import ApiException
 
 from testground.network import PodNetworkSpec, attach_pod, detach_pod, in_netns
 from testground.nodeagent_kube import STRATEGIC_PATCH, Kube
-from testground.nodeagent_nodes import now_rfc3339, volume_path_of
+from testground.nodeagent_nodes import NodeSpec, now_rfc3339, volume_path_of
 from testground.nodeagent_pods import (
     CONFIG_ERROR_REASON,
     DEFAULT_TERMINATION_PATH,
@@ -214,6 +214,7 @@ class AgentContext:
     kubeconfig_template: dict[str, Any]  #: the agent's kubeconfig without credentials
     #: Pods in network namespaces of their own (testground.network); None: on loopback.
     network: PodNetworkSpec | None = None
+    nodes: Mapping[str, NodeSpec] = field(default_factory=dict)  #: the agent's nodes by name
 
     @property
     def logs_dir(self) -> Path:
@@ -615,6 +616,14 @@ class PodWorker(threading.Thread):
         args = program_args(kind, command, [expand(arg, env) for arg in run.spec.get("args") or []])
         args = [paths.rewrite(arg) for arg in args]
         if kind == "builder":
+            node = self.context.nodes.get(str(self.pod["spec"].get("nodeName") or ""))
+            if node is not None and node.standin_tensorrt and node.has_gpu:
+                # STAND-IN TensorRT and GPU (testground.standin_tensorrt): the node's GPU kind answers
+                # the builder's CUDA query, and the "plan" it writes is not a TensorRT plan.
+                from testground.standin_tensorrt import GPU_CC_ENV, GPU_NAME_ENV
+
+                gpu = {GPU_NAME_ENV: node.gpu_product, GPU_CC_ENV: node.compute_capability}
+                return python_command("testground.standin_tensorrt.builder", args), gpu
             return python_command("tritonresnet_builder", args), {}
         if kind == "operator":
             kubeconfig = self.context.service_account_kubeconfig(self.pod, self.dir / "kubeconfig")

@@ -215,12 +215,7 @@ def apply_sample(
 ) -> None:
     """The sample TritonResNet with its Secret and claim; ``serving`` and ``source``: more
     fields of spec.serving and spec.source."""
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "s3-credentials", "namespace": namespace},
-        "stringData": {k: v for k, v in s3.env.items() if k.startswith("AWS_")},
-    }
+    secret = s3.credentials_secret(namespace)
     pvc = {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",

@@ -183,6 +183,15 @@ class S3Server:
     def endpoint(self) -> str:
         return f"http://{self.proxy.host}:{self.proxy.port}"
 
+    def credentials_secret(self, namespace: str, name: str = "s3-credentials") -> dict[str, Any]:
+        """A Secret holding this server's AWS_* keys, as a user makes one for ``credentialsSecret``."""
+        return {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": namespace},
+            "stringData": {k: v for k, v in self.env.items() if k.startswith("AWS_")},
+        }
+
     def pause(self, mode: PauseMode = "refuse") -> None:
         self.proxy.pause(mode)
 

@@ -11,7 +11,7 @@ cluster. What it needs, assembled here:
   ``testground/standin_backends``: ``onnxruntime/model.py`` is a python-based
   backend that runs ``model.onnx`` with onnxruntime on CPU, so configs with
   ``platform: "onnxruntime_onnx"`` load unchanged. It stands in for Triton's
-  ONNX Runtime backend; there is no TensorRT stand-in (we never fake a plan).
+  ONNX Runtime backend; there is no TensorRT backend stand-in (no plan is ever served here).
 * ``LD_LIBRARY_PATH`` with the wheel's ``nvidia_pytriton.libs`` (else it fails
   on ``libcudart`` and hangs "loading") and the interpreter's own libpython
   directory (the stub picking up another libpython fails in ``threading``).

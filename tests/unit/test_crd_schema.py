@@ -242,6 +242,10 @@ def test_crd_patterns_are_the_patterns_parse_spec_uses(
 def test_crd_enums_are_the_contracts(root: Schema) -> None:
     assert tuple(node_at(root, "spec.model.format")["enum"]) == FORMATS
     assert tuple(node_at(root, "spec.engine.precision")["enum"]) == PRECISIONS
+    assert tuple(node_at(root, "spec.engine.gpuKinds")["enum"]) == spec.GPU_KINDS
+    assert tuple(node_at(root, "spec.engine.hardwareCompatibility")["enum"]) == tuple(
+        spec.HARDWARE_COMPATIBILITY
+    )
     assert tuple(node_at(root, "spec.serving.autoscaling.metric.type")["enum"]) == spec.METRIC_TYPES
     modes = node_at(root, "spec.repository.create.accessModes")["items"]["enum"]
     assert tuple(modes) == spec.ACCESS_MODES
@@ -358,6 +362,8 @@ def test_the_issue_sample_is_valid(root: Schema) -> None:
         ("model.name", "a/b", "spec.model.name"),
         ("engine.maxBatchSize", -1, "spec.engine.maxBatchSize"),
         ("engine.maxBatchSize", "8", "spec.engine.maxBatchSize"),
+        ("engine.gpuKinds", "All", "spec.engine.gpuKinds"),
+        ("engine.hardwareCompatibility", "AMPERE_PLUS", "spec.engine.hardwareCompatibility"),
         ("serving.release", "2501", "spec.serving.release"),
         ("serving.replicas", -1, "spec.serving.replicas"),
         ("serving.resources.limits", {"memory": "lots"}, "spec.serving.resources.limits.memory"),

@@ -40,7 +40,7 @@ NEVER: tuple[tuple[str, tuple[str, ...], str], ...] = (
             ),
             "deciding is pure and cheap to import",
         )
-        for pure in ("reconcile", "observe", "decide", "report", "render", "children")
+        for pure in ("reconcile", "observe", "decide", "report", "render", "children", "fleet")
     ),
 )
 

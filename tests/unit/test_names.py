@@ -42,6 +42,7 @@ def test_engine_key_is_16_hex_and_deterministic() -> None:
         {"engine": {"maxBatchSize": 16}},
         {"engine": {"optBatchSize": 2}},
         {"engine": {"workspaceMiB": 8192}},
+        {"engine": {"hardwareCompatibility": "AmperePlus"}},
         {"source": {"uri": "s3://models/r50/other.onnx"}},
         {"source": {"uri": "s3://models/r50/model.onnx", "endpoint": "http://minio:9000"}},
         {"model": {"format": "onnx"}},

@@ -37,7 +37,7 @@ NAMESPACED_ONLY: set[Grant] = {("list", "", "namespaces"), ("watch", "", "namesp
 #: test runs more than one replica, so these too are not from the audit.
 PEERING_RESOURCES = {"clusterkopfpeerings", "kopfpeerings"}
 #: Kinds without a namespace, which only a ClusterRole can grant (even for a namespaced install).
-CLUSTER_KINDS = {"customresourcedefinitions", "namespaces"}
+CLUSTER_KINDS = {"customresourcedefinitions", "namespaces", "nodes"}
 
 
 def observed() -> ObservedRbac:

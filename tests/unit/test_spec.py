@@ -114,6 +114,28 @@ def test_build_targets_are_one_cpu_build_for_onnx() -> None:
     assert not spec.uses_gpu_builds
 
 
+def test_gpu_kinds_auto_leaves_only_the_listed_targets_to_the_spec_and_is_refused_for_onnx() -> None:
+    assert parse_spec(body()).engine.gpu_kinds == "Listed"
+    spec = parse_spec(body(engine={"gpuKinds": "Auto"}))
+    assert spec.fleet_mode and spec.build_targets() == ()  # the fleet's kinds come from Nodes
+    listed = parse_spec(
+        body(engine={"gpuKinds": "Auto", "targets": [{"name": "t4", "nodeSelector": {"p": "T4"}}]})
+    )
+    assert [t.name for t in listed.build_targets()] == ["t4"]
+    with pytest.raises(SpecError) as error:
+        parse_spec(body(model={"format": "onnx"}, engine={"gpuKinds": "Auto"}))
+    assert error.value.field == "spec.engine.gpuKinds"
+
+
+def test_hardware_compatibility_maps_to_the_contract_and_is_refused_for_onnx() -> None:
+    assert parse_spec(body()).engine_settings().hardware_compatibility == "none"
+    spec = parse_spec(body(engine={"hardwareCompatibility": "AmperePlus"}))
+    assert spec.engine_settings().hardware_compatibility == "ampere_plus"
+    with pytest.raises(SpecError) as error:
+        parse_spec(body(model={"format": "onnx"}, engine={"hardwareCompatibility": "AmperePlus"}))
+    assert error.value.field == "spec.engine.hardwareCompatibility"
+
+
 def test_unnamed_targets_are_named_from_their_selector_independently_of_key_order() -> None:
     spec = parse_spec(
         body(

@@ -98,6 +98,8 @@ def engine_key(spec: TritonResNetSpec, target: Target, release: str) -> str:
             # A tighter gate must check again, not reuse a plan a looser one let through; only
             # when changed, so the keys of resources that leave the defaults stay as they were.
             content["accuracy"] = asdict(settings.accuracy)
+        if settings.hardware_compatibility != "none":  # absent by default: older keys unchanged
+            content["hardwareCompatibility"] = settings.hardware_compatibility
     return digest(content)[:KEY_LENGTH]
 
 

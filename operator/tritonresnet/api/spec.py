@@ -26,6 +26,7 @@ from tritonresnet_builder.contract import (
     AccuracyTolerance,
     EngineSettings,
     Format,
+    HardwareCompatibility,
     Precision,
     Source,
 )
@@ -75,6 +76,16 @@ ACCESS_MODES = ("ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOnce
 TOLERATION_OPERATORS = ("Exists", "Equal")
 TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 MetricType = Literal["cpu", "queueTime"]
+#: Where the GPU kinds to build for come from: the hand-written targets only, or also the
+#: nodes Triton may land on, grouped by compute capability (``controller/fleet.py``).
+GpuKinds = Literal["Listed", "Auto"]
+GPU_KINDS: tuple[GpuKinds, ...] = ("Listed", "Auto")
+#: TensorRT's hardware compatibility level, as the CRD spells it (contract: none, ampere_plus).
+HardwareCompatibilityName = Literal["None", "AmperePlus"]
+HARDWARE_COMPATIBILITY: Mapping[HardwareCompatibilityName, HardwareCompatibility] = {
+    "None": "none",
+    "AmperePlus": "ampere_plus",
+}
 METRIC_TYPES: tuple[MetricType, ...] = ("cpu", "queueTime")
 
 MAX_BATCH = 256
@@ -151,6 +162,10 @@ class EngineSpec:
     targets: tuple[Target, ...] = ()  #: as written; see TritonResNetSpec.build_targets()
     build_timeout_seconds: int = 3600
     accuracy: AccuracyTolerance = field(default_factory=AccuracyTolerance)  #: the gate of a plan
+    #: Auto: one build per compute capability among the nodes Triton may land on, plus ``targets``.
+    gpu_kinds: GpuKinds = "Listed"
+    #: ampere_plus: one plan for every GPU of compute capability 8.0 and up (TensorRT's AMPERE_PLUS)
+    hardware_compatibility: HardwareCompatibility = "none"
 
 
 @dataclass(frozen=True)
@@ -222,6 +237,7 @@ class TritonResNetSpec:
             opt_batch_size=self.engine.opt_batch_size,
             workspace_mib=self.engine.workspace_mib,
             accuracy=self.engine.accuracy,
+            hardware_compatibility=self.engine.hardware_compatibility,
         )
 
     def build_targets(self) -> tuple[Target, ...]:
@@ -233,6 +249,9 @@ class TritonResNetSpec:
         """
         if self.model.format == "onnx":
             return (Target(name=ONNX_TARGET_NAME),)
+        if self.fleet_mode:
+            # The fleet's kinds are added by decide (controller/fleet.py): they come from Nodes.
+            return self.engine.targets
         if self.engine.targets:
             return self.engine.targets
         return (Target(DEFAULT_TARGET_NAME, dict(self.serving.node_selector), self.serving.tolerations),)
@@ -240,6 +259,11 @@ class TritonResNetSpec:
     @property
     def uses_gpu_builds(self) -> bool:
         return self.model.format == "tensorrt"
+
+    @property
+    def fleet_mode(self) -> bool:
+        """``engine.gpuKinds: Auto``: the GPU kinds come from the nodes Triton may land on."""
+        return self.model.format == "tensorrt" and self.engine.gpu_kinds == "Auto"
 
 
 # -- parsing helpers -------------------------------------------------------------------------
@@ -481,6 +505,16 @@ def _engine(spec: Mapping[str, Any], model: ModelSpec) -> EngineSpec:
         raise SpecError(
             f"{path}.targets", "only applies to format tensorrt; an onnx model is prepared once, on CPU"
         )
+    gpu_kinds: GpuKinds = (
+        "Auto" if _choice(section, "gpuKinds", path, GPU_KINDS, "Listed") == "Auto" else "Listed"
+    )
+    if gpu_kinds == "Auto" and model.format != "tensorrt":
+        raise SpecError(
+            f"{path}.gpuKinds", "Auto only applies to format tensorrt; an onnx model is prepared once, on CPU"
+        )
+    level = _choice(section, "hardwareCompatibility", path, tuple(HARDWARE_COMPATIBILITY), "None")
+    if level != "None" and model.format != "tensorrt":
+        raise SpecError(f"{path}.hardwareCompatibility", "only applies to format tensorrt")
     return EngineSpec(
         precision=_precision(section, path),
         max_batch_size=max_batch,
@@ -489,6 +523,8 @@ def _engine(spec: Mapping[str, Any], model: ModelSpec) -> EngineSpec:
         targets=targets,
         build_timeout_seconds=_integer(section, "buildTimeoutSeconds", path, 3600, 60, 86400),
         accuracy=_accuracy(section, path),
+        gpu_kinds=gpu_kinds,
+        hardware_compatibility="ampere_plus" if level == "AmperePlus" else "none",
     )
 
 

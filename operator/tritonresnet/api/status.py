@@ -202,6 +202,8 @@ class TargetStatus:
     state: str
     node_selector: Mapping[str, str] = field(default_factory=dict)
     compute_capability: str | None = None
+    #: The node whose GPU built the plan: with gpuKinds Auto, one of the nodes of that capability.
+    node: str | None = None
     tensorrt_version: str | None = None
     artifact: str | None = None
     artifact_bytes: int | None = None
@@ -368,6 +370,7 @@ def _targets(value: Any) -> tuple[TargetStatus, ...] | None:
                 if isinstance(selector, Mapping)
                 else {},
                 compute_capability=_str(t.get("computeCapability")),
+                node=_str(t.get("node")),
                 tensorrt_version=_str(t.get("tensorrtVersion")),
                 artifact=_str(t.get("artifact")),
                 artifact_bytes=_int(t.get("artifactBytes")),

@@ -110,6 +110,8 @@ def _targets(status: TritonResNetStatus) -> list[str]:
             details.append("nodes " + ",".join(f"{k}={v}" for k, v in sorted(target.node_selector.items())))
         if target.compute_capability:
             details.append(f"compute capability {target.compute_capability}")
+        if target.node:
+            details.append(f"built on {target.node}")
         if target.tensorrt_version:
             details.append(f"TensorRT {target.tensorrt_version}")
         if target.engine_key:

@@ -32,6 +32,9 @@ RETRY_ANNOTATION = "tritonresnet.io/retry"
 # The NGC release the served version was built for: its plans only load in
 # that release's Triton, so the image follows the version, not the spec.
 RELEASE_ANNOTATION = "tritonresnet.io/release"
+#: The compute capabilities the served version has plans for (gpuKinds Auto): Triton's node
+#: affinity follows the version, so it is remembered with it.
+COMPUTE_CAPABILITIES_ANNOTATION = "tritonresnet.io/compute-capabilities"
 
 
 # -- the applied hash ---------------------------------------------------------------------
@@ -88,6 +91,8 @@ class Served:
     #: Published with max_batch_size > 0: requests (and Triton's metadata) carry a batch dimension.
     #: A property of the version, not the spec: a spec switching to 0 still serves a batched version.
     batched: bool = True
+    #: The compute capabilities of its plans, when Triton is pinned to them (gpuKinds Auto).
+    compute_capabilities: tuple[str, ...] = ()
 
 
 def tensor_dicts(tensors: Sequence[Tensor]) -> list[dict[str, Any]]:
@@ -99,7 +104,13 @@ def _tensors(items: Any) -> tuple[Tensor, ...]:
 
 
 def served_annotations(served: Served) -> dict[str, str]:
-    return {
+    # Only when there are some, so Deployments of other modes keep the annotations they had.
+    capabilities = (
+        {COMPUTE_CAPABILITIES_ANNOTATION: ",".join(served.compute_capabilities)}
+        if served.compute_capabilities
+        else {}
+    )
+    return capabilities | {
         MODEL_VERSION_ANNOTATION: str(served.version),
         VERSION_KEY_ANNOTATION: served.version_key,
         RELEASE_ANNOTATION: served.release,
@@ -130,6 +141,7 @@ def served_from_deployment(deployment: Mapping[str, Any] | None, default_release
             _tensors(io["outputs"]),
             str(ann.get(RELEASE_ANNOTATION) or default_release),
             bool(io.get("batched", True)),  # versions served before the field were all batched
+            tuple(c for c in str(ann.get(COMPUTE_CAPABILITIES_ANNOTATION) or "").split(",") if c),
         )
     except (KeyError, ValueError, TypeError):
         return None
@@ -152,6 +164,7 @@ _KEPT: Mapping[str, tuple[tuple[str, ...], ...]] = {
         ("spec", "template", "spec", "volumes"),
         ("spec", "template", "spec", "nodeSelector"),
         ("spec", "template", "spec", "tolerations"),
+        ("spec", "template", "spec", "affinity"),
         ("spec", "template", "spec", "securityContext"),
         ("spec", "template", "spec", "terminationGracePeriodSeconds"),
     ),

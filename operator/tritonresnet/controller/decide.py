@@ -30,7 +30,7 @@ from tritonresnet.api.status import (
     TensorStatus,
     TritonResNetStatus,
 )
-from tritonresnet.controller import observe, render
+from tritonresnet.controller import fleet, observe, render
 from tritonresnet.controller.children import (
     Served,
     applied_hash,
@@ -263,6 +263,7 @@ def _builds(
             entry = replace(
                 entry,
                 compute_capability=r.compute_capability or None,
+                node=outcome.node or None,
                 tensorrt_version=r.tensorrt_version or None,
                 artifact=r.artifact or None,
                 artifact_bytes=r.artifact_bytes,
@@ -315,16 +316,48 @@ def _publish(
     return None, "", "", ""
 
 
+#: Engines.waiting_for_node with gpuKinds Auto and no GPU kind to build for.
+NO_GPU_KIND = (
+    "gpuKinds Auto: no node Triton may land on (serving nodeSelector and tolerations) has a GPU "
+    "with GPU feature discovery's nvidia.com/gpu.compute.major and minor labels, and engine.targets "
+    "lists none; waiting for one"
+)
+
+
+def build_targets(
+    observed: Observed, spec: TritonResNetSpec, release: str, old: TritonResNetStatus
+) -> tuple[Target, ...]:
+    """The spec's targets; with gpuKinds Auto, also one per compute capability of the fleet."""
+    if not spec.fleet_mode:
+        return spec.build_targets()
+    kinds = fleet.gpu_kinds(observed.nodes, spec.serving.node_selector, render.triton_tolerations(spec))
+    return fleet.targets(
+        spec, kinds, observed.nodes, old.targets or (), lambda t: names.engine_key(spec, t, release)
+    )
+
+
+def _with_capabilities(spec: TritonResNetSpec, published: Served, targets: Sequence[TargetStatus]) -> Served:
+    """The published version with the compute capabilities of its plans, which pin Triton (Auto)."""
+    found = fleet.plan_capabilities(spec, (t.compute_capability for t in targets if t.compute_capability))
+    if not spec.fleet_mode or not all(t.compute_capability for t in targets):
+        # A target recorded without its result (status lost): what the Deployment remembers.
+        return published
+    return replace(published, compute_capabilities=found)
+
+
 def engines(
     observed: Observed, spec: TritonResNetSpec, settings: Settings, served: Served | None, children: Children
 ) -> Engines:
     """Build Jobs per target, then the publish Job; an older spec's unfinished Jobs go."""
     name = observed.resource["metadata"]["name"]
     old = TritonResNetStatus.from_dict(observed.resource.get("status"))
-    targets = spec.build_targets()
     release = settings.release_for(spec)
+    targets = build_targets(observed, spec, release, old)
     engine_keys = {t.name: names.engine_key(spec, t, release) for t in targets}
     version_key = names.version_key(spec, sorted(engine_keys.values()))
+    if not targets:
+        # gpuKinds Auto with no GPU kind seen (yet): nothing to build, and nothing to take away.
+        return Engines(version_key, 0, (), None, waiting_for_node=NO_GPU_KIND)
 
     # An older spec's unfinished builds would only burn GPUs.
     current = {names.build_job_name(name, k) for k in engine_keys.values()}
@@ -338,6 +371,7 @@ def engines(
     if published is not None:
         built = _published_targets(name, old, targets, engine_keys)
         used = _repository_bytes(observed, old, version_key)
+        published = _with_capabilities(spec, published, built)
         return Engines(version_key, len(targets), built, published, repository_bytes=used)
     target_status, failure, waiting, stuck = _builds(observed, spec, settings, targets, engine_keys, children)
     publish_failure = ""
@@ -345,6 +379,8 @@ def engines(
         published, publish_failure, waiting, stuck = _publish(
             observed, spec, settings, sorted(engine_keys.values()), version_key, served, children
         )
+        if published is not None:
+            published = _with_capabilities(spec, published, target_status)
     used = _repository_bytes(observed, old, version_key) if published is not None else None
     return Engines(
         version_key, len(targets), target_status, published, failure, publish_failure, waiting, stuck, used

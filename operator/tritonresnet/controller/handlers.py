@@ -90,6 +90,14 @@ def _register_child_watches(resources: Sequence[tuple[str, str, str, str]]) -> N
 _register_child_watches(CHILD_RESOURCES)
 
 
+# gpuKinds Auto reads the GPU kinds from the Nodes. Nodes are cluster-scoped, so kopf watches
+# them cluster-wide even when it serves a list of namespaces (RBAC: list and watch on nodes,
+# in a ClusterRole in both install modes). One watch feeds one shared view (runtime.nodes).
+@kopf.on.event("", "v1", "nodes", id="watch-nodes")
+async def node_event(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    memo["runtime"].observe_node(event.get("type"), body)
+
+
 def _api_client() -> client.ApiClient:
     try:
         config.load_incluster_config()

@@ -16,6 +16,7 @@ from tritonresnet_builder.contract import ContractError, Result, Tensor, parse_r
 
 from tritonresnet.api import names
 from tritonresnet.api.status import AVAILABLE, NO_DEPLOYMENT, Condition
+from tritonresnet.controller.fleet import FleetNode
 
 TRITON_HTTP_PORT = 8000
 
@@ -76,6 +77,8 @@ class Observed:
     #: Other TritonResNets in the namespace (the runtime passes those of the same model name).
     peers: Sequence[Mapping[str, Any]] = ()
     verification: Mapping[str, EndpointCheck] = field(default_factory=dict)  #: endpoint -> last check
+    #: The cluster's GPU nodes (``fleet.node_view``), for gpuKinds Auto; shared by every pass.
+    nodes: Sequence[FleetNode] = ()
     now: str = "1970-01-01T00:00:00Z"
 
     def child(self, kind: str, name: str) -> Mapping[str, Any] | None:
@@ -114,6 +117,7 @@ class JobOutcome:
     state: JobState
     result: Result | None = None
     message: str = ""
+    node: str = ""  #: the node of the pod whose result was read (the GPU that built the plan)
 
 
 def finished(job: Mapping[str, Any]) -> bool:
@@ -136,18 +140,19 @@ def unschedulable(pods: Sequence[Mapping[str, Any]]) -> str:
 def job_outcome(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> JobOutcome:
     """Classify a builder Job and read its result from the pods' termination messages."""
     mine = _job_pods(job["metadata"]["name"], pods)
-    result, message = None, ""
+    result, message, node = None, "", ""
     for pod in sorted(mine, key=lambda p: p["metadata"].get("creationTimestamp") or ""):
         for cs in (pod.get("status") or {}).get("containerStatuses") or ():
             term = (cs.get("state") or {}).get("terminated")
             if term and term.get("message"):
                 try:
                     result = parse_result(term["message"])
+                    node = str((pod.get("spec") or {}).get("nodeName") or "")
                 except ContractError as exc:
                     message = str(exc)
     if _true(job, "Complete"):
         if result and result.ok:
-            return JobOutcome("Succeeded", result)
+            return JobOutcome("Succeeded", result, node=node)
         return JobOutcome("Failed", result, message or "builder finished without a result")
     if _true(job, "Failed"):
         if result and result.error:

@@ -27,6 +27,7 @@ from tritonresnet_builder.contract import (
 
 from tritonresnet.api import names
 from tritonresnet.api.spec import GPU_RESOURCE, AutoscalingMetric, Target, TritonResNetSpec
+from tritonresnet.controller import fleet
 from tritonresnet.controller.children import RETRY_ANNOTATION, Served, served_annotations
 from tritonresnet.controller.settings import Settings
 
@@ -543,6 +544,20 @@ def _triton_container(
     return container
 
 
+def triton_tolerations(spec: TritonResNetSpec) -> list[Object]:
+    """What Triton pods tolerate: the user's, and the GPU taint when they ask for a GPU."""
+    return _tolerations(spec.serving.tolerations, _wants_gpu(spec.serving.resources))
+
+
+def _affinity(cr_name: str, spec: TritonResNetSpec, served: Served) -> Object:
+    affinity = _anti_affinity(cr_name)
+    if spec.fleet_mode and served.compute_capabilities:
+        # Only nodes with a plan of this version: no pod lands on a GPU it cannot serve on,
+        # and the cluster autoscaler only grows node groups that can serve it.
+        affinity["nodeAffinity"] = fleet.required_affinity(served.compute_capabilities)
+    return affinity
+
+
 def _anti_affinity(cr_name: str) -> Object:
     return {
         "podAntiAffinity": {
@@ -575,8 +590,8 @@ def triton_deployment(
     pod_spec = _pod_base(settings) | {
         "terminationGracePeriodSeconds": 60,
         "nodeSelector": dict(spec.serving.node_selector),
-        "tolerations": _tolerations(spec.serving.tolerations, _wants_gpu(spec.serving.resources)),
-        "affinity": _anti_affinity(cr_name),
+        "tolerations": triton_tolerations(spec),
+        "affinity": _affinity(cr_name, spec, served),
         "containers": [_triton_container(cr_name, spec, served, settings, control_token(cr, settings))],
         "volumes": _volumes(cr_name, spec, read_only=True),
     }

@@ -35,6 +35,7 @@ from kubernetes.client.rest import ApiException
 
 from tritonresnet.api import names
 from tritonresnet.api.status import status_patch
+from tritonresnet.controller import fleet
 from tritonresnet.controller.children import owned_by
 from tritonresnet.controller.decide import model_name_as_written
 from tritonresnet.controller.kube import api_error_message, namespace_terminating, now_rfc3339
@@ -128,6 +129,7 @@ class Snapshot:
     #: The namespace's TritonResNets with this one's model name as written (this one included).
     peers: Sequence[Mapping[str, Any]]
     checks: Mapping[int, Mapping[str, EndpointCheck]]  #: version -> endpoint -> latest check
+    nodes: Sequence[fleet.FleetNode] = ()  #: the cluster's GPU nodes, for gpuKinds Auto (shared)
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,10 @@ class Runtime:
         # hashed when long, so a child seen before its owner is still found.
         self.children: dict[tuple[str, str], dict[ChildKey, Mapping[str, Any]]] = {}
         self.by_label: dict[tuple[str, str], str] = {}  # (namespace, label value) -> name
+        # One view of the cluster's GPU nodes for every pass (not a list per pass), as a tuple
+        # built on demand and dropped when a node's labels or taints change.
+        self.nodes: dict[str, fleet.FleetNode] = {}
+        self._fleet: tuple[fleet.FleetNode, ...] | None = None
 
         self.queue = WorkQueue()
         self.checks = EndpointChecks(
@@ -275,6 +281,30 @@ class Runtime:
         if name is not None:  # else the owner's own event, still to come, queues it
             self.enqueue((namespace, name))
 
+    def observe_node(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """A Node event: wake the gpuKinds Auto resources when the fleet's view of it changed.
+
+        Heartbeats (status only) give the same view and wake nothing, so a large fleet costs
+        a comparison per event, not a pass per resource.
+        """
+        name = str(body["metadata"]["name"])
+        view = None if event_type == "DELETED" else fleet.node_view(body)
+        if self.nodes.get(name) == view:
+            return
+        if view is None:
+            del self.nodes[name]
+        else:
+            self.nodes[name] = view
+        self._fleet = None
+        for key, resource in self.resources.items():
+            if fleet.wants_nodes(resource):
+                self.enqueue(key)
+
+    def fleet_nodes(self) -> tuple[fleet.FleetNode, ...]:
+        if self._fleet is None:
+            self._fleet = tuple(self.nodes[name] for name in sorted(self.nodes))
+        return self._fleet
+
     def _put_resource(self, key: Key, obj: Mapping[str, Any]) -> None:
         self.resources[key] = obj
         group = (key[0], model_name_as_written(obj))
@@ -323,6 +353,7 @@ class Runtime:
             MappingProxyType(dict(children)),
             peers,
             MappingProxyType({v: MappingProxyType(c) for v, c in known.items()}),
+            self.fleet_nodes() if fleet.wants_nodes(resource) else (),
         )
 
     # -- the queue (on the event loop) ----------------------------------------------------
@@ -452,6 +483,7 @@ class Runtime:
             children={k: o for k, o in children.items() if k[0] != "Pod"},
             peers=snap.peers,
             verification=verification,
+            nodes=snap.nodes,
             now=self.wall_clock(),
         )
 

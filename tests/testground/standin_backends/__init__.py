@@ -14,7 +14,9 @@ module                     backend folder                stands in for
 ``onnxruntime_standin``    ``onnxruntime/model.py``      Triton's ONNX Runtime backend (CPU)
 =========================  ============================  =====================================
 
-There is deliberately no TensorRT stand-in: a test never fakes a plan file.
+There is deliberately no TensorRT backend stand-in: no test claims a plan was served. (The
+fleet test's builds use a stand-in TensorRT, ``testground.standin_tensorrt``, whose files
+say they are not plans; no backend here loads them.)
 """
 
 # backend name (the folder Triton looks up) -> module file in this package

@@ -150,7 +150,9 @@ def test_publish_clamps_max_batch_to_what_a_fixed_batch_model_allows(repo: Path,
     assert config.max_batch_size == 1 and not config.HasField("dynamic_batching")
 
 
-def stand_in_tensorrt_engine(repo: Path, key: str, cc: str, inputs: tuple[Tensor, ...]) -> None:
+def stand_in_tensorrt_engine(
+    repo: Path, key: str, cc: str, inputs: tuple[Tensor, ...], hardware_compatibility: str = ""
+) -> None:
     """An engine folder as a TensorRT build would leave it, with stand-in plan bytes (no TensorRT here)."""
     folder = repo / ".tritonresnet" / "engines" / key
     folder.mkdir(parents=True)
@@ -167,6 +169,7 @@ def stand_in_tensorrt_engine(repo: Path, key: str, cc: str, inputs: tuple[Tensor
         artifact=plan,
         artifact_bytes=42,
         compute_capability=cc,
+        hardware_compatibility=hardware_compatibility,
         tensorrt_version="10.8.0.43",
     )
     (folder / ENGINE_RESULT).write_text(result.to_json())
@@ -188,6 +191,18 @@ def test_publish_maps_plans_by_compute_capability_with_stand_in_plan_files(repo:
     assert config.platform == "tensorrt_plan"
     assert dict(config.cc_model_filenames) == {"8.6": "model.sm86.plan", "9.0": "model.sm90.plan"}
     assert result.files == ("resnet/1/model.sm86.plan", "resnet/1/model.sm90.plan", "resnet/configs/v1.pbtxt")
+
+
+def test_publish_makes_an_ampere_plus_plan_the_default_with_stand_in_plan_files(repo: Path) -> None:
+    """Stand-in plan bytes: a GPU missing from cc_model_filenames (a 9.0 joining later) loads the
+    default, which is the AMPERE_PLUS plan; the T4's own plan stays mapped to 7.5."""
+    inputs = (Tensor("input", "FP32", (3, 224, 224)),)
+    stand_in_tensorrt_engine(repo, "turing", "7.5", inputs)
+    stand_in_tensorrt_engine(repo, "ampere", "8.6", inputs, hardware_compatibility="ampere_plus")
+    publish(publish_args(repo, "v-a", engine_keys=("turing", "ampere")))
+    config = triton_config.parse((repo / "resnet/configs/v1.pbtxt").read_text())
+    assert dict(config.cc_model_filenames) == {"7.5": "model.sm75.plan", "8.6": "model.sm86.plan"}
+    assert config.default_model_filename == "model.sm86.plan"
 
 
 def test_publish_refuses_engines_that_disagree_on_inputs(repo: Path) -> None:

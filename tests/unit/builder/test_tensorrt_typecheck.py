@@ -56,6 +56,14 @@ MISTAKES = {
     ),
     "parser method": ("parser.parse_from_file(str(onnx_path))", "parser.parse_file(str(onnx_path))"),
     "dims from a list of str": ("trt.Dims([low, *rest])", "trt.Dims([str(low), *rest])"),
+    "misspelled hardware level": (
+        "trt.HardwareCompatibilityLevel.AMPERE_PLUS",
+        "trt.HardwareCompatibilityLevel.AMPERE_PLUS_PLUS",
+    ),
+    "hardware level as a string": (
+        "config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS",
+        'config.hardware_compatibility_level = "AMPERE_PLUS"',
+    ),
     "missing config": (
         "builder.build_serialized_network(network, config)",
         "builder.build_serialized_network(network)",
