@@ -1,4 +1,4 @@
-"""Graceful drain on the pod network: scaling a served TritonResNet down loses no request.
+"""Graceful drain on the pod network: a scale-down and a rollout lose no request.
 
 A TritonResNet (ResNet-18) with three replicas on the network's node is Ready;
 a client in a pod-like network namespace sends inferences at a constant rate
@@ -6,7 +6,8 @@ to the Service's ClusterIP, so kube-proxy picks the pod and the lag between a
 pod's deletion and its leaving the Service's endpoints is part of what is
 measured. Then ``kubectl scale trn --replicas=1``: two pods go through
 preStop, SIGTERM and the grace period while the load goes on, and not one
-request may fail.
+request may fail. The same client through a rollout (a new source, version 2)
+at one replica, where the surge pod is what keeps the Service answering.
 
 Each request opens a connection of its own (as a client behind a load
 balancer that does not pin connections does), so every request is a new
@@ -18,6 +19,7 @@ timeout on each request, and it stops by itself once the test asks it to.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -59,7 +61,7 @@ host, model, rate, cap, limit, timeout, stop = sys.argv[1:8]
 rate, cap, limit, timeout = float(rate), int(cap), float(limit), float(timeout)
 data = np.zeros((1, 3, 224, 224), dtype=np.float32)
 started = time.monotonic()
-sent, ok, failures = 0, 0, []
+sent, ok, failures, versions = 0, 0, [], set()
 while sent < cap and time.monotonic() - started < limit and not os.path.exists(stop):
     due = started + sent / rate
     time.sleep(max(0.0, due - time.monotonic()))
@@ -71,15 +73,18 @@ while sent < cap and time.monotonic() - started < limit and not os.path.exists(s
     try:
         tensor = httpclient.InferInput("input", list(data.shape), "FP32")
         tensor.set_data_from_numpy(data)
-        out = client.infer(model, [tensor]).as_numpy("output")
+        answer = client.infer(model, [tensor])
+        out = answer.as_numpy("output")
         if out is None or out.shape != (1, 1000):
             raise ValueError(f"output {None if out is None else out.shape}")
+        versions.add(str(answer.get_response()["model_version"]))
         ok += 1
     except Exception as exc:
         failures.append(f"{at:.2f} s: {type(exc).__name__}: {exc}")
     finally:
         client.close()
-print(json.dumps({"sent": sent, "ok": ok, "failures": failures, "seconds": time.monotonic() - started}))
+summary = {"sent": sent, "ok": ok, "failures": failures, "versions": sorted(versions)}
+print(json.dumps(summary | {"seconds": time.monotonic() - started}))
 """
 
 
@@ -99,6 +104,84 @@ def triton_pods(kube: Kube, namespace: str) -> list[dict[str, Any]]:
     return items
 
 
+def serve(
+    operator: OperatorProcess,
+    pod_network: ClusterNetwork,
+    s3: S3Server,
+    kube: Kube,
+    uri: str,
+    namespace: str,
+    replicas: int,
+) -> tuple[list[str], str]:
+    """The TritonResNet Ready with ``replicas`` pods on the network's node: their addresses, ClusterIP."""
+    cp = operator.cp
+    # CPU only: the network's one node has two GPUs, three replicas and a surge need more;
+    # without a GPU request the operator adds no GPU toleration, and the node has the taint.
+    serving = {
+        "nodeSelector": {HOSTNAME_LABEL: pod_network.node.name},
+        "tolerations": [GPU_TOLERATION, POD_NETWORK_TOLERATION],
+        "resources": {"requests": {"cpu": "100m"}},
+    }
+    apply_sample(cp, namespace, s3, uri, name=NAME, replicas=replicas, model_name=MODEL, serving=serving)
+    wait_for_trn(
+        cp,
+        namespace,
+        NAME,
+        lambda t: is_ready()(t) and t["status"].get("readyReplicas") == replicas,
+        f"Ready with {replicas} replicas",
+        timeout=TIMEOUT * 2,
+        operator=operator,
+    )
+    pods = triton_pods(kube, namespace)
+    assert {pod["spec"]["nodeName"] for pod in pods} == {pod_network.node.name}
+    pod_ips = sorted(pod["status"]["podIP"] for pod in pods)
+    assert len(pod_ips) == replicas
+    wait_for(
+        lambda: ready_endpoints(kube, namespace, NAME) == pod_ips or None,
+        "the Service's endpoints",
+        TIMEOUT,
+    )
+    cluster_ip: str = kube.get(f"/api/v1/namespaces/{namespace}/services/{NAME}")["spec"]["clusterIP"]
+    return pod_ips, cluster_ip
+
+
+@contextlib.contextmanager
+def load(
+    pod_network: ClusterNetwork, namespace: str, cluster_ip: str, tmp_path: Path
+) -> Iterator[dict[str, Any]]:
+    """The bounded client running against the ClusterIP for the block; its summary filled in after."""
+    stop = tmp_path / "stop"
+    argv = [
+        sys.executable,
+        "-c",
+        CLIENT,
+        cluster_ip,
+        MODEL,
+        str(RATE),
+        str(MAX_REQUESTS),
+        str(MAX_SECONDS),
+        str(REQUEST_TIMEOUT),
+        str(stop),
+    ]
+    summary: dict[str, Any] = {}
+    with pod_network.client_netns(0, namespace) as client_netns:
+        client = subprocess.Popen(
+            in_netns(client_netns, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            time.sleep(TRAFFIC_BEFORE)
+            yield summary
+            time.sleep(TRAFFIC_AFTER)
+            stop.touch()
+            out, err = client.communicate(timeout=MAX_SECONDS + 2 * REQUEST_TIMEOUT)
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.wait()
+    assert client.returncode == 0, err
+    summary |= json.loads(out)
+
+
 def test_scale_down_from_three_to_one_fails_no_request_through_the_service(
     operator: OperatorProcess,
     pod_network: ClusterNetwork,
@@ -110,78 +193,24 @@ def test_scale_down_from_three_to_one_fails_no_request_through_the_service(
     cp = operator.cp
     with cp.throwaway_namespace("drain") as namespace:
         uri = s3.upload(onnx_models.path(MODEL), f"{namespace}/model.onnx")
-        # CPU only: the network's one node has two GPUs, three replicas and a surge need more;
-        # without a GPU request the operator adds no GPU toleration, and the node has the taint.
-        serving = {
-            "nodeSelector": {HOSTNAME_LABEL: pod_network.node.name},
-            "tolerations": [GPU_TOLERATION, POD_NETWORK_TOLERATION],
-            "resources": {"requests": {"cpu": "100m"}},
-        }
-        apply_sample(cp, namespace, s3, uri, name=NAME, replicas=3, model_name=MODEL, serving=serving)
-        wait_for_trn(
-            cp,
-            namespace,
-            NAME,
-            lambda t: is_ready()(t) and t["status"].get("readyReplicas") == 3,
-            "Ready with 3 replicas",
-            timeout=TIMEOUT * 2,
-            operator=operator,
-        )
-        pods = triton_pods(kube, namespace)
-        assert {pod["spec"]["nodeName"] for pod in pods} == {pod_network.node.name}
-        pod_ips = sorted(pod["status"]["podIP"] for pod in pods)
-        assert len(pod_ips) == 3
-        wait_for(
-            lambda: ready_endpoints(kube, namespace, NAME) == pod_ips or None,
-            "the Service's three endpoints",
-            TIMEOUT,
-        )
-        cluster_ip = kube.get(f"/api/v1/namespaces/{namespace}/services/{NAME}")["spec"]["clusterIP"]
-
-        stop = tmp_path / "stop"
-        argv = [
-            sys.executable,
-            "-c",
-            CLIENT,
-            cluster_ip,
-            MODEL,
-            str(RATE),
-            str(MAX_REQUESTS),
-            str(MAX_SECONDS),
-            str(REQUEST_TIMEOUT),
-            str(stop),
-        ]
-        with pod_network.client_netns(0, namespace) as client_netns:
-            client = subprocess.Popen(
-                in_netns(client_netns, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        pod_ips, cluster_ip = serve(operator, pod_network, s3, kube, uri, namespace, 3)
+        with load(pod_network, namespace, cluster_ip, tmp_path) as result:
+            scaled = time.monotonic()
+            cp.kubectl("scale", "trn", NAME, "-n", namespace, "--replicas=1")
+            wait_for(
+                lambda: len(ready_endpoints(kube, namespace, NAME)) == 1 or None,
+                "the Service down to one ready endpoint",
+                TIMEOUT,
+                every=0.1,
             )
-            try:
-                time.sleep(TRAFFIC_BEFORE)
-                scaled = time.monotonic()
-                cp.kubectl("scale", "trn", NAME, "-n", namespace, "--replicas=1")
-                wait_for(
-                    lambda: len(ready_endpoints(kube, namespace, NAME)) == 1 or None,
-                    "the Service down to one ready endpoint",
-                    TIMEOUT,
-                    every=0.1,
-                )
-                endpoint_seconds = time.monotonic() - scaled
-                wait_for(
-                    lambda: len(triton_pods(kube, namespace)) == 1 or None,
-                    "the two other pods gone",
-                    TIMEOUT,
-                    every=0.2,
-                )
-                gone_seconds = time.monotonic() - scaled
-                time.sleep(TRAFFIC_AFTER)
-                stop.touch()
-                out, err = client.communicate(timeout=MAX_SECONDS + 2 * REQUEST_TIMEOUT)
-            finally:
-                if client.poll() is None:
-                    client.kill()
-                    client.wait()
-        assert client.returncode == 0, err
-        result = json.loads(out)
+            endpoint_seconds = time.monotonic() - scaled
+            wait_for(
+                lambda: len(triton_pods(kube, namespace)) == 1 or None,
+                "the two other pods gone",
+                TIMEOUT,
+                every=0.2,
+            )
+            gone_seconds = time.monotonic() - scaled
         (left,) = triton_pods(kube, namespace)
         trn = wait_for_trn(
             cp,
@@ -203,3 +232,53 @@ def test_scale_down_from_three_to_one_fails_no_request_through_the_service(
         assert left["status"]["podIP"] in pod_ips
         assert ready_endpoints(kube, namespace, NAME) == [left["status"]["podIP"]]
         assert trn["spec"]["serving"]["replicas"] == 1
+
+
+def test_rollout_of_version_two_fails_no_request_through_the_service(
+    operator: OperatorProcess,
+    pod_network: ClusterNetwork,
+    s3: S3Server,
+    onnx_models: OnnxModels,
+    kube: Kube,
+    tmp_path: Path,
+) -> None:
+    """One replica, so the rollout's surge pod is the only way to keep serving."""
+    cp = operator.cp
+    with cp.throwaway_namespace("roll") as namespace:
+        uri = s3.upload(onnx_models.path(MODEL), f"{namespace}/v1/model.onnx")
+        (old_ip,), cluster_ip = serve(operator, pod_network, s3, kube, uri, namespace, 1)
+        v2 = s3.upload(onnx_models.path(MODEL), f"{namespace}/v2/model.onnx")
+        with load(pod_network, namespace, cluster_ip, tmp_path) as result:
+            started = time.monotonic()
+            patch = {"spec": {"source": {"uri": v2}}}
+            cp.kubectl("patch", "trn", NAME, "-n", namespace, "--type=merge", "-p", json.dumps(patch))
+            trn = wait_for_trn(
+                cp,
+                namespace,
+                NAME,
+                lambda t: is_ready()(t) and t["status"].get("modelVersion") == 2,
+                "Ready at version 2",
+                timeout=TIMEOUT * 2,
+                operator=operator,
+            )
+            wait_for(
+                lambda: (
+                    [p for p in triton_pods(kube, namespace) if p["status"].get("podIP") == old_ip] == []
+                    or None
+                ),
+                "version 1's pod gone",
+                TIMEOUT,
+                every=0.2,
+            )
+            rolled_seconds = time.monotonic() - started
+        print(
+            f"\nrollout to version 2 through the Service: {result['sent']} requests in "
+            f"{result['seconds']:.1f} s, {len(result['failures'])} failed, versions {result['versions']}; "
+            f"version 1's pod gone {rolled_seconds:.1f} s after the patch"
+        )
+        assert result["failures"] == [], result["failures"][:5]
+        assert result["ok"] == result["sent"]
+        assert result["versions"] == ["1", "2"]
+        (new,) = triton_pods(kube, namespace)
+        assert ready_endpoints(kube, namespace, NAME) == [new["status"]["podIP"]]
+        assert trn["status"]["modelVersion"] == 2
