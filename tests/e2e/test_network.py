@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from testground.clusternet import ClusterNetwork
+from testground.clusternet import ClusterNetwork, ready_endpoints
 from testground.controlplane import ControlPlane
 from testground.models import OnnxModels
 from testground.network import POD_CIDR, in_netns
@@ -114,20 +114,6 @@ def kube(control_plane: ControlPlane) -> Iterator[Kube]:
         yield client
     finally:
         client.api.close()
-
-
-def ready_endpoints(kube: Kube, namespace: str, service: str) -> list[str]:
-    slices = kube.get(
-        f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices",
-        labelSelector=f"kubernetes.io/service-name={service}",
-    )["items"]
-    return [
-        address
-        for item in slices
-        for endpoint in item.get("endpoints") or []
-        if (endpoint.get("conditions") or {}).get("ready")
-        for address in endpoint["addresses"]
-    ]
 
 
 def test_triton_answers_at_its_service_cluster_ip_and_dns_name(

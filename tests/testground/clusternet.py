@@ -51,6 +51,7 @@ from testground.network import (
     pod_network,
 )
 from testground.nodeagent import NodeAgent, start_node_agent
+from testground.nodeagent_kube import Kube
 from testground.nodeagent_nodes import A10G_PRODUCT, NodeSpec
 from testground.s3 import PausableProxy
 
@@ -189,6 +190,21 @@ class ClusterNetwork:
     ) -> contextlib.AbstractContextManager[str]:
         """A pod-like network namespace (address, routes, resolv.conf) for a test's client processes."""
         return self.net.client_netns(index, namespace)
+
+
+def ready_endpoints(kube: Kube, namespace: str, service: str) -> list[str]:
+    """The addresses of a Service's ready endpoints, from its EndpointSlices (what kube-proxy routes to)."""
+    slices = kube.get(
+        f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices",
+        labelSelector=f"kubernetes.io/service-name={service}",
+    )["items"]
+    return sorted(
+        address
+        for item in slices
+        for endpoint in item.get("endpoints") or []
+        if (endpoint.get("conditions") or {}).get("ready")
+        for address in endpoint["addresses"]
+    )
 
 
 def _wait_http(component: Component, url: str) -> float:
