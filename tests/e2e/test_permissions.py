@@ -124,8 +124,9 @@ def test_children_the_operators_cache_misses_are_read_by_name_and_applied_again(
     the cache it starts with (kopf lists every object and keeps those with the label), as if
     its watch were behind. It renders them again, each create answers 409, it reads the
     object by name (``get``), finds its own controller reference and server-side applies it
-    (``patch``), which puts the label back. Every kind it creates takes this path here: a
-    served resource's Deployment, Service, PodDisruptionBudget and created claim, and the
+    (``patch``), which puts the label back. Every kind it creates takes this path here (but
+    the control Secret, which it never reads): a served resource's Deployment, Service,
+    PodDisruptionBudget, NetworkPolicy and created claim, and the
     build Job and HPA of a resource whose build never starts (its claim does not exist, so
     the pod waits unscheduled and the Job stays unfinished)."""
     cp = operator.cp
@@ -165,6 +166,7 @@ def test_children_the_operators_cache_misses_are_read_by_name_and_applied_again(
         ("", "services"): names.service_name("served"),
         ("policy", "poddisruptionbudgets"): names.pdb_name("served"),
         ("", "persistentvolumeclaims"): names.pvc_name("served"),
+        ("networking.k8s.io", "networkpolicies"): render.network_policy_name("served"),
         ("batch", "jobs"): job,
         ("autoscaling", "horizontalpodautoscalers"): hpa,
     }
