@@ -169,17 +169,17 @@ def check_endpoint(
     expected: Expected,
     timeout: float = 10.0,
     smoke: bool = True,
-    control_headers: Mapping[str, str] | None = None,
 ) -> EndpointCheck:
     """Check one endpoint; ``timeout`` bounds each request, ``smoke`` adds the inference.
 
-    ``control_headers`` (by default ``expected.control_headers``) go with the one request that
-    may need them, the repository index, which a locked-down Triton answers only for the
-    operator's credential. A check of an ``expected.diagnose`` endpoint (its pod not ready)
-    runs no inference and is marked ``diagnostic``.
+    ``expected.control_headers`` go with the one request that may need them, the repository
+    index, which a locked-down Triton answers only for the operator's credential. A check of
+    an ``expected.diagnose`` endpoint (its pod not ready) runs no inference and is marked
+    ``diagnostic``.
     """
-    headers = dict(expected.control_headers) if control_headers is None else dict(control_headers)
-    found = _check(endpoint, expected, timeout, smoke and not expected.diagnose, headers)
+    found = _check(
+        endpoint, expected, timeout, smoke and not expected.diagnose, dict(expected.control_headers)
+    )
     return replace(found, diagnostic=True) if expected.diagnose else found
 
 
