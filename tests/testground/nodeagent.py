@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from testground.controlplane import rss_of
 from testground.nodeagent_kube import Kube
 from testground.nodeagent_nodes import (
     A10G_PRODUCT,
@@ -121,17 +122,6 @@ def _die_with_parent() -> None:
     without tearing down (its pods' groups are then killed by the next agent)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
-def rss_bytes_of(pid: int) -> int:
-    """Resident memory of process ``pid`` (VmRSS); 0 once it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 @dataclass
@@ -278,7 +268,7 @@ class NodeAgent:
 
     def rss_bytes(self) -> int:
         """Resident memory of the agent process itself (not of its pods)."""
-        return rss_bytes_of(self.pid) if self.pid is not None else 0
+        return rss_of(self.pid) if self.pid is not None else 0
 
 
 def claim_volume_path(kubeconfig: Path, namespace: str, claim: str) -> Path:

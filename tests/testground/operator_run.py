@@ -27,8 +27,7 @@ import yaml
 
 from testground import audit
 from testground.chart import render_chart, to_yaml
-from testground.controlplane import ControlPlane
-from testground.nodeagent import rss_bytes_of
+from testground.controlplane import ControlPlane, rss_of
 from testground.s3 import S3Server
 from testground.waiting import WaitTimeout, wait_for
 
@@ -144,7 +143,7 @@ class OperatorProcess:
 
     def rss_bytes(self) -> int:
         """Resident memory of the operator process now; 0 when it is not running."""
-        return rss_bytes_of(self.proc.pid) if self.proc is not None and self.proc.poll() is None else 0
+        return rss_of(self.proc.pid) if self.proc is not None and self.proc.poll() is None else 0
 
 
 # -- a sample resource and waiting for it -------------------------------------------
