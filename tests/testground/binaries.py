@@ -34,6 +34,7 @@ folder, keyed by all three versions.
     python -m testground.binaries --kwok       # the same for kwok, print its path
     python -m testground.binaries --karpenter  # the same for Karpenter, print its path
     python -m testground.binaries --network    # the pod network's binaries, print their folder
+    python -m testground.binaries --all        # everything the test suite runs, two builds at a time
     python -m testground.binaries --regenerate # rewrite tools/*/go.mod
 """
 
@@ -49,6 +50,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 KUBERNETES_VERSION = "v1.36.3"
@@ -377,6 +379,22 @@ def ensure_network_binaries(log=print) -> Path:  # type: ignore[no-untyped-def]
     return _made_once(network_cache_dir(), _network_complete, make)
 
 
+def ensure_all(log=print) -> list[Path]:  # type: ignore[no-untyped-def]
+    """Everything the whole test suite runs, made before it starts (``make test``).
+
+    Two builds at a time: each ``go build`` already compiles on every core, but its module
+    downloads and its final link run on one, and on a fresh machine those are a large part
+    of the time, so a second build fills them. Each part keeps its own cache folder and lock.
+    """
+    parts: list[Callable[[], Path]] = [
+        lambda: ensure_binaries(log),
+        lambda: ensure_network_binaries(log),
+        lambda: ensure_karpenter(log),
+    ]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(lambda make: make(), parts))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -395,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--network", action="store_true", help="build or fetch the pod network's parts and print their folder"
     )
+    parser.add_argument("--all", action="store_true", help="build or reuse all the suite runs, print where")
     args = parser.parse_args(argv)
     if args.regenerate:
         regenerate()
@@ -407,6 +426,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.network:
         print(ensure_network_binaries(log=to_stderr))
+        return 0
+    if args.all:
+        print("\n".join(str(folder) for folder in ensure_all(log=to_stderr)))
         return 0
     print(ensure_binaries(log=to_stderr))
     return 0
