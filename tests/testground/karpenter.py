@@ -75,7 +75,13 @@ def node_class_object() -> dict[str, Any]:
     }
 
 
-def node_pool_object(name: str, kinds: list[str], taints: list[dict[str, str]]) -> dict[str, Any]:
+#: The test ground's CPU pool: a node that ran a build and holds nothing else goes 10 s later.
+CPU_DISRUPTION = {"consolidationPolicy": "WhenEmpty", "consolidateAfter": "10s"}
+
+
+def node_pool_object(
+    name: str, kinds: list[str], taints: list[dict[str, str]], disruption: dict[str, str]
+) -> dict[str, Any]:
     return {
         "apiVersion": "karpenter.sh/v1",
         "kind": "NodePool",
@@ -83,11 +89,7 @@ def node_pool_object(name: str, kinds: list[str], taints: list[dict[str, str]]) 
         "spec": {
             "template": {
                 "spec": {
-                    "nodeClassRef": {
-                        "group": "karpenter.kwok.sh",
-                        "kind": "KWOKNodeClass",
-                        "name": NODE_CLASS,
-                    },
+                    "nodeClassRef": node_class_ref(),
                     "requirements": [
                         {"key": "node.kubernetes.io/instance-type", "operator": "In", "values": kinds}
                     ],
@@ -95,17 +97,26 @@ def node_pool_object(name: str, kinds: list[str], taints: list[dict[str, str]]) 
                     "expireAfter": "Never",
                 }
             },
-            # Nodes stay for the test's length: what is measured is scale-up.
-            "disruption": {"consolidationPolicy": "WhenEmpty", "consolidateAfter": "Never"},
+            "disruption": dict(disruption),
         },
     }
 
 
-def node_pools() -> list[dict[str, Any]]:
-    kinds = instance_types()
-    cpu = [item["name"] for item in kinds if not _is_gpu_kind(item)]
-    gpu = [item["name"] for item in kinds if _is_gpu_kind(item)]
-    return [node_pool_object(CPU_POOL, cpu, []), node_pool_object(GPU_POOL, gpu, [dict(GPU_TAINT)])]
+def node_class_ref() -> dict[str, str]:
+    """What a NodePool names its node class by; the one thing of a pool that is the cloud's."""
+    return {"group": "karpenter.kwok.sh", "kind": "KWOKNodeClass", "name": NODE_CLASS}
+
+
+def gpu_kinds() -> list[str]:
+    return [item["name"] for item in instance_types() if _is_gpu_kind(item)]
+
+
+def node_pools(gpu_pool: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The ``cpu`` pool, and ``gpu_pool`` (a user's, the README's) or a GPU pool of our own."""
+    cpu = [item["name"] for item in instance_types() if not _is_gpu_kind(item)]
+    if gpu_pool is None:
+        gpu_pool = node_pool_object(GPU_POOL, gpu_kinds(), [dict(GPU_TAINT)], CPU_DISRUPTION)
+    return [node_pool_object(CPU_POOL, cpu, [], CPU_DISRUPTION), gpu_pool]
 
 
 def install_crds(cp: ControlPlane) -> None:
@@ -144,12 +155,15 @@ def _healthy(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def start_karpenter(cp: ControlPlane, workdir: Path) -> Iterator[Karpenter]:
-    """Install Karpenter's CRDs, our node class and pools, run Karpenter until the block exits."""
+def start_karpenter(
+    cp: ControlPlane, workdir: Path, gpu_pool: dict[str, Any] | None = None
+) -> Iterator[Karpenter]:
+    """Install Karpenter's CRDs, our node class and pools (``gpu_pool`` for the GPU one, when
+    given), run Karpenter until the block exits."""
     workdir = Path(workdir).resolve()
     binary = ensure_karpenter(log=log)
     install_crds(cp)
-    docs = [node_class_object(), *node_pools()]
+    docs = [node_class_object(), *node_pools(gpu_pool)]
     cp.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
     metrics_port, health_port = free_port(), free_port()
     env = {
