@@ -2,12 +2,14 @@
 
 A cluster of its own (this module's control plane) that starts with no node
 at all. Real: the control plane, Karpenter's core (``sigs.k8s.io/karpenter``,
-built from its module) with its kwok cloud provider and its CRDs, the
-operator (as its ServiceAccount), the builder and tritonserver processes.
+built from its module) with its kwok cloud provider and its CRDs, run as its
+ServiceAccount with its chart's RBAC, the operator (as its ServiceAccount),
+the builder and tritonserver processes.
 Stand-ins: the cloud (the kwok provider "launches" an instance by creating
 its Node object, from our instance-type file) and the machines' kubelets (the
 node agent adopts those Nodes, ``testground.nodeagent_adopt``); serving runs
-through the stand-in onnxruntime backend.
+through the stand-in onnxruntime backend; builder pods on the adopted GPU nodes
+run with the STAND-IN TensorRT (only the fleet test has GPU builds).
 
 The resource is an ONNX model served on ``NVIDIA-L4``, a GPU kind no node has.
 Its build is the operator's CPU build (an ONNX model needs no GPU to be
@@ -68,10 +70,12 @@ from testground.operator_run import (
     install_crd,
     install_operator_identity,
     is_ready,
+    wait_for_trn,
 )
 from testground.s3 import S3Server
 from testground.waiting import WaitTimeout, wait_for
 from tritonresnet.api import names
+from tritonresnet.controller import fleet
 
 pytestmark = [pytest.mark.cluster, pytest.mark.triton, pytest.mark.slow]
 
@@ -131,7 +135,13 @@ def autoscaled(
     workdir = tmp_path_factory.mktemp("autoscaler")
     with (
         start_control_plane(workdir / "control-plane") as cp,
-        start_node_agent(cp, workdir / "nodes", nodes=(), adopt_instance_types=INSTANCE_TYPES_FILE),
+        start_node_agent(
+            cp,
+            workdir / "nodes",
+            nodes=(),
+            adopt_instance_types=INSTANCE_TYPES_FILE,
+            adopt_standin_tensorrt=True,
+        ),
         start_karpenter(cp, workdir / "karpenter", gpu_pool=readme_gpu_pool(README.read_text())) as karpenter,
     ):
         install_crd(cp)
@@ -246,6 +256,10 @@ def test_karpenter_adds_a_cpu_node_for_the_build_and_an_l4_node_for_triton_kwok_
     for claim in claims.values():
         assert _initialized(claim), claim.get("status")
 
+    # Karpenter ran as its ServiceAccount with its chart's RBAC: nothing it asked for was refused.
+    refused = [line for line in karpenter.log_text().splitlines() if "forbidden" in line.lower()]
+    assert not refused, refused[:5]
+
     waited = {
         kind: (_time(_scheduled_at(pod) or "") - _time(pod["metadata"]["creationTimestamp"])).total_seconds()
         for kind, pod in (("build", builds[0]), ("triton", tritons[0]))
@@ -344,4 +358,110 @@ def test_scale_to_one_frees_the_empty_nodes_and_the_last_replica_serves_kwok_pro
         f"(nodes at the peak: {len(peak_nodes)} GPU); requests {client.ok} ok, "
         f"{len(client.failures)} failed; by pod {dict(client.served_by)}; build/publish pods at the "
         f"peak: {finished or 'none left'}"
+    )
+
+
+FLEET = "fleet"
+#: A GPU kind no node has when the fleet's first version is out: another workload asks for it.
+T4_PRODUCT, T4_KIND, T4_TARGET = "Tesla-T4", "g4dn.xlarge", "sm75"
+OTHER_WORKLOAD = "another-gpu-workload"
+
+
+def _published(version: int) -> Any:
+    return lambda trn: ((trn.get("status") or {}).get("published") or {}).get("version") == version
+
+
+def _gpu_capabilities(cp: ControlPlane) -> set[str]:
+    return {
+        f"{labels[fleet.COMPUTE_MAJOR_LABEL]}.{labels[fleet.COMPUTE_MINOR_LABEL]}"
+        for labels in (node["metadata"]["labels"] for node in _items(cp, "nodes"))
+        if fleet.COMPUTE_MAJOR_LABEL in labels
+    }
+
+
+def test_a_gpu_kind_karpenter_adds_for_another_workload_gets_its_plan_in_version_two_standin_tensorrt(
+    autoscaled: tuple[ControlPlane, Karpenter, OperatorProcess],
+    s3: S3Server,
+    onnx_models: OnnxModels,
+) -> None:
+    """STAND-IN TensorRT and GPUs: the builder pods on the adopted GPU nodes answer the CUDA
+    query with the node's GPU kind and write a stand-in plan (``testground.standin_tensorrt``);
+    no Triton here could load it, so the resource serves no replica (``replicas: 0``) and is
+    never Ready. Stand-ins as above: the kwok cloud provider, the node agent as kubelet.
+
+    ``gpuKinds: Auto`` builds a plan per capability of the GPU nodes present (each build
+    Pending until Karpenter adds a node of its kind with a free GPU). Then another workload's
+    pod asks for a T4, a kind no node has: Karpenter adds a ``g4dn.xlarge``, the operator sees
+    compute capability 7.5 join, builds its plan (on a second T4 node Karpenter adds, the
+    first one's GPU being taken) and publishes version 2 with the earlier plans reused.
+    """
+    cp, karpenter, operator = autoscaled
+    before = _gpu_capabilities(cp)
+    assert before and "7.5" not in before, before
+    uri = s3.upload(onnx_models.path("resnet18"), f"{NAMESPACE}/fleet/model.onnx")
+    trn = {
+        "apiVersion": names.API_VERSION,
+        "kind": names.KIND,
+        "metadata": {"name": FLEET, "namespace": NAMESPACE},
+        "spec": {
+            "source": {"uri": uri, "endpoint": s3.endpoint, "credentialsSecret": "s3-credentials"},
+            "model": {"name": "fleetnet", "format": "tensorrt"},
+            "engine": {"gpuKinds": "Auto", "maxBatchSize": 4, "workspaceMiB": 1024},
+            # A GPU request: the toleration of the GPU pool's taint, so Auto reads its nodes.
+            "serving": {"release": "25.01", "replicas": 0, "resources": {"limits": {GPU_RESOURCE: "1"}}},
+            "repository": {"claimName": "models"},
+        },
+    }
+    cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(trn))
+
+    def published(version: int) -> dict[str, Any]:
+        try:
+            return wait_for_trn(
+                cp, NAMESPACE, FLEET, _published(version), f"version {version}", READY_TIMEOUT
+            )
+        except WaitTimeout as error:
+            tail = f"operator log tail:\n{operator.log_text()[-3000:]}\nKarpenter log tail:\n"
+            raise error.with_detail(tail + karpenter.log_text()[-3000:]) from None
+
+    first = {t["name"]: t for t in published(1)["status"]["targets"]}
+    assert {f"{t['name'][2]}.{t['name'][3]}" for t in first.values()} == before, sorted(first)
+
+    other = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": OTHER_WORKLOAD, "namespace": NAMESPACE},
+        "spec": {
+            "nodeSelector": {GPU_PRODUCT_LABEL: T4_PRODUCT},
+            "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
+            # An image the node agent does not run: the pod holds its GPU, waiting.
+            "containers": [
+                {
+                    "name": "work",
+                    "image": "example.com/another-gpu-workload:1",
+                    "resources": {"limits": {GPU_RESOURCE: "1"}},
+                }
+            ],
+        },
+    }
+    cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(other))
+    try:
+        second = {t["name"]: t for t in published(2)["status"]["targets"]}
+        assert sorted(second) == sorted([*first, T4_TARGET]), sorted(second)
+        assert {n: t["engineKey"] for n, t in second.items() if n != T4_TARGET} == {
+            n: t["engineKey"] for n, t in first.items()
+        }, "the earlier plans are reused"
+        nodes = {node["metadata"]["name"]: node for node in _items(cp, "nodes")}
+        workload_node = json.loads(
+            cp.kubectl("get", "pod", OTHER_WORKLOAD, "-n", NAMESPACE, "-o", "json").stdout
+        )["spec"]["nodeName"]
+        built_on = second[T4_TARGET]["node"]
+        for name in (workload_node, built_on):
+            labels = nodes[name]["metadata"]["labels"] if name in nodes else {}
+            assert labels.get(NODEPOOL_LABEL) == GPU_POOL and labels.get(INSTANCE_TYPE_LABEL) == T4_KIND, name
+        assert second[T4_TARGET]["computeCapability"] == "7.5"
+    finally:
+        cp.kubectl("delete", "pod", OTHER_WORKLOAD, "-n", NAMESPACE, "--wait=false", check=False)
+    print(
+        f"\nautoscaler fleet: version 1 plans {sorted(first)}, version 2 plans {sorted(second)}; "
+        f"the T4 plan built on {built_on} (a node Karpenter added), the other workload on {workload_node}"
     )

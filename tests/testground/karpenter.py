@@ -21,8 +21,13 @@ the kind, and ``nvidia.com/gpu`` in their resources. Two NodePools: ``cpu``
 (CPU kinds) and ``gpu`` (GPU kinds, tainted ``nvidia.com/gpu=present:NoSchedule``
 as GPU pools usually are).
 
-Karpenter runs with the admin kubeconfig (not its chart's ClusterRole) and
-without leader election.
+Karpenter runs as its own ServiceAccount with the RBAC of its module's chart
+(``kwok/charts``: its ClusterRoles, Roles and bindings, rendered with the test
+ground's helm), not as admin, and without leader election.
+
+Nodes of both pools are removed once empty (``consolidationPolicy:
+WhenEmpty``); the CPU pool's after 10 s, the GPU pool's as the pool given
+says (the autoscaler test gives the README's).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from testground.binaries import KARPENTER_VERSION, ensure_karpenter, karpenter_module_dir
+from testground.chart import render_chart, to_yaml
 from testground.controlplane import Component, free_port, log
 from testground.nodeagent_nodes import GPU_TAINT
 
@@ -54,6 +60,18 @@ CRD_FILES = (
     "kwok/apis/crds/karpenter.kwok.sh_kwoknodeclasses.yaml",
 )
 NODE_CLASS = "default"
+#: Where Karpenter "is installed": its ServiceAccount and Roles, and its SYSTEM_NAMESPACE.
+KARPENTER_NAMESPACE = "kube-system"
+KARPENTER_RELEASE = "karpenter"
+#: Karpenter's RBAC in its module's chart for the kwok provider, relative to the module's root.
+CHART_DIR = "kwok/charts"
+RBAC_TEMPLATES = (
+    "templates/serviceaccount.yaml",
+    "templates/clusterrole.yaml",
+    "templates/clusterrole-kwok.yaml",
+    "templates/role.yaml",
+    "templates/rolebinding.yaml",
+)
 CPU_POOL, GPU_POOL = "cpu", "gpu"
 READY_TIMEOUT = 60.0
 
@@ -128,6 +146,25 @@ def install_crds(cp: ControlPlane) -> None:
         cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}")
 
 
+def rbac_objects() -> list[dict[str, Any]]:
+    """Karpenter's ServiceAccount, ClusterRoles, Roles and bindings, as its chart renders them."""
+    return render_chart(
+        chart=karpenter_module_dir() / CHART_DIR,
+        namespace=KARPENTER_NAMESPACE,
+        release=KARPENTER_RELEASE,
+        include_crds=False,
+        show_only=RBAC_TEMPLATES,
+    )
+
+
+def install_identity(cp: ControlPlane, path: Path) -> Path:
+    """Karpenter's chart RBAC, applied as admin; a kubeconfig that acts as its ServiceAccount."""
+    objects = rbac_objects()
+    cp.kubectl("apply", "--server-side", "-f", "-", input=to_yaml(objects))
+    (account,) = [obj["metadata"]["name"] for obj in objects if obj["kind"] == "ServiceAccount"]
+    return cp.service_account_kubeconfig(KARPENTER_NAMESPACE, account, path=path)
+
+
 @dataclass
 class Karpenter:
     component: Component
@@ -165,11 +202,12 @@ def start_karpenter(
     install_crds(cp)
     docs = [node_class_object(), *node_pools(gpu_pool)]
     cp.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+    kubeconfig = install_identity(cp, workdir / "karpenter.kubeconfig")
     metrics_port, health_port = free_port(), free_port()
     env = {
         **cp.env(),
-        "KUBECONFIG": str(cp.kubeconfig),
-        "SYSTEM_NAMESPACE": "kube-system",
+        "KUBECONFIG": str(kubeconfig),
+        "SYSTEM_NAMESPACE": KARPENTER_NAMESPACE,
         "INSTANCE_TYPES_FILE_PATH": str(INSTANCE_TYPES_FILE),
     }
     argv = [
