@@ -308,8 +308,9 @@ def test_scale_to_one_frees_the_empty_nodes_and_the_last_replica_serves_kwok_pro
         raise error.with_detail(f"Karpenter log tail:\n{karpenter.log_text()[-3000:]}") from None
     peak_nodes = {pod["spec"]["nodeName"] for pod in peak}
     gpu_nodes = [n for n in _items(cp, "nodes") if n["metadata"]["labels"].get(NODEPOOL_LABEL) == GPU_POOL]
-    assert {n["metadata"]["name"] for n in gpu_nodes} == peak_nodes, "one GPU node per replica"
-    assert len(peak_nodes) == PEAK_REPLICAS
+    assert {n["metadata"]["name"] for n in gpu_nodes} == peak_nodes, "GPU nodes hold Triton only"
+    # Triton's preferred anti-affinity, which Karpenter honours while it can: a node per replica.
+    assert len(peak_nodes) == PEAK_REPLICAS, sorted(peak_nodes)
 
     # What the builds left: Jobs complete (kept for jobTtlSeconds), their pods Completed or,
     # once the CPU node has gone, garbage-collected with it.
@@ -320,12 +321,10 @@ def test_scale_to_one_frees_the_empty_nodes_and_the_last_replica_serves_kwok_pro
         for pod in _items(cp, "pods", "-n", NAMESPACE)
         if _component(pod) in ("build", "publish")
     ]
-    # The PDB the operator made allows one disruption: it can be met, so it pins no node.
-    pdb = json.loads(cp.kubectl("get", "pdb", names.pdb_name(NAME), "-n", NAMESPACE, "-o", "json").stdout)
 
     live: list[dict[str, Any]] = []
     with FollowingClient(cp, NAMESPACE, NAME, model_name="resnet18") as client:
-        time.sleep(3.0)  # traffic on three replicas first
+        time.sleep(4.0)  # traffic on three replicas first
         scaled = time.monotonic()
         cp.kubectl("scale", "trn", NAME, "-n", NAMESPACE, "--replicas=1")
 
@@ -352,7 +351,10 @@ def test_scale_to_one_frees_the_empty_nodes_and_the_last_replica_serves_kwok_pro
     assert client.served_by[survivor["metadata"]["name"]] > served_before, "it answered after the scale-down"
     assert len(client.served_by) == PEAK_REPLICAS, dict(client.served_by)
     assert is_ready()(get_trn(cp, NAMESPACE, NAME))
-    assert pdb["spec"]["maxUnavailable"] == 1 and pdb["status"]["disruptionsAllowed"] >= 1, pdb["status"]
+    # The PDB the operator made allows one disruption even at one replica: it can be met, so it
+    # keeps no node from being drained; consolidation (WhenEmpty) still left the last replica be.
+    pdb = json.loads(cp.kubectl("get", "pdb", names.pdb_name(NAME), "-n", NAMESPACE, "-o", "json").stdout)
+    assert pdb["spec"]["maxUnavailable"] == 1 and pdb["status"]["disruptionsAllowed"] == 1, pdb["status"]
     print(
         f"\nautoscaler scale-down: scale {PEAK_REPLICAS} -> 1 -> extra nodes gone {gone:.1f} s "
         f"(nodes at the peak: {len(peak_nodes)} GPU); requests {client.ok} ok, "
@@ -414,10 +416,20 @@ def test_a_gpu_kind_karpenter_adds_for_another_workload_gets_its_plan_in_version
     }
     cp.kubectl("apply", "-f", "-", input=yaml.safe_dump(trn))
 
+    # Every node seen on the way: a node that ran a build is removed a minute after (WhenEmpty).
+    nodes: dict[str, dict[str, Any]] = {}
+
+    def is_published(version: int) -> Any:
+        def check(trn: dict[str, Any]) -> bool:
+            nodes.update((node["metadata"]["name"], node) for node in _items(cp, "nodes"))
+            return bool(_published(version)(trn))
+
+        return check
+
     def published(version: int) -> dict[str, Any]:
         try:
             return wait_for_trn(
-                cp, NAMESPACE, FLEET, _published(version), f"version {version}", READY_TIMEOUT
+                cp, NAMESPACE, FLEET, is_published(version), f"version {version}", READY_TIMEOUT
             )
         except WaitTimeout as error:
             tail = f"operator log tail:\n{operator.log_text()[-3000:]}\nKarpenter log tail:\n"
@@ -450,7 +462,6 @@ def test_a_gpu_kind_karpenter_adds_for_another_workload_gets_its_plan_in_version
         assert {n: t["engineKey"] for n, t in second.items() if n != T4_TARGET} == {
             n: t["engineKey"] for n, t in first.items()
         }, "the earlier plans are reused"
-        nodes = {node["metadata"]["name"]: node for node in _items(cp, "nodes")}
         workload_node = json.loads(
             cp.kubectl("get", "pod", OTHER_WORKLOAD, "-n", NAMESPACE, "-o", "json").stdout
         )["spec"]["nodeName"]
