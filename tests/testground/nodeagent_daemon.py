@@ -96,6 +96,12 @@ class NodeAgentDaemon:
         self.stop = threading.Event()
         self.storage = storage  #: provision the default StorageClass's volumes (one agent per cluster does)
         self.processes = ProcessRegistry(workdir / "run")
+        #: Nodes an autoscaler created that we play the kubelet of (testground.nodeagent_adopt),
+        #: by name; never registered (nor registered again) by us.
+        self.instance_types = load_instance_types(adopt_instance_types) if adopt_instance_types else None
+        self.adopted: dict[str, NodeSpec] = {}
+        self.adopted_uids: dict[str, str] = {}
+        self.adopt_standin_tensorrt = adopt_standin_tensorrt
         self.context = AgentContext(
             kube=kube,
             workdir=workdir,
@@ -112,12 +118,6 @@ class NodeAgentDaemon:
         self.lock = threading.Lock()
         self.node_uids: dict[str, str] = {}
         self.ready_since = now_rfc3339()
-        #: Nodes an autoscaler created that we play the kubelet of (testground.nodeagent_adopt),
-        #: by name; never registered (nor registered again) by us.
-        self.instance_types = load_instance_types(adopt_instance_types) if adopt_instance_types else None
-        self.adopted: dict[str, NodeSpec] = {}
-        self.adopted_uids: dict[str, str] = {}
-        self.adopt_standin_tensorrt = adopt_standin_tensorrt
 
     def plays(self, node_name: str | None) -> bool:
         return node_name in self.nodes or node_name in self.adopted
