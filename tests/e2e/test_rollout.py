@@ -12,24 +12,23 @@ starting from where the previous one left it, as a user's would:
 
 The client stands in for kube-proxy: on the test ground pods have loopback
 IPs, which the API server refuses in EndpointSlices, so it follows the ready,
-non-terminating Triton pods itself, as endpoints would.
+non-terminating Triton pods itself, as endpoints would
+(``testground.following_client``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import tritonclient.http as httpclient
 from testground.controlplane import ControlPlane
+from testground.following_client import FollowingClient
 from testground.models import OnnxModels
 from testground.nodeagent import NodeAgent
 from testground.operator_run import OperatorProcess, apply_sample, condition, get_trn, is_ready, wait_for_trn
@@ -40,65 +39,6 @@ from tritonresnet.api import names
 pytestmark = [pytest.mark.cluster, pytest.mark.triton, pytest.mark.slow]
 
 NAME = "resnet50"
-
-
-class FollowingClient:
-    """Sends inferences round-robin to the ready, non-terminating Triton pods; counts failures."""
-
-    def __init__(self, cp: ControlPlane, namespace: str) -> None:
-        self.cp, self.namespace = cp, namespace
-        self.ok = 0
-        self.failures: list[str] = []
-        self.versions_seen: set[str] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._data = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
-
-    def _endpoints(self) -> list[str]:
-        out = self.cp.kubectl(
-            "get", "pods", "-n", self.namespace, "-l", names.selector(NAME), "-o", "json"
-        ).stdout
-        ready = []
-        for pod in json.loads(out)["items"]:
-            conds = {c["type"]: c["status"] for c in pod["status"].get("conditions") or ()}
-            if conds.get("Ready") == "True" and not pod["metadata"].get("deletionTimestamp"):
-                ready.append(f"{pod['status']['podIP']}:8000")
-        return ready
-
-    def _infer(self, endpoint: str) -> None:
-        client = httpclient.InferenceServerClient(endpoint, network_timeout=30)
-        try:
-            item = httpclient.InferInput("input", list(self._data.shape), "FP32")
-            item.set_data_from_numpy(self._data)
-            result = client.infer(NAME, [item])
-            out = result.as_numpy("output")
-            assert out is not None and out.shape == (1, 1000) and np.isfinite(out).all()
-            self.versions_seen.add(str(result.get_response()["model_version"]))
-        finally:
-            client.close()
-
-    def _run(self) -> None:
-        counter = itertools.count()
-        while not self._stop.is_set():
-            endpoints = self._endpoints()
-            if not endpoints:
-                self.failures.append("no ready endpoint")
-                time.sleep(0.2)
-                continue
-            endpoint = endpoints[next(counter) % len(endpoints)]
-            try:
-                self._infer(endpoint)
-                self.ok += 1
-            except Exception as exc:  # every failure is a finding; keep counting
-                self.failures.append(f"{endpoint}: {type(exc).__name__}: {exc}")
-
-    def __enter__(self) -> FollowingClient:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +71,7 @@ def test_new_source_rolls_out_version_two_with_no_failed_request(
     cp = operator.cp
     assert served["status"]["modelVersion"] == 1
     uri = s3.upload(onnx_models.path("resnet18"), f"{ns}/v2/model.onnx")
-    with FollowingClient(cp, ns) as client:
+    with FollowingClient(cp, ns, NAME) as client:
         time.sleep(2)  # traffic on version 1 first
         gen = patch_spec(cp, ns, {"source": {"uri": uri}})
         trn = wait_for_trn(

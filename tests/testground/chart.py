@@ -13,7 +13,7 @@ from __future__ import annotations
 import shlex
 import subprocess
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,13 +67,16 @@ def render_chart(
     namespace: str = DEFAULT_NAMESPACE,
     release: str = DEFAULT_RELEASE_NAME,
     include_crds: bool = True,
+    chart: Path = CHART_DIR,
+    show_only: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
-    """``helm template`` of the chart: its CRDs (first, as Helm installs them) and templates."""
+    """``helm template`` of a chart (ours unless told): its CRDs (first, as Helm installs them)
+    and templates, or only the templates in ``show_only`` (paths inside the chart)."""
     with tempfile.TemporaryDirectory(prefix="chart-values-") as tmp:
         argv = [
             "template",
             release,
-            str(CHART_DIR),
+            str(chart),
             "--namespace",
             namespace,
             "--values",
@@ -81,6 +84,8 @@ def render_chart(
         ]
         if include_crds:
             argv.append("--include-crds")
+        for template in show_only:
+            argv += ["--show-only", template]
         objects = parse_objects(_helm(*argv))
     # Helm orders CRDs first already; keep that promise explicit for callers that apply in order.
     return sorted(objects, key=lambda obj: obj.get("kind") != "CustomResourceDefinition")

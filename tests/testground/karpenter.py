@@ -21,8 +21,13 @@ the kind, and ``nvidia.com/gpu`` in their resources. Two NodePools: ``cpu``
 (CPU kinds) and ``gpu`` (GPU kinds, tainted ``nvidia.com/gpu=present:NoSchedule``
 as GPU pools usually are).
 
-Karpenter runs with the admin kubeconfig (not its chart's ClusterRole) and
-without leader election.
+Karpenter runs as its own ServiceAccount with the RBAC of its module's chart
+(``kwok/charts``: its ClusterRoles, Roles and bindings, rendered with the test
+ground's helm), not as admin, and without leader election.
+
+Nodes of both pools are removed once empty (``consolidationPolicy:
+WhenEmpty``); the CPU pool's after 10 s, the GPU pool's as the pool given
+says (the autoscaler test gives the README's).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from testground.binaries import KARPENTER_VERSION, ensure_karpenter, karpenter_module_dir
+from testground.chart import render_chart, to_yaml
 from testground.controlplane import Component, free_port, log
 from testground.nodeagent_nodes import GPU_TAINT
 
@@ -54,6 +60,18 @@ CRD_FILES = (
     "kwok/apis/crds/karpenter.kwok.sh_kwoknodeclasses.yaml",
 )
 NODE_CLASS = "default"
+#: Where Karpenter "is installed": its ServiceAccount and Roles, and its SYSTEM_NAMESPACE.
+KARPENTER_NAMESPACE = "kube-system"
+KARPENTER_RELEASE = "karpenter"
+#: Karpenter's RBAC in its module's chart for the kwok provider, relative to the module's root.
+CHART_DIR = "kwok/charts"
+RBAC_TEMPLATES = (
+    "templates/serviceaccount.yaml",
+    "templates/clusterrole.yaml",
+    "templates/clusterrole-kwok.yaml",
+    "templates/role.yaml",
+    "templates/rolebinding.yaml",
+)
 CPU_POOL, GPU_POOL = "cpu", "gpu"
 READY_TIMEOUT = 60.0
 
@@ -75,7 +93,13 @@ def node_class_object() -> dict[str, Any]:
     }
 
 
-def node_pool_object(name: str, kinds: list[str], taints: list[dict[str, str]]) -> dict[str, Any]:
+#: The test ground's CPU pool: a node that ran a build and holds nothing else goes 10 s later.
+CPU_DISRUPTION = {"consolidationPolicy": "WhenEmpty", "consolidateAfter": "10s"}
+
+
+def node_pool_object(
+    name: str, kinds: list[str], taints: list[dict[str, str]], disruption: dict[str, str]
+) -> dict[str, Any]:
     return {
         "apiVersion": "karpenter.sh/v1",
         "kind": "NodePool",
@@ -83,11 +107,7 @@ def node_pool_object(name: str, kinds: list[str], taints: list[dict[str, str]]) 
         "spec": {
             "template": {
                 "spec": {
-                    "nodeClassRef": {
-                        "group": "karpenter.kwok.sh",
-                        "kind": "KWOKNodeClass",
-                        "name": NODE_CLASS,
-                    },
+                    "nodeClassRef": node_class_ref(),
                     "requirements": [
                         {"key": "node.kubernetes.io/instance-type", "operator": "In", "values": kinds}
                     ],
@@ -95,17 +115,26 @@ def node_pool_object(name: str, kinds: list[str], taints: list[dict[str, str]]) 
                     "expireAfter": "Never",
                 }
             },
-            # Nodes stay for the test's length: what is measured is scale-up.
-            "disruption": {"consolidationPolicy": "WhenEmpty", "consolidateAfter": "Never"},
+            "disruption": dict(disruption),
         },
     }
 
 
-def node_pools() -> list[dict[str, Any]]:
-    kinds = instance_types()
-    cpu = [item["name"] for item in kinds if not _is_gpu_kind(item)]
-    gpu = [item["name"] for item in kinds if _is_gpu_kind(item)]
-    return [node_pool_object(CPU_POOL, cpu, []), node_pool_object(GPU_POOL, gpu, [dict(GPU_TAINT)])]
+def node_class_ref() -> dict[str, str]:
+    """What a NodePool names its node class by; the one thing of a pool that is the cloud's."""
+    return {"group": "karpenter.kwok.sh", "kind": "KWOKNodeClass", "name": NODE_CLASS}
+
+
+def gpu_kinds() -> list[str]:
+    return [item["name"] for item in instance_types() if _is_gpu_kind(item)]
+
+
+def node_pools(gpu_pool: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The ``cpu`` pool, and ``gpu_pool`` (a user's, the README's) or a GPU pool of our own."""
+    cpu = [item["name"] for item in instance_types() if not _is_gpu_kind(item)]
+    if gpu_pool is None:
+        gpu_pool = node_pool_object(GPU_POOL, gpu_kinds(), [dict(GPU_TAINT)], CPU_DISRUPTION)
+    return [node_pool_object(CPU_POOL, cpu, [], CPU_DISRUPTION), gpu_pool]
 
 
 def install_crds(cp: ControlPlane) -> None:
@@ -115,6 +144,25 @@ def install_crds(cp: ControlPlane) -> None:
     for name in CRD_FILES:
         crd = yaml.safe_load((root / name).read_text())["metadata"]["name"]
         cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}")
+
+
+def rbac_objects() -> list[dict[str, Any]]:
+    """Karpenter's ServiceAccount, ClusterRoles, Roles and bindings, as its chart renders them."""
+    return render_chart(
+        chart=karpenter_module_dir() / CHART_DIR,
+        namespace=KARPENTER_NAMESPACE,
+        release=KARPENTER_RELEASE,
+        include_crds=False,
+        show_only=RBAC_TEMPLATES,
+    )
+
+
+def install_identity(cp: ControlPlane, path: Path) -> Path:
+    """Karpenter's chart RBAC, applied as admin; a kubeconfig that acts as its ServiceAccount."""
+    objects = rbac_objects()
+    cp.kubectl("apply", "--server-side", "-f", "-", input=to_yaml(objects))
+    (account,) = [obj["metadata"]["name"] for obj in objects if obj["kind"] == "ServiceAccount"]
+    return cp.service_account_kubeconfig(KARPENTER_NAMESPACE, account, path=path)
 
 
 @dataclass
@@ -144,18 +192,22 @@ def _healthy(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def start_karpenter(cp: ControlPlane, workdir: Path) -> Iterator[Karpenter]:
-    """Install Karpenter's CRDs, our node class and pools, run Karpenter until the block exits."""
+def start_karpenter(
+    cp: ControlPlane, workdir: Path, gpu_pool: dict[str, Any] | None = None
+) -> Iterator[Karpenter]:
+    """Install Karpenter's CRDs, our node class and pools (``gpu_pool`` for the GPU one, when
+    given), run Karpenter until the block exits."""
     workdir = Path(workdir).resolve()
     binary = ensure_karpenter(log=log)
     install_crds(cp)
-    docs = [node_class_object(), *node_pools()]
+    docs = [node_class_object(), *node_pools(gpu_pool)]
     cp.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+    kubeconfig = install_identity(cp, workdir / "karpenter.kubeconfig")
     metrics_port, health_port = free_port(), free_port()
     env = {
         **cp.env(),
-        "KUBECONFIG": str(cp.kubeconfig),
-        "SYSTEM_NAMESPACE": "kube-system",
+        "KUBECONFIG": str(kubeconfig),
+        "SYSTEM_NAMESPACE": KARPENTER_NAMESPACE,
         "INSTANCE_TYPES_FILE_PATH": str(INSTANCE_TYPES_FILE),
     }
     argv = [

@@ -138,6 +138,8 @@ class NodeAgent:
     agent_id: str = "testground"
     #: An instance-type file: also adopt the nodes Karpenter's kwok provider creates (nodeagent_adopt).
     adopt_instance_types: Path | None = None
+    #: Builder pods on adopted GPU nodes run with the STAND-IN TensorRT (testground.standin_tensorrt).
+    adopt_standin_tensorrt: bool = False
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -176,6 +178,8 @@ class NodeAgent:
             argv.append(f"--agent-id={self.agent_id}")
         if self.adopt_instance_types is not None:
             argv.append(f"--adopt={self.adopt_instance_types}")
+        if self.adopt_standin_tensorrt:
+            argv.append("--adopt-standin-tensorrt")
         self.workdir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log_file:
             self.process = subprocess.Popen(
@@ -297,6 +301,7 @@ def start_node_agent(
     storage: bool = True,
     agent_id: str = "testground",
     adopt_instance_types: Path | None = None,
+    adopt_standin_tensorrt: bool = False,
 ) -> Iterator[NodeAgent]:
     """Run the node agent for ``nodes`` against ``cp`` until the block exits.
 
@@ -311,6 +316,7 @@ def start_node_agent(
         storage=storage,
         agent_id=agent_id,
         adopt_instance_types=adopt_instance_types,
+        adopt_standin_tensorrt=adopt_standin_tensorrt,
     )
     try:
         agent.start()

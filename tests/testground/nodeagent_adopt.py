@@ -67,8 +67,15 @@ def is_adoptable(node: Mapping[str, Any]) -> bool:
     return provider_id.startswith(KWOK_PROVIDER_PREFIX) and NODEPOOL_LABEL in (meta.get("labels") or {})
 
 
-def adopted_spec(node: Mapping[str, Any], instance_types: Mapping[str, Mapping[str, Any]]) -> NodeSpec | None:
-    """The machine behind an adoptable Node, from its instance type; None for an unknown type."""
+def adopted_spec(
+    node: Mapping[str, Any],
+    instance_types: Mapping[str, Mapping[str, Any]],
+    standin_tensorrt: bool = False,
+) -> NodeSpec | None:
+    """The machine behind an adoptable Node, from its instance type; None for an unknown type.
+
+    ``standin_tensorrt``: its builder pods run with the STAND-IN TensorRT, as an emulated GPU
+    node's can (``NodeSpec.standin_tensorrt``)."""
     name = node["metadata"]["name"]
     type_name = (node["metadata"].get("labels") or {}).get(INSTANCE_TYPE_LABEL, "")
     instance_type = instance_types.get(type_name)
@@ -87,4 +94,5 @@ def adopted_spec(node: Mapping[str, Any], instance_types: Mapping[str, Mapping[s
         memory=str(resources.get("memory", "16Gi")),
         pods=int(resources.get("pods", 110)),
         instance_type=type_name,
+        standin_tensorrt=standin_tensorrt,
     )

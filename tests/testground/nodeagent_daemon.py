@@ -25,6 +25,7 @@ import signal
 import sys
 import threading
 import time
+from collections import ChainMap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,7 @@ class NodeAgentDaemon:
         network: PodNetworkSpec | None = None,
         storage: bool = True,
         adopt_instance_types: Path | None = None,
+        adopt_standin_tensorrt: bool = False,
     ) -> None:
         self.kube = kube
         self.workdir = workdir
@@ -94,6 +96,12 @@ class NodeAgentDaemon:
         self.stop = threading.Event()
         self.storage = storage  #: provision the default StorageClass's volumes (one agent per cluster does)
         self.processes = ProcessRegistry(workdir / "run")
+        #: Nodes an autoscaler created that we play the kubelet of (testground.nodeagent_adopt),
+        #: by name; never registered (nor registered again) by us.
+        self.instance_types = load_instance_types(adopt_instance_types) if adopt_instance_types else None
+        self.adopted: dict[str, NodeSpec] = {}
+        self.adopted_uids: dict[str, str] = {}
+        self.adopt_standin_tensorrt = adopt_standin_tensorrt
         self.context = AgentContext(
             kube=kube,
             workdir=workdir,
@@ -102,18 +110,14 @@ class NodeAgentDaemon:
             stop=self.stop,
             kubeconfig_template=kubeconfig_template(kube),
             network=network,
-            nodes=self.nodes,
+            # The adopted nodes too, as they come and go: what a pod's node is decides how it runs.
+            nodes=ChainMap(self.nodes, self.adopted),
         )
         self.workers: dict[str, PodWorker] = {}
         self.done: set[str] = set()  #: uids of pods that need no worker (terminal)
         self.lock = threading.Lock()
         self.node_uids: dict[str, str] = {}
         self.ready_since = now_rfc3339()
-        #: Nodes an autoscaler created that we play the kubelet of (testground.nodeagent_adopt),
-        #: by name; never registered (nor registered again) by us.
-        self.instance_types = load_instance_types(adopt_instance_types) if adopt_instance_types else None
-        self.adopted: dict[str, NodeSpec] = {}
-        self.adopted_uids: dict[str, str] = {}
 
     def plays(self, node_name: str | None) -> bool:
         return node_name in self.nodes or node_name in self.adopted
@@ -141,7 +145,7 @@ class NodeAgentDaemon:
             return
         if name in self.adopted or self.instance_types is None or not is_adoptable(node):
             return
-        spec = adopted_spec(node, self.instance_types)
+        spec = adopted_spec(node, self.instance_types, self.adopt_standin_tensorrt)
         if spec is None:
             log.warning("node %s has an instance type we do not know; not adopting it", name)
             return
@@ -373,6 +377,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="also play the kubelet of the nodes Karpenter's kwok provider creates, "
         "with the machines of this instance-type file (testground.nodeagent_adopt)",
     )
+    parser.add_argument(
+        "--adopt-standin-tensorrt",
+        action="store_true",
+        help="builder pods on adopted GPU nodes run with the STAND-IN TensorRT (testground.standin_tensorrt)",
+    )
     return parser.parse_args(argv)
 
 
@@ -395,6 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         network,
         storage=not args.no_storage,
         adopt_instance_types=args.adopt,
+        adopt_standin_tensorrt=args.adopt_standin_tensorrt,
     )
 
     def request_stop(signum: int, frame: object) -> None:
