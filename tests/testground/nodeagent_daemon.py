@@ -52,7 +52,13 @@ from testground.nodeagent_nodes import (
     volume_name_for,
     volume_path_of,
 )
-from testground.nodeagent_runtime import AgentContext, IpAllocator, PodWorker, ProcessRegistry
+from testground.nodeagent_runtime import (
+    AgentContext,
+    IpAllocator,
+    PodWorker,
+    ProcessRegistry,
+    node_allocators,
+)
 
 log = logging.getLogger("testground.nodeagent")
 
@@ -103,6 +109,7 @@ class NodeAgentDaemon:
             kubeconfig_template=kubeconfig_template(kube),
             network=network,
             nodes=self.nodes,
+            node_ips=node_allocators(network, nodes) if network else {},
         )
         self.workers: dict[str, PodWorker] = {}
         self.done: set[str] = set()  #: uids of pods that need no worker (terminal)
