@@ -1,4 +1,4 @@
-"""Graceful drain on the pod network: a scale-down and a rollout lose no request.
+"""Graceful drain on the pod network: a scale-down, a rollout and a node drain lose no request.
 
 A TritonResNet (ResNet-18) with three replicas on the network's node is Ready;
 a client in a pod-like network namespace sends inferences at a constant rate
@@ -9,9 +9,19 @@ preStop, SIGTERM and the grace period while the load goes on, and not one
 request may fail. The same client through a rollout (a new source, version 2)
 at one replica, where the surge pod is what keeps the Service answering.
 
+The node drain: two replicas on the first of the network's two nodes, then
+``kubectl drain`` of that node, which evicts through the eviction API, so the
+PodDisruptionBudget (maxUnavailable 1) decides: one pod goes, the second
+eviction is refused until the first one's replacement (on the other node, the
+drained one being cordoned) is ready. The same drain at one replica, where the
+budget lets the last pod go.
+
 Each request opens a connection of its own (as a client behind a load
 balancer that does not pin connections does), so every request is a new
-choice of kube-proxy among the endpoints it has at that moment.
+choice of kube-proxy among the endpoints it has at that moment. The
+kept-alive variant sends every request on one HTTP connection (tritonclient's
+default use): kube-proxy's choice is made once, and the connection stays with
+its pod after the pod left the endpoints, until the pod closes it.
 
 The client is bounded: a fixed rate, a hard cap on requests and on time, a
 timeout on each request, and it stops by itself once the test asks it to.
@@ -25,15 +35,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from testground.clusternet import ClusterNetwork, ready_endpoints
+from testground.clusternet import NETWORK_AGENT_ID, ClusterNetwork, ready_endpoints
 from testground.models import OnnxModels
 from testground.network import in_netns
 from testground.nodeagent_kube import Kube
-from testground.nodeagent_nodes import GPU_TOLERATION, HOSTNAME_LABEL, POD_NETWORK_TOLERATION
+from testground.nodeagent_nodes import (
+    AGENT_LABEL,
+    GPU_TOLERATION,
+    HOSTNAME_LABEL,
+    POD_NETWORK_TOLERATION,
+)
 from testground.operator_run import OperatorProcess, apply_sample, is_ready, wait_for_trn
 from testground.s3 import S3Server
 from testground.waiting import wait_for
@@ -50,30 +66,54 @@ MAX_SECONDS = 120.0  #: and on its running time
 REQUEST_TIMEOUT = 10.0  # seconds, each
 TRAFFIC_BEFORE = 3.0  # seconds of load on three replicas before the scale
 TRAFFIC_AFTER = 3.0  # and on the one left after the others are gone
+DRAIN_TIMEOUT = 150  # seconds, kubectl drain's own
+#: What kubectl drain prints when the eviction API refuses a pod for its budget.
+PDB_REFUSAL = "would violate the pod's disruption budget"
 
-#: Runs in the client's network namespace: RATE requests a second, each on a new connection,
-#: until the stop file appears, the cap is reached or the time is up; then one JSON summary.
+NEW_CONNECTION = "new"  #: each request on a connection of its own
+#: Every request on one kept-alive connection (the client is made once); when the pod closes it
+#: under a request, that request is sent once more on a new connection (the advice for clients).
+KEPT_ALIVE = "kept"
+
+#: Runs in the client's network namespace: RATE requests a second, each on a new connection or
+#: all on one, until the stop file appears, the cap is reached or the time is up; then one JSON
+#: summary. A kept-alive connection closed under a request (geventhttpclient does not resend a
+#: POST by itself) counts in "reconnects", and the request is retried once on a new connection.
 CLIENT = """
 import json, os, sys, time
 import numpy as np
 import tritonclient.http as httpclient
-host, model, rate, cap, limit, timeout, stop = sys.argv[1:8]
+from geventhttpclient.response import HTTPConnectionClosed
+host, model, rate, cap, limit, timeout, stop, mode = sys.argv[1:9]
 rate, cap, limit, timeout = float(rate), int(cap), float(limit), float(timeout)
 data = np.zeros((1, 3, 224, 224), dtype=np.float32)
+def connect():
+    return httpclient.InferenceServerClient(
+        f"{host}:8000", connection_timeout=timeout, network_timeout=timeout
+    )
+def infer(client):
+    tensor = httpclient.InferInput("input", list(data.shape), "FP32")
+    tensor.set_data_from_numpy(data)
+    return client.infer(model, [tensor])
+kept = connect() if mode == "kept" else None
 started = time.monotonic()
-sent, ok, failures, versions = 0, 0, [], set()
+sent, ok, failures, reconnects, versions = 0, 0, [], [], set()
 while sent < cap and time.monotonic() - started < limit and not os.path.exists(stop):
     due = started + sent / rate
     time.sleep(max(0.0, due - time.monotonic()))
     sent += 1
     at = time.monotonic() - started
-    client = httpclient.InferenceServerClient(
-        f"{host}:8000", connection_timeout=timeout, network_timeout=timeout
-    )
+    client = kept or connect()
     try:
-        tensor = httpclient.InferInput("input", list(data.shape), "FP32")
-        tensor.set_data_from_numpy(data)
-        answer = client.infer(model, [tensor])
+        try:
+            answer = infer(client)
+        except (HTTPConnectionClosed, ConnectionError) as exc:
+            if kept is None:
+                raise
+            reconnects.append(f"{at:.2f} s: {type(exc).__name__}: {exc}")
+            kept.close()
+            kept = client = connect()
+            answer = infer(client)
         out = answer.as_numpy("output")
         if out is None or out.shape != (1, 1000):
             raise ValueError(f"output {None if out is None else out.shape}")
@@ -82,8 +122,12 @@ while sent < cap and time.monotonic() - started < limit and not os.path.exists(s
     except Exception as exc:
         failures.append(f"{at:.2f} s: {type(exc).__name__}: {exc}")
     finally:
-        client.close()
-summary = {"sent": sent, "ok": ok, "failures": failures, "versions": sorted(versions)}
+        if kept is None:
+            client.close()
+if kept is not None:
+    kept.close()
+summary = {"sent": sent, "ok": ok, "failures": failures, "reconnects": reconnects}
+summary["versions"] = sorted(versions)
 print(json.dumps(summary | {"seconds": time.monotonic() - started}))
 """
 
@@ -112,13 +156,15 @@ def serve(
     uri: str,
     namespace: str,
     replicas: int,
+    node_selector: dict[str, str] | None = None,
 ) -> tuple[list[str], str]:
-    """The TritonResNet Ready with ``replicas`` pods on the network's node: their addresses, ClusterIP."""
+    """The TritonResNet Ready with ``replicas`` pods on the network's first node: their addresses,
+    ClusterIP. ``node_selector`` (default: that node) may allow both network nodes."""
     cp = operator.cp
-    # CPU only: the network's one node has two GPUs, three replicas and a surge need more;
+    # CPU only: a network node has two GPUs, three replicas and a surge need more;
     # without a GPU request the operator adds no GPU toleration, and the node has the taint.
     serving = {
-        "nodeSelector": {HOSTNAME_LABEL: pod_network.node.name},
+        "nodeSelector": node_selector or {HOSTNAME_LABEL: pod_network.node.name},
         "tolerations": [GPU_TOLERATION, POD_NETWORK_TOLERATION],
         "resources": {"requests": {"cpu": "100m"}},
     }
@@ -147,7 +193,11 @@ def serve(
 
 @contextlib.contextmanager
 def load(
-    pod_network: ClusterNetwork, namespace: str, cluster_ip: str, tmp_path: Path
+    pod_network: ClusterNetwork,
+    namespace: str,
+    cluster_ip: str,
+    tmp_path: Path,
+    connections: str = NEW_CONNECTION,
 ) -> Iterator[dict[str, Any]]:
     """The bounded client running against the ClusterIP for the block; its summary filled in after."""
     stop = tmp_path / "stop"
@@ -162,6 +212,7 @@ def load(
         str(MAX_SECONDS),
         str(REQUEST_TIMEOUT),
         str(stop),
+        connections,
     ]
     summary: dict[str, Any] = {}
     with pod_network.client_netns(0, namespace) as client_netns:
@@ -282,3 +333,148 @@ def test_rollout_of_version_two_fails_no_request_through_the_service(
         (new,) = triton_pods(kube, namespace)
         assert ready_endpoints(kube, namespace, NAME) == [new["status"]["podIP"]]
         assert trn["status"]["modelVersion"] == 2
+
+
+@contextlib.contextmanager
+def cordoned(operator: OperatorProcess, node: str) -> Iterator[None]:
+    """``node`` unschedulable for the block (a drain cordons too; this undoes either)."""
+    operator.cp.kubectl("cordon", node)
+    try:
+        yield
+    finally:
+        operator.cp.kubectl("uncordon", node, check=False)
+
+
+@dataclass
+class Drain:
+    """What a node drain under load did."""
+
+    node: str  #: the drained node
+    other: str  #: where the replacements go
+    old_ips: list[str]  #: the pods' addresses before
+    result: dict[str, Any]  #: the client's summary
+    returncode: int
+    output: str  #: kubectl drain's
+    seconds: float
+    pods: list[dict[str, Any]]  #: the Triton pods after
+
+    @property
+    def refusals(self) -> int:
+        return self.output.count(PDB_REFUSAL)
+
+    def report(self, what: str) -> None:
+        print(
+            f"\ndrain of {self.node} ({what}) through the Service: {self.result['sent']} requests in "
+            f"{self.result['seconds']:.1f} s, {len(self.result['failures'])} failed; the drain took "
+            f"{self.seconds:.1f} s, evictions refused by the budget {self.refusals} time(s); "
+            f"kept-alive connections closed under a request {len(self.result['reconnects'])}"
+        )
+        for line in self.result["failures"][:10] + self.result["reconnects"][:10]:
+            print(f"  {line}")
+
+
+def drain_under_load(
+    operator: OperatorProcess,
+    pod_network: ClusterNetwork,
+    s3: S3Server,
+    onnx_models: OnnxModels,
+    kube: Kube,
+    tmp_path: Path,
+    replicas: int,
+    connections: str,
+) -> Drain:
+    """``replicas`` pods Ready on the first network node (the second cordoned meanwhile), the
+    bounded client on, ``kubectl drain`` of the first node; back when the Service has
+    ``replicas`` ready endpoints again."""
+    cp = operator.cp
+    drained, other = (node.name for node in pod_network.nodes)
+    either = {AGENT_LABEL: NETWORK_AGENT_ID}  # both network nodes
+    with cp.throwaway_namespace("ndrain") as namespace:
+        uri = s3.upload(onnx_models.path(MODEL), f"{namespace}/model.onnx")
+        with cordoned(operator, other):
+            old_ips, cluster_ip = serve(operator, pod_network, s3, kube, uri, namespace, replicas, either)
+        with (
+            cordoned(operator, drained),
+            load(pod_network, namespace, cluster_ip, tmp_path, connections) as result,
+        ):
+            started = time.monotonic()
+            drain = cp.kubectl(
+                "drain",
+                drained,
+                "--ignore-daemonsets",
+                "--delete-emptydir-data",
+                f"--timeout={DRAIN_TIMEOUT}s",
+                check=False,
+                timeout=DRAIN_TIMEOUT + 30,
+            )
+            seconds = time.monotonic() - started
+            wait_for(
+                lambda: len(ready_endpoints(kube, namespace, NAME)) == replicas or None,
+                f"{replicas} ready endpoint(s) again",
+                TIMEOUT,
+                every=0.2,
+            )
+        return Drain(
+            node=drained,
+            other=other,
+            old_ips=old_ips,
+            result=result,
+            returncode=drain.returncode,
+            output=drain.stdout + drain.stderr,
+            seconds=seconds,
+            pods=triton_pods(kube, namespace),
+        )
+
+
+@pytest.mark.parametrize("connections", [NEW_CONNECTION, KEPT_ALIVE])
+def test_node_drain_under_the_budget_fails_no_request_through_the_service(
+    operator: OperatorProcess,
+    pod_network: ClusterNetwork,
+    s3: S3Server,
+    onnx_models: OnnxModels,
+    kube: Kube,
+    tmp_path: Path,
+    connections: str,
+) -> None:
+    """Both replicas on the drained node: the budget lets one go at a time, and the second
+    eviction waits for the first one's replacement on the other node to be ready."""
+    drain = drain_under_load(operator, pod_network, s3, onnx_models, kube, tmp_path, 2, connections)
+    drain.report(f"2 replicas, {connections} connections")
+    result = drain.result
+    assert drain.returncode == 0, drain.output
+    # The budget really held the second pod back until the first one's replacement was ready.
+    assert drain.refusals >= 1, drain.output
+    assert {pod["spec"]["nodeName"] for pod in drain.pods} == {drain.other}
+    assert len(drain.pods) == 2 and not {pod["status"]["podIP"] for pod in drain.pods} & set(drain.old_ips)
+    assert result["sent"] >= RATE * (drain.seconds + TRAFFIC_BEFORE + TRAFFIC_AFTER) - 2
+    assert result["failures"] == [], result["failures"][:5]
+    assert result["ok"] == result["sent"]
+    if connections == KEPT_ALIVE:
+        # The connection is on a drained pod (both were there), which keeps serving it past
+        # preStop and closes it when it exits. Closed while idle, the pool sees it and connects
+        # anew; closed under a request, that request meets the close: at most once per pod.
+        assert len(result["reconnects"]) <= 2, result["reconnects"]
+        assert all("HTTPConnectionClosed" in line for line in result["reconnects"]), result["reconnects"]
+    else:
+        assert result["reconnects"] == []
+
+
+def test_node_drain_of_the_last_replica_is_allowed_by_the_budget(
+    operator: OperatorProcess,
+    pod_network: ClusterNetwork,
+    s3: S3Server,
+    onnx_models: OnnxModels,
+    kube: Kube,
+    tmp_path: Path,
+) -> None:
+    """One replica: the budget (maxUnavailable 1) lets the drain evict it, so the drain never
+    blocks; the replacement serves on the other node. What the client sees in between (the old
+    pod only serves through preStop, the new one must start and pass its probe) is measured and
+    printed, not promised: a single replica does not survive a drain by design."""
+    drain = drain_under_load(operator, pod_network, s3, onnx_models, kube, tmp_path, 1, NEW_CONNECTION)
+    drain.report("1 replica")
+    assert drain.returncode == 0, drain.output
+    assert drain.refusals == 0, drain.output
+    (pod,) = drain.pods
+    assert pod["spec"]["nodeName"] == drain.other and pod["status"]["podIP"] not in drain.old_ips
+    assert drain.result["ok"] > 0

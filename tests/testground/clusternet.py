@@ -15,8 +15,9 @@
   EndpointSlice pointing at CoreDNS, which is what pods' resolv.conf names;
 * an EndpointSlice for the ``kubernetes`` Service (the forwarder), so pods
   reach the apiserver at ``https://kubernetes.default.svc`` as in a cluster;
-* a node agent for one tainted GPU node (``NETWORK_NODE``) whose pods run on
-  the network, and then kube-proxy, which waits for its Node's addresses.
+* a node agent for two tainted GPU nodes (``NETWORK_NODES``, each with a block
+  of the pod range) whose pods run on the network, and then kube-proxy, which
+  waits for its Node's addresses.
 
 Everything is stopped (processes by PID) and removed on exit.
 """
@@ -27,7 +28,7 @@ import base64
 import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,17 +158,33 @@ def kubernetes_endpoints(port: int) -> dict[str, Any]:
     }
 
 
-#: The node whose pods are on the network: an A10G GPU node, tainted for the network.
-NETWORK_NODE = NodeSpec(
-    name="net-a10g-0",
-    gpu_product=A10G_PRODUCT,
-    compute_major=8,
-    compute_minor=6,
-    gpus=2,
-    instance_type="g5.2xlarge",
-    internal_ip=NODE_ADDRESS,
-    pod_network=True,
+#: The nodes whose pods are on the network: A10G GPU nodes, tainted for the network, each with
+#: its own block of the pod range.
+#:
+#: Two Node objects served by one node agent on one node namespace, not a second node namespace
+#: with its own agent and kube-proxy routed through the host: the kubelets are emulated anyway,
+#: and what the drain test measures is the control plane's side (eviction, the
+#: PodDisruptionBudget, the scheduler placing the replacement, endpoint propagation to
+#: kube-proxy) and the pod's (preStop, SIGTERM, grace period). A pod on either node is a real
+#: network namespace behind the same kube-proxy, as two pods behind a client's node's kube-proxy
+#: are. Routing between node namespaces would need forwarding on the host, which this network
+#: never changes. The cost: both Nodes report the one node address, and no packet crosses a
+#: node-to-node link.
+NETWORK_NODES = tuple(
+    NodeSpec(
+        name=f"net-a10g-{index}",
+        gpu_product=A10G_PRODUCT,
+        compute_major=8,
+        compute_minor=6,
+        gpus=2,
+        instance_type="g5.2xlarge",
+        internal_ip=NODE_ADDRESS,
+        pod_network=True,
+        pod_cidr=f"10.244.{index}.0/24",
+    )
+    for index in range(2)
 )
+NETWORK_NODE = NETWORK_NODES[0]  #: the one kube-proxy names as its own
 NETWORK_AGENT_ID = "testground-network"
 
 
@@ -184,6 +201,10 @@ class ClusterNetwork:
     @property
     def node(self) -> NodeSpec:
         return self.agent.nodes[0]
+
+    @property
+    def nodes(self) -> Sequence[NodeSpec]:
+        return self.agent.nodes
 
     def client_netns(
         self, index: int = 0, namespace: str = "default"
@@ -213,9 +234,9 @@ def _wait_http(component: Component, url: str) -> float:
 
 @contextlib.contextmanager
 def start_cluster_network(
-    cp: ControlPlane, workdir: Path, node: NodeSpec = NETWORK_NODE
+    cp: ControlPlane, workdir: Path, nodes: Sequence[NodeSpec] = NETWORK_NODES
 ) -> Iterator[ClusterNetwork]:
-    """The pod network, CoreDNS, a node agent for ``node`` on it and kube-proxy; all gone on exit.
+    """The pod network, CoreDNS, a node agent for ``nodes`` on it and kube-proxy; all gone on exit.
 
     The agent leaves storage to the cluster's main agent (a pod here mounts
     hostPath folders, or claims when the main agent runs too).
@@ -260,15 +281,16 @@ def start_cluster_network(
         stack.callback(coredns.stop)
         startup["coredns"] = _wait_http(coredns, f"http://127.0.0.1:{ready_port}/ready")
 
-        # The Node outlives its agent otherwise (NotReady, tainted: harmless, but not ours to leave).
+        # The Nodes outlive their agent otherwise (NotReady, tainted: harmless, but not ours to leave).
+        node_names = [node.name for node in nodes]
         stack.callback(
-            cp.kubectl, "delete", "node", node.name, "--ignore-not-found", "--wait=false", check=False
+            cp.kubectl, "delete", "node", *node_names, "--ignore-not-found", "--wait=false", check=False
         )
         agent = stack.enter_context(
             start_node_agent(
                 cp,
                 workdir / "nodes",
-                [node],
+                list(nodes),
                 pod_network=net.spec_path,
                 storage=False,
                 agent_id=NETWORK_AGENT_ID,
@@ -295,7 +317,7 @@ def start_cluster_network(
                     str(binaries / "kube-proxy"),
                     "--proxy-mode=nftables",
                     f"--kubeconfig={proxy_config}",
-                    f"--hostname-override={node.name}",
+                    f"--hostname-override={nodes[0].name}",
                     f"--bind-address={NODE_ADDRESS}",
                     f"--cluster-cidr={net.spec.pod_cidr}",
                     f"--healthz-bind-address={NODE_ADDRESS}:{KUBE_PROXY_HEALTHZ_PORT}",

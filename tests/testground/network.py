@@ -89,6 +89,18 @@ def available() -> str:
 # -- what the node agent needs to know (passed as JSON) ------------------------------
 
 
+def block_address(cidr: str, index: int) -> str:
+    """The index-th address (0-based) of ``cidr``, skipping its first (network) address."""
+    network = ipaddress.ip_network(cidr)
+    if not 0 <= index < network.num_addresses - 2:
+        raise NetworkError(f"no pod address {index} in {cidr}")
+    return str(network.network_address + index + 1)
+
+
+def block_size(cidr: str) -> int:
+    return int(ipaddress.ip_network(cidr).num_addresses) - 2
+
+
 @dataclass(frozen=True)
 class PodNetworkSpec:
     run: str  #: the run id: every name starts with PREFIX + run
@@ -106,15 +118,12 @@ class PodNetworkSpec:
         return cls(**json.loads(text))
 
     def address(self, index: int) -> str:
-        """The index-th pod address (0-based), skipping the range's first address."""
-        network = ipaddress.ip_network(self.pod_cidr)
-        if not 0 <= index < network.num_addresses - 2:
-            raise NetworkError(f"no pod address {index} in {self.pod_cidr}")
-        return str(network.network_address + index + 1)
+        """The index-th pod address (0-based) of the whole range, skipping its first address."""
+        return block_address(self.pod_cidr, index)
 
     @property
     def size(self) -> int:
-        return int(ipaddress.ip_network(self.pod_cidr).num_addresses) - 2
+        return block_size(self.pod_cidr)
 
     def pod_names(self, address: str) -> tuple[str, str]:
         """(namespace, node-side link) of the pod at ``address``; derived, so a restarted agent finds them."""

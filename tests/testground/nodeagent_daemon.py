@@ -53,7 +53,13 @@ from testground.nodeagent_nodes import (
     volume_name_for,
     volume_path_of,
 )
-from testground.nodeagent_runtime import AgentContext, IpAllocator, PodWorker, ProcessRegistry
+from testground.nodeagent_runtime import (
+    AgentContext,
+    IpAllocator,
+    PodWorker,
+    ProcessRegistry,
+    node_allocators,
+)
 
 log = logging.getLogger("testground.nodeagent")
 
@@ -112,6 +118,7 @@ class NodeAgentDaemon:
             network=network,
             # The adopted nodes too, as they come and go: what a pod's node is decides how it runs.
             nodes=ChainMap(self.nodes, self.adopted),
+            node_ips=node_allocators(network, nodes) if network else {},
         )
         self.workers: dict[str, PodWorker] = {}
         self.done: set[str] = set()  #: uids of pods that need no worker (terminal)

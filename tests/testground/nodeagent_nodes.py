@@ -72,6 +72,9 @@ class NodeSpec:
     #: On the pod network: tainted with POD_NETWORK_TAINT, its InternalIP the network's node address.
     internal_ip: str = "127.0.0.1"
     pod_network: bool = False
+    #: On the pod network: this node's block of the pod range (``spec.podCIDR``), which its pods'
+    #: addresses come from, as node IPAM hands each node a block; empty: the whole range.
+    pod_cidr: str = ""
     #: Builder pods here run with the STAND-IN TensorRT (testground.standin_tensorrt), for tests
     #: of what happens around a plan; no Triton can load what it writes.
     standin_tensorrt: bool = False
@@ -160,11 +163,14 @@ def node_taints(node: NodeSpec) -> list[dict[str, str]]:
 
 
 def node_object(node: NodeSpec, agent: str) -> dict[str, Any]:
+    spec: dict[str, Any] = {"taints": node_taints(node)}
+    if node.pod_cidr:
+        spec |= {"podCIDR": node.pod_cidr, "podCIDRs": [node.pod_cidr]}
     return {
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {"name": node.name, "labels": node_labels(node, agent)},
-        "spec": {"taints": node_taints(node)},
+        "spec": spec,
     }
 
 

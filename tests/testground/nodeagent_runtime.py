@@ -16,7 +16,9 @@ projected token is written once, never refreshed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
+import ipaddress
 import logging
 import os
 import shutil
@@ -25,7 +27,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ import urllib3
 import yaml
 from kubernetes.client.rest import ApiException
 
-from testground.network import PodNetworkSpec, attach_pod, detach_pod, in_netns
+from testground.network import PodNetworkSpec, attach_pod, block_address, block_size, detach_pod, in_netns
 from testground.nodeagent_kube import STRATEGIC_PATCH, Kube
 from testground.nodeagent_nodes import NodeSpec, now_rfc3339, volume_path_of
 from testground.nodeagent_pods import (
@@ -119,6 +121,24 @@ class IpAllocator:
     def release(self, address: str) -> None:
         with self._lock:
             self._used.discard(address)
+
+
+def node_allocators(network: PodNetworkSpec, nodes: Sequence[NodeSpec]) -> dict[str, IpAllocator]:
+    """One allocator per node with a ``pod_cidr`` (its block of the pod range), as node IPAM
+    gives each node a block: a pod's address says which node it is on. Blocks must lie in the
+    range and not overlap."""
+    whole = ipaddress.ip_network(network.pod_cidr)
+    blocks = {node.name: ipaddress.ip_network(node.pod_cidr) for node in nodes if node.pod_cidr}
+    for name, block in blocks.items():
+        if not (block.version == whole.version and block.subnet_of(whole)):  # type: ignore[arg-type]
+            raise ValueError(f"node {name}'s pod block {block} is outside the pod range {whole}")
+        for other, peer in blocks.items():
+            if other != name and block.overlaps(peer):
+                raise ValueError(f"the pod blocks of nodes {name} and {other} overlap")
+    return {
+        name: IpAllocator(functools.partial(block_address, str(block)), block_size(str(block)))
+        for name, block in blocks.items()
+    }
 
 
 class ProcessRegistry:
@@ -215,6 +235,11 @@ class AgentContext:
     #: Pods in network namespaces of their own (testground.network); None: on loopback.
     network: PodNetworkSpec | None = None
     nodes: Mapping[str, NodeSpec] = field(default_factory=dict)  #: the agent's nodes by name
+    #: Nodes with a block of the pod range of their own (``node_allocators``); others share ``ips``.
+    node_ips: Mapping[str, IpAllocator] = field(default_factory=dict)
+
+    def ips_for(self, node_name: str) -> IpAllocator:
+        return self.node_ips.get(node_name, self.ips)
 
     @property
     def logs_dir(self) -> Path:
@@ -440,6 +465,11 @@ class PodWorker(threading.Thread):
         self.containers = [self._container(c, init=True) for c in pod["spec"].get("initContainers") or []]
         self.containers += [self._container(c, init=False) for c in pod["spec"]["containers"]]
         self._adopt_previous_status(pod.get("status", {}))
+
+    @property
+    def _ips(self) -> IpAllocator:
+        """Where this pod's address comes from: its node's block, else the agent's pool."""
+        return self.context.ips_for(str(self.pod["spec"].get("nodeName") or ""))
 
     # -- events from the watch
 
@@ -938,12 +968,12 @@ class PodWorker(threading.Thread):
             if self.netns and self.context.network is not None:
                 detach_pod(self.context.network, self.pod_ip)
             if self.pod_ip:
-                self.context.ips.release(self.pod_ip)
+                self._ips.release(self.pod_ip)
             self.finished = True
 
     def _claim_ip(self) -> None:
-        if not (self.pod_ip and self.context.ips.claim(self.pod_ip)):
-            self.pod_ip = self.context.ips.allocate()
+        if not (self.pod_ip and self._ips.claim(self.pod_ip)):
+            self.pod_ip = self._ips.allocate()
         if self.context.network is not None:
             self.netns = attach_pod(self.context.network, self.pod_ip, self.namespace)
 

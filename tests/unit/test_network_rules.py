@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from testground.clusternet import NETWORK_NODE, corefile, kube_dns_objects, kubernetes_endpoints
+from testground.clusternet import (
+    NETWORK_NODE,
+    NETWORK_NODES,
+    corefile,
+    kube_dns_objects,
+    kubernetes_endpoints,
+)
 from testground.network import (
     DNS_SERVICE_IP,
     HOST_ADDRESS,
@@ -17,7 +24,7 @@ from testground.network import (
     resolv_conf,
 )
 from testground.nodeagent_nodes import POD_NETWORK_TAINT, node_object, node_status, node_taints
-from testground.nodeagent_runtime import IpAllocator
+from testground.nodeagent_runtime import IpAllocator, node_allocators
 
 SPEC = PodNetworkSpec(run="abc123", node_netns="tgnabc123-node")
 
@@ -102,3 +109,33 @@ def test_ip_allocator_hands_out_the_network_range_when_given_one() -> None:
     allocator.release(first)
     assert not allocator.claim(second)
     assert IpAllocator().allocate() == "127.0.1.1"
+
+
+def test_network_nodes_have_disjoint_blocks_of_the_pod_range_in_their_node_objects() -> None:
+    blocks = [ipaddress.ip_network(node.pod_cidr) for node in NETWORK_NODES]
+    assert len({node.name for node in NETWORK_NODES}) == len(NETWORK_NODES) == 2
+    assert all(block.subnet_of(ipaddress.ip_network(POD_CIDR)) for block in blocks)
+    assert not blocks[0].overlaps(blocks[1])
+    # The client namespaces take addresses from the top of the range: in no node's block.
+    assert all(ipaddress.ip_address(SPEC.address(SPEC.size - 1)) not in block for block in blocks)
+    spec = node_object(NETWORK_NODES[1], "a")["spec"]
+    assert (spec["podCIDR"], spec["podCIDRs"]) == (NETWORK_NODES[1].pod_cidr, [NETWORK_NODES[1].pod_cidr])
+    assert "podCIDR" not in node_object(replace(NETWORK_NODE, pod_cidr=""), "a")["spec"]
+
+
+def test_each_network_node_allocates_from_its_own_block() -> None:
+    allocators = node_allocators(SPEC, NETWORK_NODES)
+    first = [allocators[node.name].allocate() for node in NETWORK_NODES]
+    assert first == ["10.244.0.1", "10.244.1.1"]
+    again = allocators[NETWORK_NODES[1].name]
+    assert {again.allocate() for _ in range(253)} | {"10.244.1.1"} == {f"10.244.1.{i}" for i in range(1, 255)}
+    with pytest.raises(RuntimeError, match="no free address"):
+        again.allocate()
+    assert node_allocators(SPEC, [replace(NETWORK_NODE, pod_cidr="")]) == {}
+
+
+def test_node_blocks_outside_the_range_or_overlapping_are_refused() -> None:
+    with pytest.raises(ValueError, match="outside the pod range"):
+        node_allocators(SPEC, [replace(NETWORK_NODE, pod_cidr="10.99.0.0/24")])
+    with pytest.raises(ValueError, match="overlap"):
+        node_allocators(SPEC, [NETWORK_NODES[0], replace(NETWORK_NODES[1], pod_cidr="10.244.0.0/23")])
