@@ -30,10 +30,14 @@ kube-proxy's nftables mode runs, from Debian's packages (``apt-get download``
 and ``dpkg -x``, no installation: nothing on the machine changes). One cache
 folder, keyed by all three versions.
 
+Prometheus (``ensure_prometheus``, see testground.prometheus) comes from Debian's
+package the same way, on demand, into a cache folder keyed by the package's version.
+
     python -m testground.binaries              # build or reuse, print the folder
     python -m testground.binaries --kwok       # the same for kwok, print its path
     python -m testground.binaries --karpenter  # the same for Karpenter, print its path
     python -m testground.binaries --network    # the pod network's binaries, print their folder
+    python -m testground.binaries --prometheus # Debian's prometheus, print its path
     python -m testground.binaries --regenerate # rewrite tools/*/go.mod
 """
 
@@ -48,7 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 KUBERNETES_VERSION = "v1.36.3"
@@ -71,6 +75,8 @@ COREDNS_VERSION = "v1.15.0"
 COREDNS_MODULE = "github.com/coredns/coredns"
 #: Debian packages giving ``nft`` (its other libraries are part of a Debian base system).
 NFTABLES_PACKAGES = ("nftables=1.0.6-2+deb12u2", "libnftables1=1.0.6-2+deb12u2", "libnftnl11=1.2.4-2")
+#: Prometheus, a static Go binary: its package alone (the rest of its Depends is the web UI's JavaScript).
+PROMETHEUS_PACKAGES = ("prometheus=2.42.0+ds-5+deb12u1",)
 NETWORK_BINARIES = ("kube-proxy", "coredns", "nftables/usr/sbin/nft")
 ALL_BINARIES = (*KUBE_COMMANDS, "etcd", "helm")
 
@@ -345,25 +351,34 @@ def nft_env(folder: Path, env: dict[str, str] | None = None) -> dict[str, str]:
     return out
 
 
-def _fetch_nftables(target: Path, log=print) -> None:  # type: ignore[no-untyped-def]
+def fetch_debian_packages(  # type: ignore[no-untyped-def]
+    target: Path, packages: Sequence[str], check: Sequence[str], env: dict[str, str] | None = None, log=print
+) -> str:
+    """Unpack Debian's ``packages`` (``name=version``) into ``target``, then run ``check`` there.
+
+    ``apt-get download`` and ``dpkg-deb -x``: nothing is installed and nothing on the machine
+    changes. The files appear at ``target`` whole or not at all (a partial folder next to it is
+    renamed), and are removed again if ``check`` (argv, run with ``env``) fails. Returns what
+    ``check`` printed, for the log.
+    """
     started = time.monotonic()
-    log(f"testground: fetching {', '.join(NFTABLES_PACKAGES)} (first run only) ...")
+    log(f"testground: fetching {', '.join(packages)} (first run only) ...")
+    partial = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix="testground-deb-") as tmp:
         os.chmod(tmp, 0o755)  # apt's download user must be able to write there
-        subprocess.run(
-            ["apt-get", "download", "-q", *NFTABLES_PACKAGES], cwd=tmp, check=True, capture_output=True
-        )
-        partial = target / ".nftables.partial"
-        shutil.rmtree(partial, ignore_errors=True)
+        subprocess.run(["apt-get", "download", "-q", *packages], cwd=tmp, check=True, capture_output=True)
         for deb in sorted(Path(tmp).glob("*.deb")):
             subprocess.run(["dpkg-deb", "-x", str(deb), str(partial)], check=True)
-    shutil.rmtree(target / "nftables", ignore_errors=True)
-    partial.rename(target / "nftables")
-    check = subprocess.run(["nft", "--version"], env=nft_env(target), capture_output=True, text=True)
-    if check.returncode != 0:
-        shutil.rmtree(target / "nftables")
-        raise RuntimeError(f"the unpacked nft does not run: {check.stderr.strip()}")
-    log(f"testground: unpacked {check.stdout.strip()} in {time.monotonic() - started:.0f} s")
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    checked = subprocess.run(list(check), env=env, capture_output=True, text=True)
+    if checked.returncode != 0:
+        shutil.rmtree(target)
+        raise RuntimeError(f"{check[0]} from {', '.join(packages)} does not run: {checked.stderr.strip()}")
+    output = (checked.stdout or checked.stderr).strip()
+    log(f"testground: unpacked {output.splitlines()[0]} in {time.monotonic() - started:.0f} s")
+    return output
 
 
 def ensure_network_binaries(log=print) -> Path:  # type: ignore[no-untyped-def]
@@ -371,10 +386,38 @@ def ensure_network_binaries(log=print) -> Path:  # type: ignore[no-untyped-def]
 
     def make(folder: Path) -> None:
         if not (folder / "nftables" / "usr" / "sbin" / "nft").is_file():
-            _fetch_nftables(folder, log)
+            nft = folder / "nftables"
+            fetch_debian_packages(nft, NFTABLES_PACKAGES, ["nft", "--version"], nft_env(folder), log)
         build(folder, log, _network_build_plan())
 
     return _made_once(network_cache_dir(), _network_complete, make)
+
+
+# -- Prometheus, for the metrics tests ------------------------------------------------
+
+
+def prometheus_cache_dir() -> Path:
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    version = PROMETHEUS_PACKAGES[0].split("=", 1)[1]
+    return root / "tritonresnet" / "testground" / f"prometheus-{version}"
+
+
+def _prometheus_binary(folder: Path) -> Path:
+    return folder / "deb" / "usr" / "bin" / "prometheus"
+
+
+def ensure_prometheus(log=print) -> Path:  # type: ignore[no-untyped-def]
+    """The path of Debian's ``prometheus`` binary, unpacked (never installed) once per machine."""
+
+    def complete(folder: Path) -> bool:
+        return os.access(_prometheus_binary(folder), os.X_OK)
+
+    def make(folder: Path) -> None:
+        fetch_debian_packages(
+            folder / "deb", PROMETHEUS_PACKAGES, [str(_prometheus_binary(folder)), "--version"], log=log
+        )
+
+    return _prometheus_binary(_made_once(prometheus_cache_dir(), complete, make))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -395,6 +438,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--network", action="store_true", help="build or fetch the pod network's parts and print their folder"
     )
+    parser.add_argument(
+        "--prometheus", action="store_true", help="fetch or reuse Debian's prometheus and print its path"
+    )
     args = parser.parse_args(argv)
     if args.regenerate:
         regenerate()
@@ -407,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.network:
         print(ensure_network_binaries(log=to_stderr))
+        return 0
+    if args.prometheus:
+        print(ensure_prometheus(log=to_stderr))
         return 0
     print(ensure_binaries(log=to_stderr))
     return 0
