@@ -32,6 +32,8 @@ folder, keyed by all three versions.
 
 Prometheus (``ensure_prometheus``, see testground.prometheus) comes from Debian's
 package the same way, on demand, into a cache folder keyed by the package's version.
+prometheus-operator's CRDs (``prometheus_operator_module_dir``) come from its pinned Go
+module, downloaded (not built) into Go's module cache the first time they are asked for.
 
     python -m testground.binaries              # build or reuse, print the folder
     python -m testground.binaries --kwok       # the same for kwok, print its path
@@ -75,6 +77,10 @@ COREDNS_VERSION = "v1.15.0"
 COREDNS_MODULE = "github.com/coredns/coredns"
 #: Debian packages giving ``nft`` (its other libraries are part of a Debian base system).
 NFTABLES_PACKAGES = ("nftables=1.0.6-2+deb12u2", "libnftables1=1.0.6-2+deb12u2", "libnftnl11=1.2.4-2")
+#: prometheus-operator's module, for its CRDs only (nothing of it is compiled). The proxy serves
+#: this release of the main module; later ones only as the split-off API module.
+PROMETHEUS_OPERATOR_VERSION = "v0.85.0"
+PROMETHEUS_OPERATOR_MODULE = "github.com/prometheus-operator/prometheus-operator"
 #: Prometheus, a static Go binary: its package alone (the rest of its Depends is the web UI's JavaScript).
 PROMETHEUS_PACKAGES = ("prometheus=2.42.0+ds-5+deb12u1",)
 NETWORK_BINARIES = ("kube-proxy", "coredns", "nftables/usr/sbin/nft")
@@ -158,6 +164,15 @@ def regenerate() -> None:
     _regenerate_simple("helm", "helm.sh/helm/v3", HELM_VERSION, "helm.sh/helm/v3/cmd/helm")
     _regenerate_simple("kwok", KWOK_MODULE, KWOK_VERSION, KWOK_PACKAGE)
     _regenerate_karpenter()
+    _regenerate_prometheus_operator()
+
+
+def _regenerate_prometheus_operator() -> None:
+    # No package of it is built: go.mod requires the module, go.sum pins its files' hash.
+    folder = TOOLS_DIR / "prometheus-operator"
+    _init_module(folder, "tritonresnet.io/testground/tools/prometheus-operator")
+    _go(["mod", "edit", f"-require={PROMETHEUS_OPERATOR_MODULE}@{PROMETHEUS_OPERATOR_VERSION}"], folder)
+    _go(["mod", "download", f"{PROMETHEUS_OPERATOR_MODULE}@{PROMETHEUS_OPERATOR_VERSION}"], folder)
 
 
 def _regenerate_karpenter() -> None:
@@ -394,6 +409,12 @@ def ensure_network_binaries(log=print) -> Path:  # type: ignore[no-untyped-def]
 
 
 # -- Prometheus, for the metrics tests ------------------------------------------------
+
+
+def prometheus_operator_module_dir() -> Path:
+    """prometheus-operator's module source in the Go module cache (downloaded once, kept by
+    version there): its CRDs are under ``example/prometheus-operator-crd``."""
+    return _module_dir("prometheus-operator", PROMETHEUS_OPERATOR_MODULE, PROMETHEUS_OPERATOR_VERSION)
 
 
 def prometheus_cache_dir() -> Path:
