@@ -22,7 +22,6 @@ import ipaddress
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,15 +104,6 @@ def triton_objects(namespace: str, node: str, repository: Path) -> list[dict[str
         },
     }
     return [deployment, service]
-
-
-@pytest.fixture
-def kube(control_plane: ControlPlane) -> Iterator[Kube]:
-    client = Kube(str(control_plane.kubeconfig))
-    try:
-        yield client
-    finally:
-        client.api.close()
 
 
 def test_triton_answers_at_its_service_cluster_ip_and_dns_name(

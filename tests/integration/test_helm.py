@@ -49,6 +49,11 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "nodeSelector": {"role": "system"},
         "tolerations": [{"key": "system", "operator": "Exists"}],
     },
+    "monitoring": {
+        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "kps"}, "interval": "30s"}},
+        "triton": {"podMonitor": {"enabled": True, "labels": {"release": "kps"}, "interval": "15s"}},
+        "grafana": {"dashboard": {"enabled": True}},
+    },
 }
 
 
@@ -205,3 +210,40 @@ def test_kustomize_sample_overlay_applies_and_its_service_account_is_least_privi
     assert can_i(cp, kubeconfig, "list", "customresourcedefinitions.apiextensions.k8s.io")
     assert not can_i(cp, kubeconfig, "get", "secrets", "-n", "vision")
     assert not can_i(cp, kubeconfig, "update", TRN, "-n", "vision")
+
+
+# -- monitoring: prometheus-operator's CRDs validate the chart's monitors ---------------------
+
+@pytest.mark.cluster
+def test_chart_monitors_are_accepted_by_prometheus_operators_crds(control_plane: ControlPlane) -> None:
+    """prometheus-operator's own ServiceMonitor and PodMonitor CRDs (from its Go module; no
+    prometheus-operator runs) validate the monitors, Service and dashboard ConfigMap the chart
+    renders with monitoring on; a monitor their schema refuses is refused."""
+    from testground.prometheus import install_monitor_crds
+
+    cp = control_plane
+    assert install_monitor_crds(cp) == [
+        "servicemonitors.monitoring.coreos.com",
+        "podmonitors.monitoring.coreos.com",
+    ]
+    with cp.throwaway_namespace("monitors") as namespace:
+        rendered = render_chart(VALUE_SETS["monitoring"], namespace=namespace, include_crds=False)
+        kinds = ("ServiceMonitor", "PodMonitor", "Service", "ConfigMap")
+        objects = [obj for kind in kinds for obj in of_kind(rendered, kind)]
+        assert sorted({obj["kind"] for obj in objects}) == sorted(kinds)
+        cp.kubectl("apply", "--server-side", "-f", "-", input=to_yaml(objects))
+        for obj in objects:
+            kind, name = obj["kind"].lower(), obj["metadata"]["name"]
+            cp.kubectl(
+                "get", f"{kind}.monitoring.coreos.com" if "monitor" in kind else kind, name, "-n", namespace
+            )
+
+        (pod_monitor,) = of_kind(objects, "PodMonitor")
+        for endpoint, complaint in (
+            ({"port": 8002}, "podMetricsEndpoints[0].port: expected string"),
+            ({"port": "metrics", "interval": "soon"}, "podMetricsEndpoints[0].interval"),
+        ):
+            bad = {**pod_monitor, "metadata": {"name": "bad", "namespace": namespace}}
+            bad["spec"] = {**pod_monitor["spec"], "podMetricsEndpoints": [endpoint]}
+            refused = cp.kubectl("apply", "--server-side", "-f", "-", input=to_yaml([bad]), check=False)
+            assert refused.returncode != 0 and complaint in refused.stderr, refused.stderr

@@ -30,11 +30,17 @@ kube-proxy's nftables mode runs, from Debian's packages (``apt-get download``
 and ``dpkg -x``, no installation: nothing on the machine changes). One cache
 folder, keyed by all three versions.
 
+Prometheus (``ensure_prometheus``, see testground.prometheus) comes from Debian's
+package the same way, on demand, into a cache folder keyed by the package's version.
+prometheus-operator's CRDs (``prometheus_operator_module_dir``) come from its pinned Go
+module, downloaded (not built) into Go's module cache the first time they are asked for.
+
     python -m testground.binaries              # build or reuse, print the folder
     python -m testground.binaries --kwok       # the same for kwok, print its path
     python -m testground.binaries --karpenter  # the same for Karpenter, print its path
     python -m testground.binaries --network    # the pod network's binaries, print their folder
     python -m testground.binaries --all        # everything the test suite runs, two builds at a time
+    python -m testground.binaries --prometheus # Debian's prometheus, print its path
     python -m testground.binaries --regenerate # rewrite tools/*/go.mod
 """
 
@@ -49,7 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -73,6 +79,12 @@ COREDNS_VERSION = "v1.15.0"
 COREDNS_MODULE = "github.com/coredns/coredns"
 #: Debian packages giving ``nft`` (its other libraries are part of a Debian base system).
 NFTABLES_PACKAGES = ("nftables=1.0.6-2+deb12u2", "libnftables1=1.0.6-2+deb12u2", "libnftnl11=1.2.4-2")
+#: prometheus-operator's module, for its CRDs only (nothing of it is compiled). The proxy serves
+#: this release of the main module; later ones only as the split-off API module.
+PROMETHEUS_OPERATOR_VERSION = "v0.85.0"
+PROMETHEUS_OPERATOR_MODULE = "github.com/prometheus-operator/prometheus-operator"
+#: Prometheus, a static Go binary: its package alone (the rest of its Depends is the web UI's JavaScript).
+PROMETHEUS_PACKAGES = ("prometheus=2.42.0+ds-5+deb12u1",)
 NETWORK_BINARIES = ("kube-proxy", "coredns", "nftables/usr/sbin/nft")
 ALL_BINARIES = (*KUBE_COMMANDS, "etcd", "helm")
 
@@ -154,6 +166,15 @@ def regenerate() -> None:
     _regenerate_simple("helm", "helm.sh/helm/v3", HELM_VERSION, "helm.sh/helm/v3/cmd/helm")
     _regenerate_simple("kwok", KWOK_MODULE, KWOK_VERSION, KWOK_PACKAGE)
     _regenerate_karpenter()
+    _regenerate_prometheus_operator()
+
+
+def _regenerate_prometheus_operator() -> None:
+    # No package of it is built: go.mod requires the module, go.sum pins its files' hash.
+    folder = TOOLS_DIR / "prometheus-operator"
+    _init_module(folder, "tritonresnet.io/testground/tools/prometheus-operator")
+    _go(["mod", "edit", f"-require={PROMETHEUS_OPERATOR_MODULE}@{PROMETHEUS_OPERATOR_VERSION}"], folder)
+    _go(["mod", "download", f"{PROMETHEUS_OPERATOR_MODULE}@{PROMETHEUS_OPERATOR_VERSION}"], folder)
 
 
 def _regenerate_karpenter() -> None:
@@ -347,25 +368,34 @@ def nft_env(folder: Path, env: dict[str, str] | None = None) -> dict[str, str]:
     return out
 
 
-def _fetch_nftables(target: Path, log=print) -> None:  # type: ignore[no-untyped-def]
+def fetch_debian_packages(  # type: ignore[no-untyped-def]
+    target: Path, packages: Sequence[str], check: Sequence[str], env: dict[str, str] | None = None, log=print
+) -> str:
+    """Unpack Debian's ``packages`` (``name=version``) into ``target``, then run ``check`` there.
+
+    ``apt-get download`` and ``dpkg-deb -x``: nothing is installed and nothing on the machine
+    changes. The files appear at ``target`` whole or not at all (a partial folder next to it is
+    renamed), and are removed again if ``check`` (argv, run with ``env``) fails. Returns what
+    ``check`` printed, for the log.
+    """
     started = time.monotonic()
-    log(f"testground: fetching {', '.join(NFTABLES_PACKAGES)} (first run only) ...")
+    log(f"testground: fetching {', '.join(packages)} (first run only) ...")
+    partial = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix="testground-deb-") as tmp:
         os.chmod(tmp, 0o755)  # apt's download user must be able to write there
-        subprocess.run(
-            ["apt-get", "download", "-q", *NFTABLES_PACKAGES], cwd=tmp, check=True, capture_output=True
-        )
-        partial = target / ".nftables.partial"
-        shutil.rmtree(partial, ignore_errors=True)
+        subprocess.run(["apt-get", "download", "-q", *packages], cwd=tmp, check=True, capture_output=True)
         for deb in sorted(Path(tmp).glob("*.deb")):
             subprocess.run(["dpkg-deb", "-x", str(deb), str(partial)], check=True)
-    shutil.rmtree(target / "nftables", ignore_errors=True)
-    partial.rename(target / "nftables")
-    check = subprocess.run(["nft", "--version"], env=nft_env(target), capture_output=True, text=True)
-    if check.returncode != 0:
-        shutil.rmtree(target / "nftables")
-        raise RuntimeError(f"the unpacked nft does not run: {check.stderr.strip()}")
-    log(f"testground: unpacked {check.stdout.strip()} in {time.monotonic() - started:.0f} s")
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    checked = subprocess.run(list(check), env=env, capture_output=True, text=True)
+    if checked.returncode != 0:
+        shutil.rmtree(target)
+        raise RuntimeError(f"{check[0]} from {', '.join(packages)} does not run: {checked.stderr.strip()}")
+    output = (checked.stdout or checked.stderr).strip()
+    log(f"testground: unpacked {output.splitlines()[0]} in {time.monotonic() - started:.0f} s")
+    return output
 
 
 def ensure_network_binaries(log=print) -> Path:  # type: ignore[no-untyped-def]
@@ -373,10 +403,44 @@ def ensure_network_binaries(log=print) -> Path:  # type: ignore[no-untyped-def]
 
     def make(folder: Path) -> None:
         if not (folder / "nftables" / "usr" / "sbin" / "nft").is_file():
-            _fetch_nftables(folder, log)
+            nft = folder / "nftables"
+            fetch_debian_packages(nft, NFTABLES_PACKAGES, ["nft", "--version"], nft_env(folder), log)
         build(folder, log, _network_build_plan())
 
     return _made_once(network_cache_dir(), _network_complete, make)
+
+
+# -- Prometheus, for the metrics tests ------------------------------------------------
+
+
+def prometheus_operator_module_dir() -> Path:
+    """prometheus-operator's module source in the Go module cache (downloaded once, kept by
+    version there): its CRDs are under ``example/prometheus-operator-crd``."""
+    return _module_dir("prometheus-operator", PROMETHEUS_OPERATOR_MODULE, PROMETHEUS_OPERATOR_VERSION)
+
+
+def prometheus_cache_dir() -> Path:
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    version = PROMETHEUS_PACKAGES[0].split("=", 1)[1]
+    return root / "tritonresnet" / "testground" / f"prometheus-{version}"
+
+
+def _prometheus_binary(folder: Path) -> Path:
+    return folder / "deb" / "usr" / "bin" / "prometheus"
+
+
+def ensure_prometheus(log=print) -> Path:  # type: ignore[no-untyped-def]
+    """The path of Debian's ``prometheus`` binary, unpacked (never installed) once per machine."""
+
+    def complete(folder: Path) -> bool:
+        return os.access(_prometheus_binary(folder), os.X_OK)
+
+    def make(folder: Path) -> None:
+        fetch_debian_packages(
+            folder / "deb", PROMETHEUS_PACKAGES, [str(_prometheus_binary(folder)), "--version"], log=log
+        )
+
+    return _prometheus_binary(_made_once(prometheus_cache_dir(), complete, make))
 
 
 def ensure_all(log=print) -> list[Path]:  # type: ignore[no-untyped-def]
@@ -390,6 +454,8 @@ def ensure_all(log=print) -> list[Path]:  # type: ignore[no-untyped-def]
         lambda: ensure_binaries(log),
         lambda: ensure_network_binaries(log),
         lambda: ensure_karpenter(log),
+        lambda: ensure_prometheus(log),
+        prometheus_operator_module_dir,
     ]
     with ThreadPoolExecutor(max_workers=2) as pool:
         return list(pool.map(lambda make: make(), parts))
@@ -414,6 +480,9 @@ def main(argv: list[str] | None = None) -> int:
         "--network", action="store_true", help="build or fetch the pod network's parts and print their folder"
     )
     parser.add_argument("--all", action="store_true", help="build or reuse all the suite runs, print where")
+    parser.add_argument(
+        "--prometheus", action="store_true", help="fetch or reuse Debian's prometheus and print its path"
+    )
     args = parser.parse_args(argv)
     if args.regenerate:
         regenerate()
@@ -426,6 +495,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.network:
         print(ensure_network_binaries(log=to_stderr))
+        return 0
+    if args.prometheus:
+        print(ensure_prometheus(log=to_stderr))
         return 0
     if args.all:
         print("\n".join(str(folder) for folder in ensure_all(log=to_stderr)))

@@ -319,6 +319,16 @@ class ControlPlane:
 
     # -- namespaces
 
+    def install_crds(self, paths: Sequence[Path]) -> list[str]:
+        """Apply CRD files (server-side: some are too large for the last-applied annotation) and
+        wait until each is Established; returns their names."""
+        crds = [yaml.safe_load(path.read_text())["metadata"]["name"] for path in paths]
+        for path in paths:
+            self.kubectl("apply", "--server-side", "-f", str(path))
+        for crd in crds:
+            self.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}")
+        return crds
+
     def create_namespace(self, name: str, labels: dict[str, str] | None = None) -> None:
         """Create a namespace and wait until pods can be created in it.
 

@@ -8,6 +8,8 @@ pytest so there is one list of what a test can ask for:
 * ``cluster``        session: the control plane plus emulated GPU nodes and storage
 * ``namespace``      function: a fresh namespace in ``cluster``, deleted afterwards
                      (ControlPlane.throwaway_namespace, for other scopes)
+* ``kube``           function: the test ground's small API client (testground.nodeagent_kube)
+                     as admin of ``control_plane``, closed afterwards
 * ``pod_network``    module, opt-in: pods in network namespaces, kube-proxy and CoreDNS
                      (testground.clusternet; needs root; skipped without it)
 * ``s3``             session: moto's standalone server on loopback with a bucket
@@ -24,6 +26,7 @@ import pytest
 from testground.controlplane import ControlPlane, start_control_plane
 from testground.models import OnnxModels, ensure_models
 from testground.nodeagent import NodeAgent, start_node_agent
+from testground.nodeagent_kube import Kube
 from testground.s3 import S3Server, start_s3
 
 if TYPE_CHECKING:
@@ -54,6 +57,15 @@ def namespace(cluster: ControlPlane) -> Iterator[str]:
     # Fixtures of other scopes, or without the nodes, use the same context manager.
     with cluster.throwaway_namespace() as name:
         yield name
+
+
+@pytest.fixture
+def kube(control_plane: ControlPlane) -> Iterator[Kube]:
+    client = Kube(str(control_plane.kubeconfig))
+    try:
+        yield client
+    finally:
+        client.api.close()
 
 
 @pytest.fixture(scope="module")

@@ -139,11 +139,7 @@ def node_pools(gpu_pool: dict[str, Any] | None = None) -> list[dict[str, Any]]:
 
 def install_crds(cp: ControlPlane) -> None:
     root = karpenter_module_dir()
-    for name in CRD_FILES:
-        cp.kubectl("apply", "--server-side", "-f", str(root / name))
-    for name in CRD_FILES:
-        crd = yaml.safe_load((root / name).read_text())["metadata"]["name"]
-        cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}")
+    cp.install_crds([root / name for name in CRD_FILES])
 
 
 def rbac_objects() -> list[dict[str, Any]]:
