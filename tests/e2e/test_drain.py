@@ -9,35 +9,30 @@ preStop, SIGTERM and the grace period while the load goes on, and not one
 request may fail. The same client through a rollout (a new source, version 2)
 at one replica, where the surge pod is what keeps the Service answering.
 
-Each request opens a connection of its own (as a client behind a load
-balancer that does not pin connections does), so every request is a new
+Each request opens a connection of its own, so every request is a new
 choice of kube-proxy among the endpoints it has at that moment.
 
-The client is bounded: a fixed rate, a hard cap on requests and on time, a
-timeout on each request, and it stops by itself once the test asks it to.
+The client (testground.loadclient) is bounded: a fixed rate, a hard cap on
+requests and on time, a timeout on each request, and it stops by itself once
+the test asks it to.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from testground.clusternet import ClusterNetwork, ready_endpoints
+from testground.loadclient import Load, bounded_load
 from testground.models import OnnxModels
-from testground.network import in_netns
 from testground.nodeagent_kube import Kube
-from testground.nodeagent_nodes import GPU_TOLERATION, HOSTNAME_LABEL, POD_NETWORK_TOLERATION
-from testground.operator_run import OperatorProcess, apply_sample, is_ready, wait_for_trn
+from testground.operator_run import OperatorProcess, is_ready, serve_on_network, triton_pods, wait_for_trn
 from testground.s3 import S3Server
 from testground.waiting import wait_for
-from tritonresnet.api import names
 
 pytestmark = [pytest.mark.cluster, pytest.mark.triton, pytest.mark.slow]
 
@@ -45,141 +40,35 @@ NAME = "classifier"
 MODEL = "resnet18"
 TIMEOUT = 180.0
 RATE = 5.0  #: requests per second
-MAX_REQUESTS = 600  #: the client's hard cap on requests
-MAX_SECONDS = 120.0  #: and on its running time
-REQUEST_TIMEOUT = 10.0  # seconds, each
+#: One at a time, at most 600 requests and 120 s, 10 s each (testground.loadclient).
+LOAD = Load(rate=RATE, max_requests=600, max_seconds=120.0, request_timeout=10.0)
 TRAFFIC_BEFORE = 3.0  # seconds of load on three replicas before the scale
 TRAFFIC_AFTER = 3.0  # and on the one left after the others are gone
 
-#: Runs in the client's network namespace: RATE requests a second, each on a new connection,
-#: until the stop file appears, the cap is reached or the time is up; then one JSON summary.
-CLIENT = """
-import json, os, sys, time
-import numpy as np
-import tritonclient.http as httpclient
-host, model, rate, cap, limit, timeout, stop = sys.argv[1:8]
-rate, cap, limit, timeout = float(rate), int(cap), float(limit), float(timeout)
-data = np.zeros((1, 3, 224, 224), dtype=np.float32)
-started = time.monotonic()
-sent, ok, failures, versions = 0, 0, [], set()
-while sent < cap and time.monotonic() - started < limit and not os.path.exists(stop):
-    due = started + sent / rate
-    time.sleep(max(0.0, due - time.monotonic()))
-    sent += 1
-    at = time.monotonic() - started
-    client = httpclient.InferenceServerClient(
-        f"{host}:8000", connection_timeout=timeout, network_timeout=timeout
-    )
-    try:
-        tensor = httpclient.InferInput("input", list(data.shape), "FP32")
-        tensor.set_data_from_numpy(data)
-        answer = client.infer(model, [tensor])
-        out = answer.as_numpy("output")
-        if out is None or out.shape != (1, 1000):
-            raise ValueError(f"output {None if out is None else out.shape}")
-        versions.add(str(answer.get_response()["model_version"]))
-        ok += 1
-    except Exception as exc:
-        failures.append(f"{at:.2f} s: {type(exc).__name__}: {exc}")
-    finally:
-        client.close()
-summary = {"sent": sent, "ok": ok, "failures": failures, "versions": sorted(versions)}
-print(json.dumps(summary | {"seconds": time.monotonic() - started}))
-"""
 
-
-@pytest.fixture
-def kube(operator: OperatorProcess) -> Iterator[Kube]:
-    client = Kube(str(operator.cp.kubeconfig))
-    try:
-        yield client
-    finally:
-        client.api.close()
-
-
-def triton_pods(kube: Kube, namespace: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = kube.get(
-        f"/api/v1/namespaces/{namespace}/pods", labelSelector=names.selector(NAME)
-    )["items"]
-    return items
+def pods(kube: Kube, namespace: str) -> list[dict[str, Any]]:
+    return triton_pods(kube, namespace, NAME)
 
 
 def serve(
     operator: OperatorProcess,
     pod_network: ClusterNetwork,
-    s3: S3Server,
     kube: Kube,
+    s3: S3Server,
     uri: str,
     namespace: str,
     replicas: int,
 ) -> tuple[list[str], str]:
-    """The TritonResNet Ready with ``replicas`` pods on the network's node: their addresses, ClusterIP."""
-    cp = operator.cp
-    # CPU only: the network's one node has two GPUs, three replicas and a surge need more;
-    # without a GPU request the operator adds no GPU toleration, and the node has the taint.
-    serving = {
-        "nodeSelector": {HOSTNAME_LABEL: pod_network.node.name},
-        "tolerations": [GPU_TOLERATION, POD_NETWORK_TOLERATION],
-        "resources": {"requests": {"cpu": "100m"}},
-    }
-    apply_sample(cp, namespace, s3, uri, name=NAME, replicas=replicas, model_name=MODEL, serving=serving)
-    wait_for_trn(
-        cp,
-        namespace,
-        NAME,
-        lambda t: is_ready()(t) and t["status"].get("readyReplicas") == replicas,
-        f"Ready with {replicas} replicas",
-        timeout=TIMEOUT * 2,
-        operator=operator,
-    )
-    pods = triton_pods(kube, namespace)
-    assert {pod["spec"]["nodeName"] for pod in pods} == {pod_network.node.name}
-    pod_ips = sorted(pod["status"]["podIP"] for pod in pods)
-    assert len(pod_ips) == replicas
-    wait_for(
-        lambda: ready_endpoints(kube, namespace, NAME) == pod_ips or None,
-        "the Service's endpoints",
-        TIMEOUT,
-    )
-    cluster_ip: str = kube.get(f"/api/v1/namespaces/{namespace}/services/{NAME}")["spec"]["clusterIP"]
-    return pod_ips, cluster_ip
+    return serve_on_network(operator, pod_network, kube, s3, uri, namespace, NAME, MODEL, replicas)
 
 
-@contextlib.contextmanager
 def load(
     pod_network: ClusterNetwork, namespace: str, cluster_ip: str, tmp_path: Path
-) -> Iterator[dict[str, Any]]:
+) -> contextlib.AbstractContextManager[dict[str, Any]]:
     """The bounded client running against the ClusterIP for the block; its summary filled in after."""
-    stop = tmp_path / "stop"
-    argv = [
-        sys.executable,
-        "-c",
-        CLIENT,
-        cluster_ip,
-        MODEL,
-        str(RATE),
-        str(MAX_REQUESTS),
-        str(MAX_SECONDS),
-        str(REQUEST_TIMEOUT),
-        str(stop),
-    ]
-    summary: dict[str, Any] = {}
-    with pod_network.client_netns(0, namespace) as client_netns:
-        client = subprocess.Popen(
-            in_netns(client_netns, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        try:
-            time.sleep(TRAFFIC_BEFORE)
-            yield summary
-            time.sleep(TRAFFIC_AFTER)
-            stop.touch()
-            out, err = client.communicate(timeout=MAX_SECONDS + 2 * REQUEST_TIMEOUT)
-        finally:
-            if client.poll() is None:
-                client.kill()
-                client.wait()
-    assert client.returncode == 0, err
-    summary |= json.loads(out)
+    return bounded_load(
+        pod_network, namespace, cluster_ip, MODEL, LOAD, tmp_path, before=TRAFFIC_BEFORE, after=TRAFFIC_AFTER
+    )
 
 
 def test_scale_down_from_three_to_one_fails_no_request_through_the_service(
@@ -193,7 +82,9 @@ def test_scale_down_from_three_to_one_fails_no_request_through_the_service(
     cp = operator.cp
     with cp.throwaway_namespace("drain") as namespace:
         uri = s3.upload(onnx_models.path(MODEL), f"{namespace}/model.onnx")
-        pod_ips, cluster_ip = serve(operator, pod_network, s3, kube, uri, namespace, 3)
+        pod_ips, cluster_ip = serve_on_network(
+            operator, pod_network, kube, s3, uri, namespace, NAME, MODEL, 3
+        )
         with load(pod_network, namespace, cluster_ip, tmp_path) as result:
             scaled = time.monotonic()
             cp.kubectl("scale", "trn", NAME, "-n", namespace, "--replicas=1")
@@ -205,13 +96,13 @@ def test_scale_down_from_three_to_one_fails_no_request_through_the_service(
             )
             endpoint_seconds = time.monotonic() - scaled
             wait_for(
-                lambda: len(triton_pods(kube, namespace)) == 1 or None,
+                lambda: len(pods(kube, namespace)) == 1 or None,
                 "the two other pods gone",
                 TIMEOUT,
                 every=0.2,
             )
             gone_seconds = time.monotonic() - scaled
-        (left,) = triton_pods(kube, namespace)
+        (left,) = pods(kube, namespace)
         trn = wait_for_trn(
             cp,
             namespace,
@@ -246,7 +137,9 @@ def test_rollout_of_version_two_fails_no_request_through_the_service(
     cp = operator.cp
     with cp.throwaway_namespace("roll") as namespace:
         uri = s3.upload(onnx_models.path(MODEL), f"{namespace}/v1/model.onnx")
-        (old_ip,), cluster_ip = serve(operator, pod_network, s3, kube, uri, namespace, 1)
+        (old_ip,), cluster_ip = serve_on_network(
+            operator, pod_network, kube, s3, uri, namespace, NAME, MODEL, 1
+        )
         v2 = s3.upload(onnx_models.path(MODEL), f"{namespace}/v2/model.onnx")
         with load(pod_network, namespace, cluster_ip, tmp_path) as result:
             started = time.monotonic()
@@ -263,8 +156,7 @@ def test_rollout_of_version_two_fails_no_request_through_the_service(
             )
             wait_for(
                 lambda: (
-                    [p for p in triton_pods(kube, namespace) if p["status"].get("podIP") == old_ip] == []
-                    or None
+                    [p for p in pods(kube, namespace) if p["status"].get("podIP") == old_ip] == [] or None
                 ),
                 "version 1's pod gone",
                 TIMEOUT,
@@ -279,6 +171,6 @@ def test_rollout_of_version_two_fails_no_request_through_the_service(
         assert result["failures"] == [], result["failures"][:5]
         assert result["ok"] == result["sent"]
         assert result["versions"] == ["1", "2"]
-        (new,) = triton_pods(kube, namespace)
+        (new,) = pods(kube, namespace)
         assert ready_endpoints(kube, namespace, NAME) == [new["status"]["podIP"]]
         assert trn["status"]["modelVersion"] == 2
