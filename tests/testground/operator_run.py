@@ -28,7 +28,7 @@ import yaml
 from testground import audit
 from testground.chart import render_chart, to_yaml
 from testground.clusternet import ClusterNetwork, ready_endpoints
-from testground.controlplane import ControlPlane, rss_of
+from testground.controlplane import ControlPlane, free_port, rss_of
 from testground.nodeagent_kube import Kube
 from testground.nodeagent_nodes import GPU_TOLERATION, HOSTNAME_LABEL, POD_NETWORK_TOLERATION
 from testground.s3 import S3Server
@@ -114,14 +114,22 @@ class OperatorProcess:
         }
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        #: Where the running operator serves its Prometheus metrics (``host:port``).
+        self.metrics_address = ""
 
     def start(self) -> None:
         self.starts += 1
+        # A port of its own on every start: a restart never waits for the last one's to close.
+        self.metrics_address = f"127.0.0.1:{free_port()}"
         log = open(self.log_path, "ab")
         log.write(f"\n===== operator start #{self.starts} =====\n".encode())
         log.flush()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tritonresnet", "operator", "--all-namespaces", "--standalone"],
+            [
+                sys.executable,
+                *("-m", "tritonresnet", "operator", "--all-namespaces", "--standalone"),
+                f"--metrics-address={self.metrics_address}",
+            ],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

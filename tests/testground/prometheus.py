@@ -3,37 +3,47 @@
 ``start_prometheus(cp)`` runs Debian's ``prometheus`` (``binaries.ensure_prometheus``)
 on the host, listening on a free loopback port, with its TSDB and log in a temporary
 folder of its own. Its configuration (``prometheus_config``, written through yaml)
-discovers pods with ``kubernetes_sd_configs`` from the test ground's kube-apiserver,
-as a user with a client certificate and a read-only ClusterRole (what Prometheus'
-ServiceAccount gets in a cluster), and keeps, by relabelling, the containers' ports
-named ``metrics`` of the operator's Triton pods: the same pods and port the chart's
-PodMonitor selects. Optionally it also scrapes the operator's own metrics endpoint
-(``--metrics-address``), which runs on the host here rather than in a pod.
+keeps, by relabelling, the containers' ports named ``metrics`` of the operator's Triton
+pods (the same pods, port and ``tritonresnet`` label the chart's PodMonitor gives) and
+optionally scrapes the operator's own metrics endpoint (``--metrics-address``), which
+runs on the host here rather than in a pod.
+
+Debian builds Prometheus without its Kubernetes service discovery (no client-go in the
+binary: ``kubernetes_sd_configs`` is refused as an unknown field), so pod discovery is a
+**stand-in**: ``PodDiscovery`` answers Prometheus' HTTP service discovery
+(``http_sd_configs``) with the API server's pod list, read as a client-certificate user
+with a read-only ClusterRole (what Prometheus' ServiceAccount gets in a cluster), one
+target per container port, labelled with the ``__meta_kubernetes_pod_*`` names
+Kubernetes discovery gives (``pod_target_groups``). Relabelling, scraping, storage and
+queries are Prometheus' own.
 
 Triton pods only have addresses on the pod network (``testground.clusternet``), whose
 blackhole routes keep every packet to the pod range on this machine: start Prometheus
 once that network is up, never before, so no scrape can leave the machine.
 
-On exit the process is stopped by its PID and the folder removed.
+On exit the processes and the discovery server are stopped and the folder removed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import tempfile
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
 import yaml
 from tritonresnet.api import names
 
-from testground.binaries import ensure_prometheus
+from testground.binaries import ensure_prometheus, prometheus_operator_module_dir
 from testground.controlplane import (
     PORT_ATTEMPTS,
     Component,
@@ -43,7 +53,7 @@ from testground.controlplane import (
     free_port,
     http_get,
 )
-from testground.pki import CertPair
+from testground.nodeagent_kube import Kube
 from testground.waiting import wait_for
 
 SCRAPE_INTERVAL = "2s"  #: short, so a test sees a rate after a few seconds
@@ -74,9 +84,23 @@ READER_BINDING = {
 }
 
 
+#: prometheus-operator's CRDs the chart's monitors need, in its module.
+MONITOR_CRD_FILES = (
+    "example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml",
+    "example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml",
+)
+
+
+def install_monitor_crds(cp: ControlPlane) -> list[str]:
+    """ServiceMonitor and PodMonitor as prometheus-operator defines them (its own CRD files, real
+    schemas), so the API server validates monitors; no prometheus-operator controller runs."""
+    root = prometheus_operator_module_dir()
+    return cp.install_crds([root / name for name in MONITOR_CRD_FILES])
+
+
 def _meta_label(key: str) -> str:
-    """The discovery label Prometheus gives a pod label (non-alphanumerics become ``_``)."""
-    return "__meta_kubernetes_pod_label_" + "".join(c if c.isalnum() else "_" for c in key)
+    """The discovery label Prometheus gives a pod label (anything but ``[a-zA-Z0-9_]`` becomes ``_``)."""
+    return "__meta_kubernetes_pod_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", key)
 
 
 #: The operator's Triton pods, by the labels every one of them carries.
@@ -104,27 +128,83 @@ def triton_relabelling(pod_labels: Mapping[str, str] = TRITON_POD_LABELS) -> lis
     ]
 
 
+def pod_target_groups(pods: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """HTTP discovery's target groups for ``pods``: one per declared container port of a pod
+    with an address, labelled as Prometheus' Kubernetes discovery (role pod) labels it."""
+    groups = []
+    for pod in pods:
+        meta, status = pod["metadata"], pod.get("status") or {}
+        if not status.get("podIP"):
+            continue
+        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or [])
+        pod_labels = {
+            "__meta_kubernetes_namespace": meta["namespace"],
+            "__meta_kubernetes_pod_name": meta["name"],
+            "__meta_kubernetes_pod_uid": meta.get("uid", ""),
+            "__meta_kubernetes_pod_ip": status["podIP"],
+            "__meta_kubernetes_pod_node_name": pod["spec"].get("nodeName", ""),
+            "__meta_kubernetes_pod_phase": status.get("phase", ""),
+            "__meta_kubernetes_pod_ready": str(ready).lower(),
+            **{_meta_label(key): value for key, value in (meta.get("labels") or {}).items()},
+        }
+        for container in pod["spec"]["containers"]:
+            for port in container.get("ports") or []:
+                labels = pod_labels | {
+                    "__meta_kubernetes_pod_container_name": container["name"],
+                    "__meta_kubernetes_pod_container_port_name": port.get("name", ""),
+                    "__meta_kubernetes_pod_container_port_number": str(port["containerPort"]),
+                    "__meta_kubernetes_pod_container_port_protocol": port.get("protocol", "TCP"),
+                }
+                groups.append({"targets": [f"{status['podIP']}:{port['containerPort']}"], "labels": labels})
+    return groups
+
+
+class PodDiscovery:
+    """Serves ``pod_target_groups`` of the pods the API server lists (in ``namespaces``, or all)
+    on a loopback port, for Prometheus' ``http_sd_configs``; each request lists them anew."""
+
+    def __init__(self, kubeconfig: Path, namespaces: Sequence[str] = ()) -> None:
+        self.kube = Kube(str(kubeconfig))
+        self.namespaces = list(namespaces)
+        discovery = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = json.dumps(pod_target_groups(discovery.pods())).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # one line per refresh would drown the test's output
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/pods"
+        self.thread = threading.Thread(target=self.server.serve_forever, name="pod-discovery", daemon=True)
+        self.thread.start()
+
+    def pods(self) -> list[dict[str, Any]]:
+        paths = [f"/api/v1/namespaces/{ns}/pods" for ns in self.namespaces] or ["/api/v1/pods"]
+        return [pod for path in paths for pod in self.kube.get(path)["items"]]
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+        self.kube.api.close()
+
+
 def prometheus_config(
-    api_server: str,
-    ca_file: Path,
-    client: CertPair,
-    operator_metrics: str | None = None,
-    namespaces: Sequence[str] = (),
-    interval: str = SCRAPE_INTERVAL,
+    discovery_url: str, operator_metrics: str | None = None, interval: str = SCRAPE_INTERVAL
 ) -> dict[str, Any]:
-    """Prometheus' configuration: Triton pods discovered at ``api_server`` (in ``namespaces``, or
-    all), and the operator at ``operator_metrics`` (``host:port``) when given."""
-    discovery: dict[str, Any] = {
-        "role": "pod",
-        "api_server": api_server,
-        "tls_config": {"ca_file": str(ca_file), "cert_file": str(client.cert), "key_file": str(client.key)},
-    }
-    if namespaces:
-        discovery["namespaces"] = {"names": list(namespaces)}
+    """Prometheus' configuration: Triton pods from the HTTP discovery at ``discovery_url``, and
+    the operator at ``operator_metrics`` (``host:port``) when given."""
     scrape_configs: list[dict[str, Any]] = [
         {
             "job_name": TRITON_JOB,
-            "kubernetes_sd_configs": [discovery],
+            "http_sd_configs": [{"url": discovery_url, "refresh_interval": interval}],
             "relabel_configs": triton_relabelling(),
         }
     ]
@@ -230,11 +310,13 @@ def start_prometheus(
     its folder is made under ``parent`` (default: the system's temporary folder)."""
     binary = ensure_prometheus()
     _grant_discovery(cp)
-    client = cp.pki.issue_client("prometheus", USER)
     workdir = Path(tempfile.mkdtemp(prefix="testground-prometheus-", dir=parent))
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, workdir, ignore_errors=True)
-        config = prometheus_config(cp.server, cp.ca_file, client, operator_metrics, namespaces)
+        kubeconfig = cp.client_kubeconfig(USER, path=workdir / "discovery.kubeconfig")
+        discovery = PodDiscovery(kubeconfig, namespaces)
+        stack.callback(discovery.stop)
+        config = prometheus_config(discovery.url, operator_metrics)
         config_path = workdir / "prometheus.yml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         started = time.monotonic()
@@ -248,7 +330,10 @@ __all__ = [
     "OPERATOR_JOB",
     "TRITON_JOB",
     "TRITON_POD_LABELS",
+    "PodDiscovery",
     "Prometheus",
+    "install_monitor_crds",
+    "pod_target_groups",
     "prometheus_config",
     "start_prometheus",
     "triton_relabelling",

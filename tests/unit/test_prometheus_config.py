@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import re
+from typing import Any
 
 import yaml
-from testground.pki import CertPair
 from testground.prometheus import (
     OPERATOR_JOB,
     TRITON_JOB,
     TRITON_POD_LABELS,
+    pod_target_groups,
     prometheus_config,
     triton_relabelling,
 )
@@ -21,7 +22,6 @@ from tritonresnet.controller.render import METRICS_PORT
 from tritonresnet.controller.settings import Settings
 
 SPEC = {"source": {"uri": "s3://models/r50/model.onnx"}, "repository": {"claimName": "models"}}
-CLIENT = CertPair(cert=Path("client.crt"), key=Path("client.key"))
 
 
 def test_triton_pods_are_kept_by_the_operators_labels_and_the_metrics_port() -> None:
@@ -49,24 +49,64 @@ def test_the_kept_labels_and_port_are_on_the_pods_the_operator_renders() -> None
     assert {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"} in triton["ports"]
 
 
-def test_config_discovers_pods_at_the_api_server_with_the_client_certificate() -> None:
-    config = prometheus_config("https://127.0.0.1:6443", Path("ca.crt"), CLIENT, namespaces=["a"])
+def test_config_discovers_pods_over_http_and_scrapes_the_operator_only_when_given() -> None:
+    config = prometheus_config("http://127.0.0.1:9/pods")
     assert yaml.safe_load(yaml.safe_dump(config)) == config
     (job,) = config["scrape_configs"]
     assert job["job_name"] == TRITON_JOB
-    (discovery,) = job["kubernetes_sd_configs"]
-    assert discovery["role"] == "pod"
-    assert discovery["api_server"] == "https://127.0.0.1:6443"
-    assert discovery["tls_config"] == {
-        "ca_file": "ca.crt",
-        "cert_file": "client.crt",
-        "key_file": "client.key",
-    }
-    assert discovery["namespaces"] == {"names": ["a"]}
-
-
-def test_the_operator_is_scraped_only_when_its_address_is_given() -> None:
-    config = prometheus_config("https://api", Path("ca"), CLIENT, operator_metrics="127.0.0.1:8081")
-    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert job["http_sd_configs"] == [{"url": "http://127.0.0.1:9/pods", "refresh_interval": "2s"}]
+    with_operator = prometheus_config("http://127.0.0.1:9/pods", operator_metrics="127.0.0.1:8081")
+    jobs = {job["job_name"]: job for job in with_operator["scrape_configs"]}
     assert jobs[OPERATOR_JOB]["static_configs"] == [{"targets": ["127.0.0.1:8081"]}]
-    assert "namespaces" not in jobs[TRITON_JOB]["kubernetes_sd_configs"][0]
+
+
+def pod(ip: str | None, phase: str = "Running") -> dict[str, Any]:
+    ports = [
+        {"name": "http", "containerPort": 8000},
+        {"name": "metrics", "containerPort": 8002, "protocol": "TCP"},
+    ]
+    return {
+        "metadata": {"name": "p", "namespace": "v", "uid": "u", "labels": names.labels("r50", "triton")},
+        "spec": {"nodeName": "n", "containers": [{"name": "triton", "ports": ports}, {"name": "side"}]},
+        "status": {
+            "phase": phase,
+            "conditions": [{"type": "Ready", "status": "True"}],
+            **({"podIP": ip} if ip else {}),
+        },
+    }
+
+
+def test_pod_targets_are_one_per_container_port_with_kubernetes_discoverys_labels() -> None:
+    groups = pod_target_groups([pod("10.244.0.5"), pod(None, "Pending")])
+    assert [g["targets"] for g in groups] == [["10.244.0.5:8000"], ["10.244.0.5:8002"]]
+    labels = groups[1]["labels"]
+    assert labels["__meta_kubernetes_pod_container_port_name"] == "metrics"
+    assert labels["__meta_kubernetes_pod_container_port_number"] == "8002"
+    assert labels["__meta_kubernetes_pod_label_app_kubernetes_io_instance"] == "r50"
+    assert (labels["__meta_kubernetes_namespace"], labels["__meta_kubernetes_pod_name"]) == ("v", "p")
+    assert (labels["__meta_kubernetes_pod_phase"], labels["__meta_kubernetes_pod_ready"]) == (
+        "Running",
+        "true",
+    )
+
+
+def _relabel(rules: list[dict[str, Any]], labels: dict[str, str]) -> dict[str, str] | None:
+    """Prometheus' keep and replace (the defaults: separator ``;``, regex anchored, ``$1``)."""
+    out = dict(labels)
+    for rule in rules:
+        value = ";".join(out.get(name, "") for name in rule["source_labels"])
+        match = re.fullmatch(rule.get("regex", "(.*)"), value)
+        if rule.get("action") == "keep":
+            if not match:
+                return None
+        elif match:
+            out[rule["target_label"]] = match.expand(rule.get("replacement", r"\1"))
+    return {k: v for k, v in out.items() if not k.startswith("__")}
+
+
+def test_relabelling_keeps_only_the_triton_metrics_port_and_names_the_resource() -> None:
+    kept = [_relabel(triton_relabelling(), g["labels"]) for g in pod_target_groups([pod("10.244.0.5")])]
+    assert kept == [None, {"namespace": "v", "pod": "p", "tritonresnet": "r50"}]
+    other = pod("10.244.0.6")
+    other["metadata"]["labels"] = {"app": "triton"}
+    assert [_relabel(triton_relabelling(), g["labels"]) for g in pod_target_groups([other])] == [None, None]
