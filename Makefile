@@ -22,7 +22,7 @@ venv: $(STAMP)
 binaries:
 	cd tests && $(PYTHON) -m testground.binaries
 
-# The control plane and also what the suite builds on demand (the pod network, Karpenter).
+# The control plane and what the suite would otherwise build on demand (pod network, Karpenter, KEDA, Prometheus).
 test-binaries:
 	cd tests && $(PYTHON) -m testground.binaries --all
 

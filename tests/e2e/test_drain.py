@@ -23,37 +23,31 @@ kept-alive variant sends every request on one HTTP connection (tritonclient's
 default use): kube-proxy's choice is made once, and the connection stays with
 its pod after the pod left the endpoints, until the pod closes it.
 
-The client is bounded: a fixed rate, a hard cap on requests and on time, a
-timeout on each request, and it stops by itself once the test asks it to.
+The client (testground.loadclient) is bounded: a fixed rate, a hard cap on
+requests and on time, a timeout on each request, and it stops by itself once
+the test asks it to.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from testground import operator_run
 from testground.clusternet import NETWORK_AGENT_ID, ClusterNetwork, ready_endpoints
+from testground.loadclient import Load, bounded_load
 from testground.models import OnnxModels
-from testground.network import in_netns
 from testground.nodeagent_kube import Kube
-from testground.nodeagent_nodes import (
-    AGENT_LABEL,
-    GPU_TOLERATION,
-    HOSTNAME_LABEL,
-    POD_NETWORK_TOLERATION,
-)
-from testground.operator_run import OperatorProcess, apply_sample, is_ready, wait_for_trn
+from testground.nodeagent_nodes import AGENT_LABEL
+from testground.operator_run import OperatorProcess, is_ready, serve_on_network, wait_for_trn
 from testground.s3 import S3Server
 from testground.waiting import wait_for
-from tritonresnet.api import names
 
 pytestmark = [pytest.mark.cluster, pytest.mark.triton, pytest.mark.slow]
 
@@ -61,9 +55,8 @@ NAME = "classifier"
 MODEL = "resnet18"
 TIMEOUT = 180.0
 RATE = 5.0  #: requests per second
-MAX_REQUESTS = 600  #: the client's hard cap on requests
-MAX_SECONDS = 120.0  #: and on its running time
-REQUEST_TIMEOUT = 10.0  # seconds, each
+#: One at a time, at most 600 requests and 120 s, 10 s each (testground.loadclient).
+LOAD = Load(rate=RATE, max_requests=600, max_seconds=120.0, request_timeout=10.0)
 TRAFFIC_BEFORE = 3.0  # seconds of load on three replicas before the scale
 TRAFFIC_AFTER = 3.0  # and on the one left after the others are gone
 DRAIN_TIMEOUT = 150  # seconds, kubectl drain's own
@@ -71,81 +64,13 @@ DRAIN_TIMEOUT = 150  # seconds, kubectl drain's own
 PDB_REFUSAL = "would violate the pod's disruption budget"
 
 NEW_CONNECTION = "new"  #: each request on a connection of its own
-#: Every request on one kept-alive connection (the client is made once); when the pod closes it
-#: under a request, that request is sent once more on a new connection (the advice for clients).
+#: Every request on one kept-alive connection; when the pod closes it under a request, that
+#: request is sent once more on a new connection (the advice for clients; testground.loadclient).
 KEPT_ALIVE = "kept"
-
-#: Runs in the client's network namespace: RATE requests a second, each on a new connection or
-#: all on one, until the stop file appears, the cap is reached or the time is up; then one JSON
-#: summary. A kept-alive connection closed under a request (geventhttpclient does not resend a
-#: POST by itself) counts in "reconnects", and the request is retried once on a new connection.
-CLIENT = """
-import json, os, sys, time
-import numpy as np
-import tritonclient.http as httpclient
-from geventhttpclient.response import HTTPConnectionClosed
-host, model, rate, cap, limit, timeout, stop, mode = sys.argv[1:9]
-rate, cap, limit, timeout = float(rate), int(cap), float(limit), float(timeout)
-data = np.zeros((1, 3, 224, 224), dtype=np.float32)
-def connect():
-    return httpclient.InferenceServerClient(
-        f"{host}:8000", connection_timeout=timeout, network_timeout=timeout
-    )
-def infer(client):
-    tensor = httpclient.InferInput("input", list(data.shape), "FP32")
-    tensor.set_data_from_numpy(data)
-    return client.infer(model, [tensor])
-kept = connect() if mode == "kept" else None
-started = time.monotonic()
-sent, ok, failures, reconnects, versions = 0, 0, [], [], set()
-while sent < cap and time.monotonic() - started < limit and not os.path.exists(stop):
-    due = started + sent / rate
-    time.sleep(max(0.0, due - time.monotonic()))
-    sent += 1
-    at = time.monotonic() - started
-    client = kept or connect()
-    try:
-        try:
-            answer = infer(client)
-        except (HTTPConnectionClosed, ConnectionError) as exc:
-            if kept is None:
-                raise
-            reconnects.append(f"{at:.2f} s: {type(exc).__name__}: {exc}")
-            kept.close()
-            kept = client = connect()
-            answer = infer(client)
-        out = answer.as_numpy("output")
-        if out is None or out.shape != (1, 1000):
-            raise ValueError(f"output {None if out is None else out.shape}")
-        versions.add(str(answer.get_response()["model_version"]))
-        ok += 1
-    except Exception as exc:
-        failures.append(f"{at:.2f} s: {type(exc).__name__}: {exc}")
-    finally:
-        if kept is None:
-            client.close()
-if kept is not None:
-    kept.close()
-summary = {"sent": sent, "ok": ok, "failures": failures, "reconnects": reconnects}
-summary["versions"] = sorted(versions)
-print(json.dumps(summary | {"seconds": time.monotonic() - started}))
-"""
-
-
-@pytest.fixture
-def kube(operator: OperatorProcess) -> Iterator[Kube]:
-    client = Kube(str(operator.cp.kubeconfig))
-    try:
-        yield client
-    finally:
-        client.api.close()
 
 
 def triton_pods(kube: Kube, namespace: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = kube.get(
-        f"/api/v1/namespaces/{namespace}/pods", labelSelector=names.selector(NAME)
-    )["items"]
-    return items
+    return operator_run.triton_pods(kube, namespace, NAME)
 
 
 def serve(
@@ -160,77 +85,33 @@ def serve(
 ) -> tuple[list[str], str]:
     """The TritonResNet Ready with ``replicas`` pods on the network's first node: their addresses,
     ClusterIP. ``node_selector`` (default: that node) may allow both network nodes."""
-    cp = operator.cp
-    # CPU only: a network node has two GPUs, three replicas and a surge need more;
-    # without a GPU request the operator adds no GPU toleration, and the node has the taint.
-    serving = {
-        "nodeSelector": node_selector or {HOSTNAME_LABEL: pod_network.node.name},
-        "tolerations": [GPU_TOLERATION, POD_NETWORK_TOLERATION],
-        "resources": {"requests": {"cpu": "100m"}},
-    }
-    apply_sample(cp, namespace, s3, uri, name=NAME, replicas=replicas, model_name=MODEL, serving=serving)
-    wait_for_trn(
-        cp,
+    return serve_on_network(
+        operator,
+        pod_network,
+        kube,
+        s3,
+        uri,
         namespace,
         NAME,
-        lambda t: is_ready()(t) and t["status"].get("readyReplicas") == replicas,
-        f"Ready with {replicas} replicas",
+        MODEL,
+        replicas,
         timeout=TIMEOUT * 2,
-        operator=operator,
+        node_selector=node_selector,
     )
-    pods = triton_pods(kube, namespace)
-    assert {pod["spec"]["nodeName"] for pod in pods} == {pod_network.node.name}
-    pod_ips = sorted(pod["status"]["podIP"] for pod in pods)
-    assert len(pod_ips) == replicas
-    wait_for(
-        lambda: ready_endpoints(kube, namespace, NAME) == pod_ips or None,
-        "the Service's endpoints",
-        TIMEOUT,
-    )
-    cluster_ip: str = kube.get(f"/api/v1/namespaces/{namespace}/services/{NAME}")["spec"]["clusterIP"]
-    return pod_ips, cluster_ip
 
 
-@contextlib.contextmanager
 def load(
     pod_network: ClusterNetwork,
     namespace: str,
     cluster_ip: str,
     tmp_path: Path,
     connections: str = NEW_CONNECTION,
-) -> Iterator[dict[str, Any]]:
+) -> contextlib.AbstractContextManager[dict[str, Any]]:
     """The bounded client running against the ClusterIP for the block; its summary filled in after."""
-    stop = tmp_path / "stop"
-    argv = [
-        sys.executable,
-        "-c",
-        CLIENT,
-        cluster_ip,
-        MODEL,
-        str(RATE),
-        str(MAX_REQUESTS),
-        str(MAX_SECONDS),
-        str(REQUEST_TIMEOUT),
-        str(stop),
-        connections,
-    ]
-    summary: dict[str, Any] = {}
-    with pod_network.client_netns(0, namespace) as client_netns:
-        client = subprocess.Popen(
-            in_netns(client_netns, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        try:
-            time.sleep(TRAFFIC_BEFORE)
-            yield summary
-            time.sleep(TRAFFIC_AFTER)
-            stop.touch()
-            out, err = client.communicate(timeout=MAX_SECONDS + 2 * REQUEST_TIMEOUT)
-        finally:
-            if client.poll() is None:
-                client.kill()
-                client.wait()
-    assert client.returncode == 0, err
-    summary |= json.loads(out)
+    how = replace(LOAD, kept_alive=connections == KEPT_ALIVE)
+    return bounded_load(
+        pod_network, namespace, cluster_ip, MODEL, how, tmp_path, before=TRAFFIC_BEFORE, after=TRAFFIC_AFTER
+    )
 
 
 def test_scale_down_from_three_to_one_fails_no_request_through_the_service(

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -252,19 +251,7 @@ def start_cluster_network(
         api = urlparse(cp.server)
         forwarder = PausableProxy((api.hostname or "127.0.0.1", api.port or 443), host=HOST_ADDRESS)
         stack.callback(forwarder.stop)
-        items = [*kube_dns_objects(), kubernetes_endpoints(forwarder.port)]
-        dns_objects = {"apiVersion": "v1", "kind": "List", "items": items}
-        cp.kubectl("apply", "-f", "-", input=json.dumps(dns_objects))
-        stack.callback(
-            cp.kubectl,
-            "delete",
-            "-f",
-            "-",
-            "--ignore-not-found",
-            "--wait=false",
-            input=json.dumps(dns_objects),
-            check=False,
-        )
+        stack.enter_context(cp.applied([*kube_dns_objects(), kubernetes_endpoints(forwarder.port)]))
 
         health_port, ready_port = free_port(), free_port()
         coredns_config = write_kubeconfig(

@@ -46,7 +46,7 @@ import yaml
 
 from testground import audit
 from testground.binaries import ensure_binaries
-from testground.pki import CertPair, Pki, generate_pki
+from testground.pki import FRONT_PROXY_CLIENT, CertPair, Pki, generate_pki
 from testground.waiting import WaitTimeout, wait_for
 
 # Room for 65k Services: every TritonResNet owns one, and the benchmarks make 500.
@@ -289,6 +289,18 @@ class ControlPlane:
             raise KubectlError(result.returncode, argv, result.stdout, result.stderr)
         return result
 
+    @contextlib.contextmanager
+    def applied(self, objects: Sequence[dict[str, Any]], server_side: bool = False) -> Iterator[None]:
+        """``objects`` applied for the block and deleted (not awaited) after it, also when it raises."""
+        document = json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)})
+        self.kubectl("apply", *(["--server-side"] if server_side else []), "-f", "-", input=document)
+        try:
+            yield
+        finally:
+            self.kubectl(
+                "delete", "-f", "-", "--ignore-not-found", "--wait=false", input=document, check=False
+            )
+
     def api_client(self) -> Any:
         """A fresh admin ``kubernetes.client.ApiClient`` (close it, or use it as a context manager)."""
         from kubernetes import config
@@ -508,9 +520,28 @@ def _apiserver_component(bin_dir: Path, workdir: Path, pki: Pki, port: int, etcd
         # Without a bound the apiserver waits on the controllers' open watches
         # for more than 30 s after SIGTERM; with it, it exits in about 1 s.
         "--shutdown-watch-termination-grace-period=1s",
+        *_aggregation_flags(pki),
         *audit.apiserver_flags(*_audit_files(workdir)),
     ]
     return Component("kube-apiserver", argv, workdir / "logs" / "kube-apiserver.log")
+
+
+def _aggregation_flags(pki: Pki) -> list[str]:
+    """The aggregation layer, as kubeadm configures it: the apiserver forwards requests for an
+    APIService to its server with the front-proxy certificate and the user in these headers."""
+    return [
+        f"--requestheader-client-ca-file={pki.front_proxy_ca.cert}",
+        f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={pki.front_proxy_client.cert}",
+        f"--proxy-client-key-file={pki.front_proxy_client.key}",
+        # To an endpoint of the APIService's Service, not its ClusterIP: the apiserver runs on
+        # the host, where the service range is blackholed (kube-proxy's rules live in the node
+        # namespace), as on a cluster whose control plane runs no kube-proxy.
+        "--enable-aggregator-routing=true",
+    ]
 
 
 def _controller_manager_component(

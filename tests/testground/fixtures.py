@@ -12,6 +12,8 @@ pytest so there is one list of what a test can ask for:
                      as admin of ``control_plane``, closed afterwards
 * ``pod_network``    module, opt-in: pods in network namespaces, kube-proxy and CoreDNS
                      (testground.clusternet; needs root; skipped without it)
+* ``keda``           module, opt-in: KEDA's operator and external-metrics API server on
+                     ``pod_network``, served through the aggregation layer (testground.keda)
 * ``s3``             session: moto's standalone server on loopback with a bucket
 * ``onnx_models``    session: ResNet ONNX files made with CPU torch, cached
 """
@@ -31,6 +33,7 @@ from testground.s3 import S3Server, start_s3
 
 if TYPE_CHECKING:
     from testground.clusternet import ClusterNetwork
+    from testground.keda import Keda
 
 
 @pytest.fixture(scope="session")
@@ -84,6 +87,17 @@ def pod_network(
         pytest.skip(why_not)
     with start_cluster_network(control_plane, tmp_path_factory.mktemp("pod-network")) as network:
         yield network
+
+
+@pytest.fixture(scope="module")
+def keda(
+    control_plane: ControlPlane, pod_network: ClusterNetwork, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Keda]:
+    """KEDA (built from its module the first time) with its CRDs, its APIService Available."""
+    from testground.keda import start_keda
+
+    with start_keda(control_plane, pod_network, tmp_path_factory.mktemp("keda")) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,10 @@ import yaml
 
 from testground import audit
 from testground.chart import render_chart, to_yaml
+from testground.clusternet import ClusterNetwork, ready_endpoints
 from testground.controlplane import ControlPlane, free_port, rss_of
+from testground.nodeagent_kube import Kube
+from testground.nodeagent_nodes import GPU_TOLERATION, HOSTNAME_LABEL, POD_NETWORK_TOLERATION
 from testground.s3 import S3Server
 from testground.waiting import WaitTimeout, wait_for
 
@@ -248,3 +251,58 @@ def apply_sample(
     }
     docs = yaml.safe_dump_all([secret, pvc, trn])
     cp.kubectl("apply", "-f", "-", input=docs)
+
+
+def triton_pods(kube: Kube, namespace: str, name: str) -> list[dict[str, Any]]:
+    """The Triton pods of the TritonResNet ``name``, by the operator's labels."""
+    items: list[dict[str, Any]] = kube.get(
+        f"/api/v1/namespaces/{namespace}/pods", labelSelector=names.selector(name)
+    )["items"]
+    return items
+
+
+def serve_on_network(
+    operator: OperatorProcess,
+    network: ClusterNetwork,
+    kube: Kube,
+    s3: S3Server,
+    uri: str,
+    namespace: str,
+    name: str,
+    model: str,
+    replicas: int,
+    timeout: float = 360.0,
+    node_selector: dict[str, str] | None = None,
+) -> tuple[list[str], str]:
+    """The sample TritonResNet Ready with ``replicas`` pods on the network's first node, all of
+    them the Service's ready endpoints: the pods' addresses and the Service's ClusterIP.
+    ``node_selector`` (default: that node) may allow more (the other kept cordoned meanwhile)."""
+    cp = operator.cp
+    # CPU only: the network's one node has two GPUs, three replicas and a surge need more;
+    # without a GPU request the operator adds no GPU toleration, and the node has the taint.
+    serving = {
+        "nodeSelector": node_selector or {HOSTNAME_LABEL: network.node.name},
+        "tolerations": [GPU_TOLERATION, POD_NETWORK_TOLERATION],
+        "resources": {"requests": {"cpu": "100m"}},
+    }
+    apply_sample(cp, namespace, s3, uri, name=name, replicas=replicas, model_name=model, serving=serving)
+    wait_for_trn(
+        cp,
+        namespace,
+        name,
+        lambda t: is_ready()(t) and t["status"].get("readyReplicas") == replicas,
+        f"Ready with {replicas} replicas",
+        timeout=timeout,
+        operator=operator,
+    )
+    pods = triton_pods(kube, namespace, name)
+    assert {pod["spec"]["nodeName"] for pod in pods} == {network.node.name}
+    pod_ips = sorted(pod["status"]["podIP"] for pod in pods)
+    assert len(pod_ips) == replicas
+    wait_for(
+        lambda: ready_endpoints(kube, namespace, name) == pod_ips or None,
+        "the Service's endpoints",
+        timeout,
+    )
+    cluster_ip: str = kube.get(f"/api/v1/namespaces/{namespace}/services/{name}")["spec"]["clusterIP"]
+    return pod_ips, cluster_ip

@@ -2,7 +2,11 @@
 
 One CA signs everything: the apiserver's serving certificate, the client
 certificates of the admin, the controller-manager and the scheduler, and any
-further identity a test asks for (a node, a user in some group). Kubernetes
+further identity a test asks for (a node, a user in some group) or server it
+runs (``issue_serving``: an aggregated API server, say). A second CA, the front
+proxy's, signs only the certificate the apiserver presents when it forwards a
+request to an aggregated API server (as kubeadm has it: a certificate of the
+main CA cannot be taken for the front proxy's). Kubernetes
 reads the user name from the certificate's CN and the groups from its O
 entries, so ``O=system:masters`` makes a cluster admin.
 
@@ -35,6 +39,8 @@ APISERVER_DNS_NAMES = (
     "kubernetes.default.svc.cluster.local",
 )
 APISERVER_IPS = ("127.0.0.1", "10.0.0.1")
+#: The user the apiserver's front-proxy certificate names (``--requestheader-allowed-names``).
+FRONT_PROXY_CLIENT = "front-proxy-client"
 
 # A test session never outlives this; a short lifetime keeps leaked files harmless.
 VALIDITY = datetime.timedelta(days=7)
@@ -56,6 +62,19 @@ class Pki:
     scheduler: CertPair
     service_account_key: Path  # private key the controller-manager and apiserver sign tokens with
     service_account_pub: Path  # public key the apiserver verifies tokens with
+    #: The aggregation layer: the CA aggregated API servers trust for forwarded requests, and the
+    #: apiserver's client certificate (CN ``FRONT_PROXY_CLIENT``) signed by it.
+    front_proxy_ca: CertPair
+    front_proxy_client: CertPair
+
+    def issue_serving(
+        self, name: str, dns_names: Sequence[str], ips: Sequence[str], client_auth: bool = False
+    ) -> CertPair:
+        """A serving certificate for ``dns_names`` and ``ips``, signed by this CA; with
+        ``client_auth`` the same certificate also authenticates its holder as a client (mutual TLS
+        between two servers that share one certificate folder)."""
+        ca_cert, ca_key = _load_ca(self.ca)
+        return _issue_serving(self.folder, name, ca_cert, ca_key, name, dns_names, ips, client_auth)
 
     def issue_client(self, name: str, user: str, groups: Sequence[str] = ()) -> CertPair:
         """A client certificate for ``user`` in ``groups``, signed by this CA."""
@@ -103,9 +122,11 @@ def _builder(
     )
 
 
-def _make_ca(folder: Path) -> tuple[CertPair, x509.Certificate, ec.EllipticCurvePrivateKey]:
+def _make_ca(
+    folder: Path, name: str = "ca", common_name: str = "tritonresnet-testground-ca"
+) -> tuple[CertPair, x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = _new_ec_key()
-    subject = _name("tritonresnet-testground-ca")
+    subject = _name(common_name)
     cert = (
         _builder(subject, subject, key.public_key())
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
@@ -126,7 +147,7 @@ def _make_ca(folder: Path) -> tuple[CertPair, x509.Certificate, ec.EllipticCurve
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    return _write_pair(folder, "ca", cert, key), cert, key
+    return _write_pair(folder, name, cert, key), cert, key
 
 
 def _leaf_key_usage() -> x509.KeyUsage:
@@ -144,16 +165,24 @@ def _leaf_key_usage() -> x509.KeyUsage:
 
 
 def _issue_serving(
-    folder: Path, name: str, ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey
+    folder: Path,
+    name: str,
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    common_name: str,
+    dns_names: Sequence[str],
+    ips: Sequence[str],
+    client_auth: bool = False,
 ) -> CertPair:
     key = _new_ec_key()
-    sans: list[x509.GeneralName] = [x509.DNSName(dns) for dns in APISERVER_DNS_NAMES]
-    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in APISERVER_IPS]
+    sans: list[x509.GeneralName] = [x509.DNSName(dns) for dns in dns_names]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH, *([ExtendedKeyUsageOID.CLIENT_AUTH] if client_auth else [])]
     cert = (
-        _builder(_name("kube-apiserver"), ca_cert.subject, key.public_key())
+        _builder(_name(common_name), ca_cert.subject, key.public_key())
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_leaf_key_usage(), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
@@ -211,10 +240,15 @@ def generate_pki(folder: Path) -> Pki:
     folder.mkdir(parents=True, exist_ok=True)
     ca, ca_cert, ca_key = _make_ca(folder)
     sa_key, sa_pub = _write_service_account_keys(folder)
+    front_proxy_ca, front_proxy_cert, front_proxy_key = _make_ca(
+        folder, "front-proxy-ca", "tritonresnet-testground-front-proxy-ca"
+    )
     return Pki(
         folder=folder,
         ca=ca,
-        apiserver=_issue_serving(folder, "apiserver", ca_cert, ca_key),
+        apiserver=_issue_serving(
+            folder, "apiserver", ca_cert, ca_key, "kube-apiserver", APISERVER_DNS_NAMES, APISERVER_IPS
+        ),
         admin=_issue_client(folder, "admin", ca_cert, ca_key, "kubernetes-admin", ["system:masters"]),
         controller_manager=_issue_client(
             folder, "controller-manager", ca_cert, ca_key, "system:kube-controller-manager", []
@@ -222,4 +256,8 @@ def generate_pki(folder: Path) -> Pki:
         scheduler=_issue_client(folder, "scheduler", ca_cert, ca_key, "system:kube-scheduler", []),
         service_account_key=sa_key,
         service_account_pub=sa_pub,
+        front_proxy_ca=front_proxy_ca,
+        front_proxy_client=_issue_client(
+            folder, "front-proxy-client", front_proxy_cert, front_proxy_key, FRONT_PROXY_CLIENT, []
+        ),
     )
