@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from testground.controlplane import ControlPlane
+from testground.nodeagent_kube import Kube
 from testground.operator_run import OperatorProcess, install_crd, install_operator_identity
 
 E2E_DIR = Path(__file__).resolve().parent
@@ -97,3 +98,13 @@ def operator(crd: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield proc
     finally:
         proc.kill(signal.SIGTERM)
+
+
+@pytest.fixture
+def kube(operator: OperatorProcess) -> Iterator[Kube]:
+    """A client of the operator's cluster as admin, for reading what the tests assert on."""
+    client = Kube(str(operator.cp.kubeconfig))
+    try:
+        yield client
+    finally:
+        client.api.close()

@@ -21,23 +21,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from testground.clusternet import ClusterNetwork, ready_endpoints
 from testground.models import OnnxModels
-from testground.network import in_netns
 from testground.nodeagent_kube import Kube
 from testground.nodeagent_nodes import GPU_TOLERATION, HOSTNAME_LABEL, POD_NETWORK_TOLERATION
-from testground.operator_run import OperatorProcess, apply_sample, is_ready, wait_for_trn
+from testground.operator_run import OperatorProcess, apply_sample, is_ready, serving_pods, wait_for_trn
 from testground.s3 import S3Server
+from testground.service_client import ClientLimits, bounded_client
 from testground.waiting import wait_for
-from tritonresnet.api import names
 
 pytestmark = [pytest.mark.cluster, pytest.mark.triton, pytest.mark.slow]
 
@@ -50,58 +46,6 @@ MAX_SECONDS = 120.0  #: and on its running time
 REQUEST_TIMEOUT = 10.0  # seconds, each
 TRAFFIC_BEFORE = 3.0  # seconds of load on three replicas before the scale
 TRAFFIC_AFTER = 3.0  # and on the one left after the others are gone
-
-#: Runs in the client's network namespace: RATE requests a second, each on a new connection,
-#: until the stop file appears, the cap is reached or the time is up; then one JSON summary.
-CLIENT = """
-import json, os, sys, time
-import numpy as np
-import tritonclient.http as httpclient
-host, model, rate, cap, limit, timeout, stop = sys.argv[1:8]
-rate, cap, limit, timeout = float(rate), int(cap), float(limit), float(timeout)
-data = np.zeros((1, 3, 224, 224), dtype=np.float32)
-started = time.monotonic()
-sent, ok, failures, versions = 0, 0, [], set()
-while sent < cap and time.monotonic() - started < limit and not os.path.exists(stop):
-    due = started + sent / rate
-    time.sleep(max(0.0, due - time.monotonic()))
-    sent += 1
-    at = time.monotonic() - started
-    client = httpclient.InferenceServerClient(
-        f"{host}:8000", connection_timeout=timeout, network_timeout=timeout
-    )
-    try:
-        tensor = httpclient.InferInput("input", list(data.shape), "FP32")
-        tensor.set_data_from_numpy(data)
-        answer = client.infer(model, [tensor])
-        out = answer.as_numpy("output")
-        if out is None or out.shape != (1, 1000):
-            raise ValueError(f"output {None if out is None else out.shape}")
-        versions.add(str(answer.get_response()["model_version"]))
-        ok += 1
-    except Exception as exc:
-        failures.append(f"{at:.2f} s: {type(exc).__name__}: {exc}")
-    finally:
-        client.close()
-summary = {"sent": sent, "ok": ok, "failures": failures, "versions": sorted(versions)}
-print(json.dumps(summary | {"seconds": time.monotonic() - started}))
-"""
-
-
-@pytest.fixture
-def kube(operator: OperatorProcess) -> Iterator[Kube]:
-    client = Kube(str(operator.cp.kubeconfig))
-    try:
-        yield client
-    finally:
-        client.api.close()
-
-
-def triton_pods(kube: Kube, namespace: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = kube.get(
-        f"/api/v1/namespaces/{namespace}/pods", labelSelector=names.selector(NAME)
-    )["items"]
-    return items
 
 
 def serve(
@@ -132,7 +76,7 @@ def serve(
         timeout=TIMEOUT * 2,
         operator=operator,
     )
-    pods = triton_pods(kube, namespace)
+    pods = serving_pods(kube, namespace, NAME)
     assert {pod["spec"]["nodeName"] for pod in pods} == {pod_network.node.name}
     pod_ips = sorted(pod["status"]["podIP"] for pod in pods)
     assert len(pod_ips) == replicas
@@ -145,41 +89,12 @@ def serve(
     return pod_ips, cluster_ip
 
 
-@contextlib.contextmanager
 def load(
     pod_network: ClusterNetwork, namespace: str, cluster_ip: str, tmp_path: Path
-) -> Iterator[dict[str, Any]]:
+) -> contextlib.AbstractContextManager[dict[str, Any]]:
     """The bounded client running against the ClusterIP for the block; its summary filled in after."""
-    stop = tmp_path / "stop"
-    argv = [
-        sys.executable,
-        "-c",
-        CLIENT,
-        cluster_ip,
-        MODEL,
-        str(RATE),
-        str(MAX_REQUESTS),
-        str(MAX_SECONDS),
-        str(REQUEST_TIMEOUT),
-        str(stop),
-    ]
-    summary: dict[str, Any] = {}
-    with pod_network.client_netns(0, namespace) as client_netns:
-        client = subprocess.Popen(
-            in_netns(client_netns, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        try:
-            time.sleep(TRAFFIC_BEFORE)
-            yield summary
-            time.sleep(TRAFFIC_AFTER)
-            stop.touch()
-            out, err = client.communicate(timeout=MAX_SECONDS + 2 * REQUEST_TIMEOUT)
-        finally:
-            if client.poll() is None:
-                client.kill()
-                client.wait()
-    assert client.returncode == 0, err
-    summary |= json.loads(out)
+    limits = ClientLimits(RATE, MAX_REQUESTS, MAX_SECONDS, REQUEST_TIMEOUT, TRAFFIC_BEFORE, TRAFFIC_AFTER)
+    return bounded_client(pod_network, namespace, cluster_ip, MODEL, limits, tmp_path / "stop")
 
 
 def test_scale_down_from_three_to_one_fails_no_request_through_the_service(
@@ -205,13 +120,13 @@ def test_scale_down_from_three_to_one_fails_no_request_through_the_service(
             )
             endpoint_seconds = time.monotonic() - scaled
             wait_for(
-                lambda: len(triton_pods(kube, namespace)) == 1 or None,
+                lambda: len(serving_pods(kube, namespace, NAME)) == 1 or None,
                 "the two other pods gone",
                 TIMEOUT,
                 every=0.2,
             )
             gone_seconds = time.monotonic() - scaled
-        (left,) = triton_pods(kube, namespace)
+        (left,) = serving_pods(kube, namespace, NAME)
         trn = wait_for_trn(
             cp,
             namespace,
@@ -263,7 +178,8 @@ def test_rollout_of_version_two_fails_no_request_through_the_service(
             )
             wait_for(
                 lambda: (
-                    [p for p in triton_pods(kube, namespace) if p["status"].get("podIP") == old_ip] == []
+                    [p for p in serving_pods(kube, namespace, NAME) if p["status"].get("podIP") == old_ip]
+                    == []
                     or None
                 ),
                 "version 1's pod gone",
@@ -279,6 +195,6 @@ def test_rollout_of_version_two_fails_no_request_through_the_service(
         assert result["failures"] == [], result["failures"][:5]
         assert result["ok"] == result["sent"]
         assert result["versions"] == ["1", "2"]
-        (new,) = triton_pods(kube, namespace)
+        (new,) = serving_pods(kube, namespace, NAME)
         assert ready_endpoints(kube, namespace, NAME) == [new["status"]["podIP"]]
         assert trn["status"]["modelVersion"] == 2

@@ -9,7 +9,8 @@ pytest so there is one list of what a test can ask for:
 * ``namespace``      function: a fresh namespace in ``cluster``, deleted afterwards
                      (ControlPlane.throwaway_namespace, for other scopes)
 * ``pod_network``    module, opt-in: pods in network namespaces, kube-proxy and CoreDNS
-                     (testground.clusternet; needs root; skipped without it)
+                     (testground.clusternet; needs root; skipped without it), on the
+                     machine ``pod_network_node`` gives (a module may override it)
 * ``s3``             session: moto's standalone server on loopback with a bucket
 * ``onnx_models``    session: ResNet ONNX files made with CPU torch, cached
 """
@@ -24,6 +25,7 @@ import pytest
 from testground.controlplane import ControlPlane, start_control_plane
 from testground.models import OnnxModels, ensure_models
 from testground.nodeagent import NodeAgent, start_node_agent
+from testground.nodeagent_nodes import NodeSpec
 from testground.s3 import S3Server, start_s3
 
 if TYPE_CHECKING:
@@ -57,8 +59,16 @@ def namespace(cluster: ControlPlane) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
+def pod_network_node() -> NodeSpec:
+    """The machine ``pod_network`` runs; a test module overrides this fixture to change it."""
+    from testground.clusternet import NETWORK_NODE
+
+    return NETWORK_NODE
+
+
+@pytest.fixture(scope="module")
 def pod_network(
-    control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+    control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory, pod_network_node: NodeSpec
 ) -> Iterator[ClusterNetwork]:
     """A node whose pods are on a real network, Services routed by kube-proxy, names by CoreDNS.
 
@@ -70,7 +80,8 @@ def pod_network(
     why_not = available()
     if why_not:
         pytest.skip(why_not)
-    with start_cluster_network(control_plane, tmp_path_factory.mktemp("pod-network")) as network:
+    workdir = tmp_path_factory.mktemp("pod-network")
+    with start_cluster_network(control_plane, workdir, pod_network_node) as network:
         yield network
 
 

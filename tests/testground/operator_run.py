@@ -28,6 +28,7 @@ import yaml
 from testground import audit
 from testground.chart import render_chart, to_yaml
 from testground.controlplane import ControlPlane, rss_of
+from testground.nodeagent_kube import Kube
 from testground.s3 import S3Server
 from testground.waiting import WaitTimeout, wait_for
 
@@ -240,3 +241,11 @@ def apply_sample(
     }
     docs = yaml.safe_dump_all([secret, pvc, trn])
     cp.kubectl("apply", "-f", "-", input=docs)
+
+
+def serving_pods(kube: Kube, namespace: str, name: str) -> list[dict[str, Any]]:
+    """The Triton pods of the TritonResNet ``name``, as the apiserver has them now."""
+    items: list[dict[str, Any]] = kube.get(
+        f"/api/v1/namespaces/{namespace}/pods", labelSelector=names.selector(name)
+    )["items"]
+    return items
