@@ -48,6 +48,10 @@ TRAFFIC_BEFORE = 3.0  # seconds of load on three replicas before the scale
 TRAFFIC_AFTER = 3.0  # and on the one left after the others are gone
 
 
+def triton_pods(kube: Kube, namespace: str) -> list[dict[str, Any]]:
+    return serving_pods(kube, namespace, NAME)
+
+
 def serve(
     operator: OperatorProcess,
     pod_network: ClusterNetwork,
@@ -76,7 +80,7 @@ def serve(
         timeout=TIMEOUT * 2,
         operator=operator,
     )
-    pods = serving_pods(kube, namespace, NAME)
+    pods = triton_pods(kube, namespace)
     assert {pod["spec"]["nodeName"] for pod in pods} == {pod_network.node.name}
     pod_ips = sorted(pod["status"]["podIP"] for pod in pods)
     assert len(pod_ips) == replicas
@@ -120,13 +124,13 @@ def test_scale_down_from_three_to_one_fails_no_request_through_the_service(
             )
             endpoint_seconds = time.monotonic() - scaled
             wait_for(
-                lambda: len(serving_pods(kube, namespace, NAME)) == 1 or None,
+                lambda: len(triton_pods(kube, namespace)) == 1 or None,
                 "the two other pods gone",
                 TIMEOUT,
                 every=0.2,
             )
             gone_seconds = time.monotonic() - scaled
-        (left,) = serving_pods(kube, namespace, NAME)
+        (left,) = triton_pods(kube, namespace)
         trn = wait_for_trn(
             cp,
             namespace,
@@ -178,8 +182,7 @@ def test_rollout_of_version_two_fails_no_request_through_the_service(
             )
             wait_for(
                 lambda: (
-                    [p for p in serving_pods(kube, namespace, NAME) if p["status"].get("podIP") == old_ip]
-                    == []
+                    [p for p in triton_pods(kube, namespace) if p["status"].get("podIP") == old_ip] == []
                     or None
                 ),
                 "version 1's pod gone",
@@ -195,6 +198,6 @@ def test_rollout_of_version_two_fails_no_request_through_the_service(
         assert result["failures"] == [], result["failures"][:5]
         assert result["ok"] == result["sent"]
         assert result["versions"] == ["1", "2"]
-        (new,) = serving_pods(kube, namespace, NAME)
+        (new,) = triton_pods(kube, namespace)
         assert ready_endpoints(kube, namespace, NAME) == [new["status"]["podIP"]]
         assert trn["status"]["modelVersion"] == 2
