@@ -426,7 +426,8 @@ class ReferenceAnswers:
     scheme: str = REFERENCE_SCHEME
 
 
-def _reference(data: Any) -> ReferenceAnswers | None:
+def reference_from_dict(data: Any) -> ReferenceAnswers | None:
+    """The :class:`ReferenceAnswers` of a result's (or the operator's annotation's) JSON; None without."""
     if not isinstance(data, dict):
         return None
     return ReferenceAnswers(
@@ -538,7 +539,7 @@ def parse_result(text: str) -> Result:
         compute_capability=data.get("compute_capability", ""),
         hardware_compatibility=data.get("hardware_compatibility", ""),
         tensorrt_version=data.get("tensorrt_version", ""),
-        reference=_reference(data.get("reference")),
+        reference=reference_from_dict(data.get("reference")),
         model_name=data.get("model_name", ""),
         version=int(data.get("version", 0)),
         version_key=data.get("version_key", ""),
