@@ -329,9 +329,11 @@ def _accuracy(triton: Any, expected: Expected) -> str:
     agreement = accuracy.compare_with_reference(reference, np.concatenate(answers))
     if not accuracy.outside(agreement, expected.tolerance):
         return ""
+    # The reference is onnxruntime on CPU in the build Job; Triton's backend (another onnxruntime,
+    # a GPU execution provider) is what answered otherwise.
     return accuracy.disagreement(agreement, expected.tolerance, "the served model") + (
-        f" (the reference is the build's onnxruntime answers for version {expected.version});"
-        " check spec.source, or widen spec.engine.accuracy"
+        f"; the reference is version {expected.version}'s build, onnxruntime on CPU: widen"
+        " spec.engine.accuracy if Triton's backend may answer this differently"
     )
 
 
