@@ -508,7 +508,7 @@ def test_the_accuracy_gate_fails_another_model_than_its_references_with_the_numb
     tolerance = AccuracyTolerance(90, 1.0)
     expected = Expected("m", 1, *GATE_TENSORS, reference=reference, tolerance=tolerance)
     check = check_endpoint(served_resnet18.http_url, expected)
-    assert not check.ok and check.accuracy
+    assert not check.ok and check.accuracy and check.tolerance == tolerance
     found = re.search(
         r"the served model and onnxruntime disagree on 8 fixed inputs: top-5 agreement ([0-9.]+)% "
         r"\(at least 90% wanted\), max abs difference ([0-9.e+-]+) \(at most 1 wanted\)",

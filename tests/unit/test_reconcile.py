@@ -679,7 +679,11 @@ def test_a_version_without_reference_answers_keeps_the_annotation_it_had() -> No
 def test_an_endpoint_outside_the_accuracy_tolerance_is_ready_false_with_accuracy_check_failed() -> None:
     cr, objects, pods, _ = lifecycle_to_ready(reference=REFERENCE)
     words = "the served model and onnxruntime disagree on 8 fixed inputs: top-5 agreement 0.0% (...)"
-    off = {"10.1.0.5:8000": EndpointCheck("10.1.0.5:8000", False, words, accuracy=True)}
+    off = {
+        "10.1.0.5:8000": EndpointCheck(
+            "10.1.0.5:8000", False, words, accuracy=True, tolerance=AccuracyTolerance()
+        )
+    }
     p = plan(world(cr, objects, pods, verification=off), SETTINGS)
     ready = condition(p, c.READY)
     assert ready["status"] == "False" and ready["reason"] == c.ACCURACY_CHECK_FAILED.name
@@ -692,8 +696,24 @@ def test_an_accuracy_failure_beside_another_failure_is_a_verification_failure() 
     """The reason names what a user must look at first: an endpoint that does not answer at all."""
     cr, objects, pods, _ = lifecycle_to_ready(ips=("10.1.0.5", "10.1.0.6"), reference=REFERENCE)
     checks = {
-        "10.1.0.5:8000": EndpointCheck("10.1.0.5:8000", False, "top-5 agreement 0.0%", accuracy=True),
+        "10.1.0.5:8000": EndpointCheck(
+            "10.1.0.5:8000", False, "top-5 agreement 0.0%", accuracy=True, tolerance=AccuracyTolerance()
+        ),
         "10.1.0.6:8000": EndpointCheck("10.1.0.6:8000", False, "server is not live"),
     }
     p = plan(world(cr, objects, pods, verification=checks), SETTINGS)
     assert condition(p, c.READY)["reason"] == c.VERIFICATION_FAILED.name
+
+
+def test_a_widened_tolerance_asks_for_a_new_check_of_an_endpoint_that_failed_the_gate() -> None:
+    """An onnx version's key does not cover spec.engine.accuracy: the version stays, so the check
+    made under the old tolerance must not (the runtime starts over for the new Expected)."""
+    cr, objects, pods, _ = lifecycle_to_ready(reference=REFERENCE)
+    off = {
+        "10.1.0.5:8000": EndpointCheck(
+            "10.1.0.5:8000", False, "top-5 agreement 50.0%", accuracy=True, tolerance=AccuracyTolerance()
+        )
+    }
+    p = plan(world(_with_accuracy(cr), objects, pods, verification=off), SETTINGS)
+    assert p.verify is not None and p.verify.endpoints == ("10.1.0.5:8000",)
+    assert p.verify.expected.tolerance == AccuracyTolerance(90, 0.05)

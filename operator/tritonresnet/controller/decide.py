@@ -477,7 +477,7 @@ def verification(
             return Verification(True, "scaled to zero")
         return Verification(False, "no ready endpoints yet")
     # A diagnosis made while the pod was not ready says nothing of it now: check it afresh.
-    checks = [_not_diagnostic(observed.verification.get(e)) for e in rolled.endpoints]
+    checks = [_current(observed.verification.get(e), spec) for e in rolled.endpoints]
     if any(ch is None for ch in checks):
         return Verification(False, f"verifying {len(checks)} endpoint(s)", (rolled.endpoints, expected))
     bad = [ch for ch in checks if ch is not None and not ch.ok]
@@ -491,6 +491,15 @@ def verification(
 
 def _not_diagnostic(check: EndpointCheck | None) -> EndpointCheck | None:
     return None if check is None or check.diagnostic else check
+
+
+def _current(check: EndpointCheck | None, spec: TritonResNetSpec) -> EndpointCheck | None:
+    """``check`` unless it is a diagnosis, or an accuracy failure under another tolerance than the
+    spec's (widened to accept a backend's answers: the version stays, its check must not)."""
+    check = _not_diagnostic(check)
+    if check is not None and check.accuracy and check.tolerance != spec.engine.accuracy:
+        return None
+    return check
 
 
 def _diagnosis(observed: Observed, rolled: Rollout, expected: Expected) -> Verification:

@@ -75,6 +75,9 @@ class EndpointCheck:
     diagnostic: bool = False  #: made for an ``Expected`` with ``diagnose``
     #: The endpoint answered, but outside ``spec.engine.accuracy`` of the build's reference.
     accuracy: bool = False
+    #: With ``accuracy``: the tolerance it was held to. A spec that changes it (an onnx version's
+    #: key does not cover it) makes this check stale: decide asks for a new one.
+    tolerance: AccuracyTolerance | None = None
 
 
 @dataclass(frozen=True)

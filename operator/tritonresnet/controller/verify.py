@@ -263,7 +263,7 @@ def _check(
                     return EndpointCheck(endpoint, False, f"{tensor.name!r} has shape {got}, expected {want}")
             off = _accuracy(triton, expected)
             if off:
-                return EndpointCheck(endpoint, False, off, accuracy=True)
+                return EndpointCheck(endpoint, False, off, accuracy=True, tolerance=expected.tolerance)
         finally:
             triton.close()
     except (InferenceServerException, OSError, ValueError) as exc:
