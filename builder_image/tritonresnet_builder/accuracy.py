@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from tritonresnet_builder.contract import AccuracyTolerance, Tensor
+from tritonresnet_builder.contract import AccuracyTolerance, ReferenceAnswers, Tensor
 from tritonresnet_builder.failures import bad_input, unsupported
 
 ACCURACY_FIELD = "spec.engine.accuracy"
@@ -57,10 +57,12 @@ class Agreement:
     max_abs_difference: float
 
 
-def fixed_inputs(inputs: tuple[Tensor, ...], batch: int = SAMPLES) -> dict[str, Array]:
+def fixed_inputs(inputs: tuple[Tensor, ...], batch: int = SAMPLES, seed: int = SEED) -> dict[str, Array]:
     """The same inputs on every build: standard-normal floats (what a normalised image is
-    like), small integers for integer inputs; every shape is without its batch dimension."""
-    rng = np.random.default_rng(SEED)
+    like), small integers for integer inputs; every shape is without its batch dimension.
+    (The operator makes them again from a build's :class:`ReferenceAnswers` to verify an
+    onnx version: numpy's generator gives the same values for the same seed.)"""
+    rng = np.random.default_rng(seed)
     out: dict[str, Array] = {}
     for tensor in inputs:
         dtype = _DTYPES.get(tensor.datatype)
@@ -88,11 +90,7 @@ def compare(reference: Array, candidate: Array) -> Agreement:
         )
     ref = reference.reshape(reference.shape[0], -1).astype(np.float64)
     got = candidate.reshape(candidate.shape[0], -1).astype(np.float64)
-    top = min(TOP, ref.shape[1])
-    same = [
-        set(np.argsort(-r, kind="stable")[:top]) == set(np.argsort(-g, kind="stable")[:top])
-        for r, g in zip(ref, got, strict=True)
-    ]
+    same = [set(r) == set(g) for r, g in zip(top_classes(ref), top_classes(got), strict=True)]
     return Agreement(
         samples=len(same),
         top5_agreement_percent=100.0 * sum(same) / max(len(same), 1),
@@ -100,19 +98,69 @@ def compare(reference: Array, candidate: Array) -> Agreement:
     )
 
 
+def top_classes(rows: Array) -> list[list[int]]:
+    """Per row, the indices of its ``TOP`` largest values, best first (ties: the lower index)."""
+    flat = rows.reshape(rows.shape[0], -1)
+    top = min(TOP, flat.shape[1])
+    return [[int(i) for i in np.argsort(-row, kind="stable")[:top]] for row in flat]
+
+
+def reference_answers(reference: Array, seed: int = SEED) -> ReferenceAnswers:
+    """What an onnx build reports of onnxruntime's output on the fixed inputs: per sample its
+    top-5 classes and its values there (rounded to 7 significant digits: float32's)."""
+    flat = reference.reshape(reference.shape[0], -1).astype(np.float64)
+    top = top_classes(flat)
+    return ReferenceAnswers(
+        seed=seed,
+        samples=int(flat.shape[0]),
+        top5=tuple(tuple(row) for row in top),
+        values=tuple(tuple(float(f"{flat[n, i]:.7g}") for i in row) for n, row in enumerate(top)),
+    )
+
+
+def compare_with_reference(reference: ReferenceAnswers, candidate: Array) -> Agreement:
+    """How far ``candidate`` (the served model's first output on the fixed inputs) is from a
+    build's :class:`ReferenceAnswers`: top-5 sets as :func:`compare`; the max abs difference
+    over the reference's top-5 positions (all it keeps)."""
+    got = candidate.reshape(candidate.shape[0], -1).astype(np.float64)
+    if got.shape[0] != reference.samples:
+        raise ValueError(f"{got.shape[0]} answers for {reference.samples} reference samples")
+    same = [set(row) == set(want) for row, want in zip(top_classes(got), reference.top5, strict=True)]
+    differences = [
+        abs(got[n, index] - value)
+        for n, (indexes, values) in enumerate(zip(reference.top5, reference.values, strict=True))
+        for index, value in zip(indexes, values, strict=True)
+    ]
+    return Agreement(
+        samples=len(same),
+        top5_agreement_percent=100.0 * sum(same) / max(len(same), 1),
+        max_abs_difference=max(differences, default=0.0),
+    )
+
+
+def outside(agreement: Agreement, tolerance: AccuracyTolerance) -> bool:
+    low = agreement.top5_agreement_percent < tolerance.min_top5_agreement_percent
+    return low or agreement.max_abs_difference > tolerance.max_abs_difference
+
+
+def disagreement(agreement: Agreement, tolerance: AccuracyTolerance, what: str) -> str:
+    """The numbers of an agreement outside ``tolerance``, for ``what`` (the fp16 plan, the served model)."""
+    return (
+        f"{what} and onnxruntime disagree on {agreement.samples} fixed inputs: top-5 "
+        f"agreement {agreement.top5_agreement_percent:.1f}% (at least "
+        f"{tolerance.min_top5_agreement_percent}% wanted), max abs difference "
+        f"{agreement.max_abs_difference:.4g} (at most {tolerance.max_abs_difference:.4g} wanted)"
+    )
+
+
 def require(agreement: Agreement, tolerance: AccuracyTolerance, precision: str) -> None:
     """AccuracyCheckFailed with the numbers when ``agreement`` is outside ``tolerance``."""
-    low = agreement.top5_agreement_percent < tolerance.min_top5_agreement_percent
-    far = agreement.max_abs_difference > tolerance.max_abs_difference
-    if not (low or far):
+    if not outside(agreement, tolerance):
         return
     raise bad_input(
         "AccuracyCheckFailed",
-        f"the {precision} plan and onnxruntime disagree on {agreement.samples} fixed inputs: top-5 "
-        f"agreement {agreement.top5_agreement_percent:.1f}% (at least "
-        f"{tolerance.min_top5_agreement_percent}% wanted), max abs difference "
-        f"{agreement.max_abs_difference:.4g} (at most {tolerance.max_abs_difference:.4g} wanted); "
-        "build at a wider precision (fp32) or widen spec.engine.accuracy",
+        disagreement(agreement, tolerance, f"the {precision} plan")
+        + "; build at a wider precision (fp32) or widen spec.engine.accuracy",
         ACCURACY_FIELD,
     )
 
@@ -139,6 +187,12 @@ def _in_batches(run: Runner, path: Path, feed: Mapping[str, Array], largest: int
         for start in range(0, total, largest)
     ]
     return np.concatenate(parts)
+
+
+def reference(model: Path, inputs: tuple[Tensor, ...], largest_batch: int) -> ReferenceAnswers:
+    """onnxruntime's answers to the fixed inputs, for an onnx version's verification."""
+    feed = fixed_inputs(inputs)
+    return reference_answers(_in_batches(onnxruntime_runner, model, feed, largest_batch))
 
 
 def check(

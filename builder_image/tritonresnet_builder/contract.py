@@ -400,6 +400,45 @@ class Failure:
     field: str = ""  #: the spec field at fault, e.g. spec.source.sha256
 
 
+#: The version of :class:`ReferenceAnswers`' layout.
+REFERENCE_SCHEME = "tritonresnet.io/reference/v1"
+
+
+@dataclass(frozen=True)
+class ReferenceAnswers:
+    """onnxruntime's answers to the accuracy gate's fixed inputs, from an ``onnx`` build.
+
+    The operator has no model bytes; with these it holds a served ``format: onnx`` version
+    to ``spec.engine.accuracy`` during verification: it makes the same inputs (the gate's,
+    from ``seed``, ``samples`` of them), sends them, and compares the served answers with
+    these. Small by design (the result must fit :data:`MAX_RESULT_BYTES`): per sample the
+    reference's top-5 classes and its values there, not whole outputs; so the max abs
+    difference a verification reports is over those values. ``scheme`` versions this
+    field on its own: an operator refuses none it does not know, it skips the comparison.
+    """
+
+    seed: int
+    samples: int
+    #: per sample: the reference's top-5 class indices of the first output, best first
+    top5: tuple[tuple[int, ...], ...]
+    #: per sample: the reference's values at those indices
+    values: tuple[tuple[float, ...], ...]
+    scheme: str = REFERENCE_SCHEME
+
+
+def reference_from_dict(data: Any) -> ReferenceAnswers | None:
+    """The :class:`ReferenceAnswers` of a result's (or the operator's annotation's) JSON; None without."""
+    if not isinstance(data, dict):
+        return None
+    return ReferenceAnswers(
+        seed=int(data["seed"]),
+        samples=int(data["samples"]),
+        top5=tuple(tuple(int(i) for i in row) for row in data["top5"]),
+        values=tuple(tuple(float(v) for v in row) for row in data["values"]),
+        scheme=str(data.get("scheme", "")),
+    )
+
+
 @dataclass(frozen=True)
 class Result:
     """What one builder run reports. ``ok`` decides which fields are meaningful."""
@@ -423,6 +462,8 @@ class Result:
     #: "ampere_plus" when the plan runs on every GPU of compute capability 8.0 and up
     hardware_compatibility: str = ""
     tensorrt_version: str = ""
+    #: onnx builds (and their publish): onnxruntime's answers for the verification's accuracy gate
+    reference: ReferenceAnswers | None = None
     # publish
     model_name: str = ""
     version: int = 0
@@ -498,6 +539,7 @@ def parse_result(text: str) -> Result:
         compute_capability=data.get("compute_capability", ""),
         hardware_compatibility=data.get("hardware_compatibility", ""),
         tensorrt_version=data.get("tensorrt_version", ""),
+        reference=reference_from_dict(data.get("reference")),
         model_name=data.get("model_name", ""),
         version=int(data.get("version", 0)),
         version_key=data.get("version_key", ""),

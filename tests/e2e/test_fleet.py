@@ -5,9 +5,9 @@ ServiceAccount with the chart's RBAC, watching Nodes), S3, the builder's fetch, 
 engine folders and publish (the config with ``cc_model_filenames``).
 STAND-IN: TensorRT and the GPUs (``testground.standin_tensorrt``). The emulated nodes' builder
 pods answer the CUDA query with the node's GPU kind and "build" with a stand-in ``tensorrt``
-module, so each plan file is a stand-in, not a TensorRT plan. No Triton here can load it (the
-test ground has no TensorRT backend), so this test never waits for Ready, and it cannot show
-that the version 2 rollout fails no request: that is shown for onnx in test_rollout.py.
+module, so each plan file is a stand-in, not a TensorRT plan. This test never waits for Ready:
+its nodes are not on the pod network, so no client could reach a Triton pod of theirs through
+a Service (the stand-in TensorRT backend would serve its plans).
 """
 
 from __future__ import annotations

@@ -10,6 +10,11 @@ the one of NVIDIA's ResNet-50 tutorial (``max_batch_size`` 0): its client sends
 one image as ``[3, 224, 224]`` with ``class_count=1000`` in binary and reads
 ``score:index`` strings back, for the tutorial's own export (a fixed batch of 1)
 and for a dynamic-batch export alike.
+
+And a TensorRT version with plans for two compute capabilities, built by the STAND-IN
+TensorRT (``testground.standin_tensorrt``) and served by the STAND-IN TensorRT backend
+(``testground.standin_backends.tensorrt_standin``): the published ``tensorrt_plan``
+config loads unchanged and the plan is picked by the (stand-in) GPU's capability.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +31,7 @@ import pytest
 import tritonclient.http
 from testground.models import OnnxModels
 from testground.s3 import S3Server
+from testground.standin_tensorrt import GPU_CC_ENV, GPU_NAME_ENV
 from testground.triton import start_tritonserver
 from tritonresnet.controller.verify import Expected, check_endpoint
 from tritonresnet_builder.contract import (
@@ -41,10 +48,13 @@ from tritonresnet_builder.contract import (
 pytestmark = pytest.mark.triton
 
 
-def run_builder(argv: list[str], s3: S3Server) -> Result:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | s3.env
+def run_builder(
+    argv: list[str], s3: S3Server, module: str = "tritonresnet_builder", env: Mapping[str, str] | None = None
+) -> Result:
+    """The builder CLI (or ``module``, such as the stand-in TensorRT's builder) with ``env`` added."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | s3.env | dict(env or {})
     done = subprocess.run(
-        [sys.executable, "-m", "tritonresnet_builder", *argv],
+        [sys.executable, "-m", module, *argv],
         capture_output=True,
         text=True,
         timeout=300,
@@ -191,3 +201,65 @@ def test_a_published_version_is_warmed_up_before_triton_reports_it_ready(
     assert (int(stats["inference_count"]), int(stats["execution_count"])) == (sum(sizes), len(sizes))
     for name in warmed:
         assert f"is running warmup sample '{name}'" in log
+
+
+#: Where ``testground`` is importable from, for a builder subprocess started with the stand-in.
+TESTS_DIR = Path(__file__).resolve().parent.parent
+
+
+def test_a_tensorrt_version_is_served_by_the_plan_of_the_gpus_capability_with_standin_tensorrt_backend(
+    s3: S3Server, onnx_models: OnnxModels, tmp_path: Path
+) -> None:
+    """STAND-IN TensorRT and TensorRT backend: the builder (with the stand-in TensorRT) builds
+    an 8.6 plan from resnet18 and a 7.5 plan from resnet50 (same tensors, different answers, so
+    the pick shows); publish writes one ``tensorrt_plan`` config with ``cc_model_filenames`` for
+    both; the real tritonserver, told its GPU is 8.6 and then 7.5 as the node agent tells a Triton
+    pod, loads that config unchanged and answers as the model of that capability's plan."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    engine = EngineSettings(format="tensorrt", max_batch_size=4)
+    built = {"8.6": "resnet18", "7.5": "resnet50"}
+    keys = []
+    for capability, variant in built.items():
+        key = f"k-sm{capability.replace('.', '')}"
+        uri = s3.upload(onnx_models.onnx_file(variant), f"plans/{variant}.onnx")
+        args = BuildArgs(
+            repository=str(repo),
+            engine_key=key,
+            source=Source(uri=uri, endpoint=s3.endpoint),
+            engine=engine,
+            result_file=str(tmp_path / f"build-{key}"),
+        )
+        gpu = {GPU_NAME_ENV: "stand-in GPU", GPU_CC_ENV: capability, "PYTHONPATH": str(TESTS_DIR)}
+        result = run_builder(args.to_argv(), s3, module="testground.standin_tensorrt.builder", env=gpu)
+        assert result.compute_capability == capability
+        keys.append(key)
+    publish = PublishArgs(
+        repository=str(repo),
+        model_name="resnet",
+        version_key="v-a",
+        engine_keys=tuple(keys),
+        max_batch_size=4,
+        instance_kind="KIND_AUTO",
+        result_file=str(tmp_path / "publish"),
+    )
+    published = run_builder(publish.to_argv(), s3)
+    assert published.version == 1
+
+    batch = np.random.default_rng(5).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    expected_endpoint = Expected("resnet", 1, published.inputs, published.outputs)
+    for capability, variant in built.items():
+        source = onnx_models.onnx_file(variant)
+        expected = onnxruntime.InferenceSession(str(source)).run(["output"], {"input": batch})[0]
+        with start_tritonserver(repo, *serving_args("resnet"), env={GPU_CC_ENV: capability}) as server:
+            client = tritonclient.http.InferenceServerClient(server.http_url)
+            metadata = client.get_model_metadata("resnet")
+            config = client.get_model_config("resnet")
+            request = tritonclient.http.InferInput("input", list(batch.shape), "FP32")
+            request.set_data_from_numpy(batch)
+            answer = client.infer("resnet", [request], model_version="1").as_numpy("output")
+            check = check_endpoint(server.http_url, expected_endpoint)
+        assert metadata["platform"] == "tensorrt_plan" and metadata["versions"] == ["1"]
+        assert config["cc_model_filenames"] == {"7.5": "model.sm75.plan", "8.6": "model.sm86.plan"}
+        assert check.ok, check.message
+        np.testing.assert_allclose(answer, expected, rtol=1e-4, atol=1e-4)

@@ -214,6 +214,7 @@ def test_kustomize_sample_overlay_applies_and_its_service_account_is_least_privi
 
 # -- monitoring: prometheus-operator's CRDs validate the chart's monitors ---------------------
 
+
 @pytest.mark.cluster
 def test_chart_monitors_are_accepted_by_prometheus_operators_crds(control_plane: ControlPlane) -> None:
     """prometheus-operator's own ServiceMonitor and PodMonitor CRDs (from its Go module; no

@@ -13,6 +13,7 @@ are the evidence for the notes in ``testground/triton.py``.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import urllib.error
 import urllib.request
@@ -33,7 +34,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 from tritonresnet.controller import render
 from tritonresnet.controller.verify import Expected, check_endpoint
-from tritonresnet_builder.contract import Tensor
+from tritonresnet_builder import accuracy
+from tritonresnet_builder.contract import AccuracyTolerance, Tensor
 
 pytestmark = pytest.mark.triton
 
@@ -465,3 +467,53 @@ def test_locked_triton_obeys_the_credential_and_its_readiness_probe_follows_the_
     finally:
         http.close()
         grpc.close()
+
+
+# -- the accuracy gate at verification (format onnx) ------------------------------------------
+
+GATE_TENSORS = (Tensor("input", "FP32", (3, 224, 224)),), (Tensor("output", "FP32", (1000,)),)
+
+
+@pytest.fixture(scope="module")
+def served_resnet18(
+    onnx_models: OnnxModels, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TritonServer]:
+    """Model ``m`` version 1 is resnet18, pinned as the operator publishes a version."""
+    repository = tmp_path_factory.mktemp("gate-repository")
+    config = onnx_config("m")
+    config.version_policy.specific.versions.append(1)
+    write_model(repository, config, onnx_models.path("resnet18"))
+    with start_tritonserver(repository, "--model-control-mode=explicit", "--load-model=m") as server:
+        yield server
+
+
+def test_the_accuracy_gate_passes_the_served_model_its_reference_was_computed_from_with_onnxruntime_standin(
+    served_resnet18: TritonServer, onnx_models: OnnxModels
+) -> None:
+    """The reference as an onnx build computes it (the builder's own function, onnxruntime on
+    resnet18's file); Triton serves that file through the onnxruntime stand-in backend."""
+    reference = accuracy.reference(onnx_models.onnx_file("resnet18"), GATE_TENSORS[0], 8)
+    check = check_endpoint(served_resnet18.http_url, Expected("m", 1, *GATE_TENSORS, reference=reference))
+    assert check.ok and not check.accuracy, check.message
+    assert check.message == "model m v1 answered"
+
+
+def test_the_accuracy_gate_fails_another_model_than_its_references_with_the_numbers_with_onnxruntime_standin(
+    served_resnet18: TritonServer, onnx_models: OnnxModels
+) -> None:
+    """resnet50's reference stands in for a build of another model than the one served (the
+    same inputs and outputs, so every other part of the check passes): the full check fails
+    as an accuracy failure with the numbers; the cheap re-check does not repeat the gate."""
+    reference = accuracy.reference(onnx_models.onnx_file("resnet50"), GATE_TENSORS[0], 8)
+    tolerance = AccuracyTolerance(90, 1.0)
+    expected = Expected("m", 1, *GATE_TENSORS, reference=reference, tolerance=tolerance)
+    check = check_endpoint(served_resnet18.http_url, expected)
+    assert not check.ok and check.accuracy and check.tolerance == tolerance
+    found = re.search(
+        r"the served model and onnxruntime disagree on 8 fixed inputs: top-5 agreement ([0-9.]+)% "
+        r"\(at least 90% wanted\), max abs difference ([0-9.e+-]+) \(at most 1 wanted\)",
+        check.message,
+    )
+    assert found, check.message
+    assert float(found[1]) < 90 or float(found[2]) > 1.0
+    assert check_endpoint(served_resnet18.http_url, expected, smoke=False).ok

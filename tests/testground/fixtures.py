@@ -11,7 +11,8 @@ pytest so there is one list of what a test can ask for:
 * ``kube``           function: the test ground's small API client (testground.nodeagent_kube)
                      as admin of ``control_plane``, closed afterwards
 * ``pod_network``    module, opt-in: pods in network namespaces, kube-proxy and CoreDNS
-                     (testground.clusternet; needs root; skipped without it)
+                     (testground.clusternet; needs root; skipped without it), on the
+                     machines ``pod_network_nodes`` gives (a module may override it)
 * ``keda``           module, opt-in: KEDA's operator and external-metrics API server on
                      ``pod_network``, served through the aggregation layer (testground.keda)
 * ``s3``             session: moto's standalone server on loopback with a bucket
@@ -29,6 +30,7 @@ from testground.controlplane import ControlPlane, start_control_plane
 from testground.models import OnnxModels, ensure_models
 from testground.nodeagent import NodeAgent, start_node_agent
 from testground.nodeagent_kube import Kube
+from testground.nodeagent_nodes import NodeSpec
 from testground.s3 import S3Server, start_s3
 
 if TYPE_CHECKING:
@@ -72,8 +74,18 @@ def kube(control_plane: ControlPlane) -> Iterator[Kube]:
 
 
 @pytest.fixture(scope="module")
+def pod_network_nodes() -> tuple[NodeSpec, ...]:
+    """The machines ``pod_network`` runs; a test module overrides this fixture to change them."""
+    from testground.clusternet import NETWORK_NODES
+
+    return NETWORK_NODES
+
+
+@pytest.fixture(scope="module")
 def pod_network(
-    control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+    control_plane: ControlPlane,
+    tmp_path_factory: pytest.TempPathFactory,
+    pod_network_nodes: tuple[NodeSpec, ...],
 ) -> Iterator[ClusterNetwork]:
     """A node whose pods are on a real network, Services routed by kube-proxy, names by CoreDNS.
 
@@ -85,7 +97,8 @@ def pod_network(
     why_not = available()
     if why_not:
         pytest.skip(why_not)
-    with start_cluster_network(control_plane, tmp_path_factory.mktemp("pod-network")) as network:
+    workdir = tmp_path_factory.mktemp("pod-network")
+    with start_cluster_network(control_plane, workdir, pod_network_nodes) as network:
         yield network
 
 

@@ -645,8 +645,8 @@ class PodWorker(threading.Thread):
         command = [expand(part, env) for part in run.spec.get("command") or []]
         args = program_args(kind, command, [expand(arg, env) for arg in run.spec.get("args") or []])
         args = [paths.rewrite(arg) for arg in args]
+        node = self.context.nodes.get(str(self.pod["spec"].get("nodeName") or ""))
         if kind == "builder":
-            node = self.context.nodes.get(str(self.pod["spec"].get("nodeName") or ""))
             if node is not None and node.standin_tensorrt and node.has_gpu:
                 # STAND-IN TensorRT and GPU (testground.standin_tensorrt): the node's GPU kind answers
                 # the builder's CUDA query, and the "plan" it writes is not a TensorRT plan.
@@ -658,9 +658,15 @@ class PodWorker(threading.Thread):
         if kind == "operator":
             kubeconfig = self.context.service_account_kubeconfig(self.pod, self.dir / "kubeconfig")
             return python_command("tritonresnet", args), {"KUBECONFIG": str(kubeconfig)}
+        from testground.standin_tensorrt import GPU_CC_ENV
         from testground.triton import tritonserver_command
 
-        return tritonserver_command(with_bind_addresses(args, self.pod_ip))
+        argv, triton_env = tritonserver_command(with_bind_addresses(args, self.pod_ip))
+        if node is not None and node.has_gpu:
+            # STAND-IN GPU for the stand-in TensorRT backend: the capability its node's labels say
+            # picks the file from cc_model_filenames, as the real backend asks the GPU.
+            triton_env[GPU_CC_ENV] = node.compute_capability
+        return argv, triton_env
 
     def _start(self, run: ContainerRun) -> None:
         image = str(run.spec.get("image", ""))

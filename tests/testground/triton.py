@@ -11,7 +11,11 @@ cluster. What it needs, assembled here:
   ``testground/standin_backends``: ``onnxruntime/model.py`` is a python-based
   backend that runs ``model.onnx`` with onnxruntime on CPU, so configs with
   ``platform: "onnxruntime_onnx"`` load unchanged. It stands in for Triton's
-  ONNX Runtime backend; there is no TensorRT backend stand-in (no plan is ever served here).
+  ONNX Runtime backend. ``tensorrt/model.py`` stands in for the TensorRT backend and serves
+  only the stand-in TensorRT's plans (their ONNX bytes, with onnxruntime), picking the file
+  from ``cc_model_filenames`` by the compute capability in the environment (see
+  ``standin_backends/tensorrt_standin.py``): configs with ``platform: "tensorrt_plan"`` load
+  unchanged, and no real plan is ever served here.
 * ``LD_LIBRARY_PATH`` with the wheel's ``nvidia_pytriton.libs`` (else it fails
   on ``libcudart`` and hangs "loading") and the interpreter's own libpython
   directory (the stub picking up another libpython fails in ``threading``).
@@ -121,14 +125,24 @@ def _libpython_dir() -> str:
 # -- the backends folder --------------------------------------------------------------
 
 
-def _standin_sources() -> dict[str, Path]:
-    return {name: STANDIN_DIR / module for name, module in standin_backends.STANDIN_BACKENDS.items()}
+def _standin_sources() -> dict[str, dict[str, Path]]:
+    """Stand-in backend name -> {file name in its folder: source}: its model.py and companions."""
+    testground = STANDIN_DIR.parent
+    return {
+        name: {"model.py": STANDIN_DIR / module}
+        | {
+            file: testground / source
+            for file, source in standin_backends.STANDIN_COMPANIONS.get(name, {}).items()
+        }
+        for name, module in standin_backends.STANDIN_BACKENDS.items()
+    }
 
 
 def _backends_key() -> str:
     digest = hashlib.sha256()
-    for name, source in sorted(_standin_sources().items()):
-        digest.update(name.encode() + b"\0" + source.read_bytes() + b"\0")
+    for name, files in sorted(_standin_sources().items()):
+        for file, source in sorted(files.items()):
+            digest.update(f"{name}/{file}".encode() + b"\0" + source.read_bytes() + b"\0")
     digest.update(_STANDIN_README.encode())
     version = importlib.metadata.version(PYTRITON_DISTRIBUTION)
     return f"pytriton-{version}_py{_python_tag()}_{digest.hexdigest()[:12]}"
@@ -149,9 +163,10 @@ def _assemble(folder: Path) -> None:
     if not stub.is_file():
         raise RuntimeError(f"{PYTRITON_DISTRIBUTION} has no python backend stub for Python {_python_tag()}")
     shutil.copy2(stub, python / stub.name)
-    for name, source in _standin_sources().items():
+    for name, files in _standin_sources().items():
         (folder / name).mkdir()
-        shutil.copy2(source, folder / name / "model.py")
+        for file, source in files.items():
+            shutil.copy2(source, folder / name / file)
     listing = "".join(
         f"{name + '/':<14}STAND-IN for Triton's {name} backend\n" for name in _standin_sources()
     )

@@ -8,6 +8,7 @@ with no cluster: the cluster-level behaviour is covered in tests/e2e.
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import replace
 from typing import Any
 
@@ -15,10 +16,15 @@ import pytest
 from tritonresnet.api import names
 from tritonresnet.api import status as c
 from tritonresnet.api.status import status_patch
-from tritonresnet.controller.children import MODEL_VERSION_ANNOTATION, with_applied_hash
+from tritonresnet.controller.children import (
+    MODEL_IO_ANNOTATION,
+    MODEL_VERSION_ANNOTATION,
+    served_from_deployment,
+    with_applied_hash,
+)
 from tritonresnet.controller.observe import EndpointCheck
 from tritonresnet.controller.reconcile import plan, with_apply_failures
-from tritonresnet_builder.contract import Failure, Result, SourceFile
+from tritonresnet_builder.contract import AccuracyTolerance, Failure, ReferenceAnswers, Result, SourceFile
 from unit.worlds import (
     NOW,
     SETTINGS,
@@ -625,3 +631,89 @@ def test_a_build_that_reports_no_files_has_no_source_files_in_status() -> None:
     _, _, _, p = lifecycle_to_ready()
     (target,) = st(p)["targets"]
     assert "sourceFiles" not in target
+
+
+# -- the accuracy gate at verification (format onnx) ---------------------------------------
+
+REFERENCE = ReferenceAnswers(
+    seed=7, samples=2, top5=((1, 2, 3, 4, 5), (9, 8, 7, 6, 5)), values=((0.5,) * 5, (0.25,) * 5)
+)
+
+
+def _with_accuracy(cr: dict[str, Any]) -> dict[str, Any]:
+    cr = copy.deepcopy(cr)
+    cr["spec"]["engine"]["accuracy"] = {"minTop5AgreementPercent": 90, "maxAbsDifference": 0.05}
+    return cr
+
+
+def test_an_onnx_versions_reference_answers_and_the_tolerance_reach_the_endpoint_check() -> None:
+    cr, objects, pods, _ = lifecycle_to_ready(_with_accuracy(resource()), reference=REFERENCE)
+    p = plan(world(cr, objects, pods), SETTINGS)
+    assert p.verify is not None
+    assert p.verify.expected.reference == REFERENCE
+    assert p.verify.expected.tolerance == AccuracyTolerance(90, 0.05)
+
+
+def test_the_reference_answers_survive_in_the_deployments_annotation_across_a_restart() -> None:
+    """A restarted operator: no status, the Jobs gone (their TTL); only the Deployment remembers."""
+    cr, objects, pods, _ = lifecycle_to_ready(reference=REFERENCE)
+    dep = next(o for o in objects if o["kind"] == "Deployment")
+    assert json.loads(dep["metadata"]["annotations"][MODEL_IO_ANNOTATION])["reference"]["seed"] == 7
+    served = served_from_deployment(dep, "25.01")
+    assert served is not None and served.reference == REFERENCE
+    jobless = [o for o in objects if o["kind"] != "Job"]
+    triton = [p for p in pods if p["metadata"]["labels"].get(names.LABEL_COMPONENT) == "triton"]
+    p = plan(world({**cr, "status": {}}, jobless, triton), SETTINGS)
+    assert p.verify is not None and p.verify.expected.reference == REFERENCE
+
+
+def test_a_version_without_reference_answers_keeps_the_annotation_it_had() -> None:
+    """Versions published before the field (and tensorrt ones) have no reference: none is written."""
+    _, objects, _, _ = lifecycle_to_ready()
+    dep = next(o for o in objects if o["kind"] == "Deployment")
+    assert "reference" not in json.loads(dep["metadata"]["annotations"][MODEL_IO_ANNOTATION])
+    served = served_from_deployment(dep, "25.01")
+    assert served is not None and served.reference is None
+
+
+def test_an_endpoint_outside_the_accuracy_tolerance_is_ready_false_with_accuracy_check_failed() -> None:
+    cr, objects, pods, _ = lifecycle_to_ready(reference=REFERENCE)
+    words = "the served model and onnxruntime disagree on 8 fixed inputs: top-5 agreement 0.0% (...)"
+    off = {
+        "10.1.0.5:8000": EndpointCheck(
+            "10.1.0.5:8000", False, words, accuracy=True, tolerance=AccuracyTolerance()
+        )
+    }
+    p = plan(world(cr, objects, pods, verification=off), SETTINGS)
+    ready = condition(p, c.READY)
+    assert ready["status"] == "False" and ready["reason"] == c.ACCURACY_CHECK_FAILED.name
+    assert ready["message"] == f"10.1.0.5:8000: {words}"
+    assert condition(p, c.STALLED)["status"] == "True"
+    assert ("Warning", c.ACCURACY_CHECK_FAILED.name) in [(t, r) for t, r, _ in p.events]
+
+
+def test_an_accuracy_failure_beside_another_failure_is_a_verification_failure() -> None:
+    """The reason names what a user must look at first: an endpoint that does not answer at all."""
+    cr, objects, pods, _ = lifecycle_to_ready(ips=("10.1.0.5", "10.1.0.6"), reference=REFERENCE)
+    checks = {
+        "10.1.0.5:8000": EndpointCheck(
+            "10.1.0.5:8000", False, "top-5 agreement 0.0%", accuracy=True, tolerance=AccuracyTolerance()
+        ),
+        "10.1.0.6:8000": EndpointCheck("10.1.0.6:8000", False, "server is not live"),
+    }
+    p = plan(world(cr, objects, pods, verification=checks), SETTINGS)
+    assert condition(p, c.READY)["reason"] == c.VERIFICATION_FAILED.name
+
+
+def test_a_widened_tolerance_asks_for_a_new_check_of_an_endpoint_that_failed_the_gate() -> None:
+    """An onnx version's key does not cover spec.engine.accuracy: the version stays, so the check
+    made under the old tolerance must not (the runtime starts over for the new Expected)."""
+    cr, objects, pods, _ = lifecycle_to_ready(reference=REFERENCE)
+    off = {
+        "10.1.0.5:8000": EndpointCheck(
+            "10.1.0.5:8000", False, "top-5 agreement 50.0%", accuracy=True, tolerance=AccuracyTolerance()
+        )
+    }
+    p = plan(world(_with_accuracy(cr), objects, pods, verification=off), SETTINGS)
+    assert p.verify is not None and p.verify.endpoints == ("10.1.0.5:8000",)
+    assert p.verify.expected.tolerance == AccuracyTolerance(90, 0.05)

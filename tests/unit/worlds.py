@@ -14,7 +14,7 @@ from tritonresnet.api import names
 from tritonresnet.controller.observe import EndpointCheck
 from tritonresnet.controller.reconcile import Observed, Plan, plan
 from tritonresnet.controller.settings import Settings
-from tritonresnet_builder.contract import Result, Tensor
+from tritonresnet_builder.contract import ReferenceAnswers, Result, Tensor
 
 SETTINGS = Settings()
 NOW = "2026-11-25T10:00:00Z"
@@ -129,8 +129,9 @@ def build_result(key: str) -> Result:
     )
 
 
-def publish_result(version: int, version_key: str) -> Result:
+def publish_result(version: int, version_key: str, reference: ReferenceAnswers | None = None) -> Result:
     return Result(
+        reference=reference,
         ok=True,
         phase="publish",
         version=version,
@@ -188,10 +189,12 @@ def lifecycle_to_ready(
     version: int = 1,
     ips: Sequence[str] = ("10.1.0.5",),
     build: Result | None = None,
+    reference: ReferenceAnswers | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], Plan]:
     """Walk one resource from apply to Ready; returns (cr, objects, pods, last plan).
 
     ``build`` is the builder's result for its one target (default: an onnx build);
+    ``reference`` the reference answers its publish reports (an onnx version's);
     ``ips`` the Triton pods' addresses, one per replica.
     """
     cr = cr or resource(replicas=len(ips))
@@ -205,7 +208,7 @@ def lifecycle_to_ready(
     cr, objects = step(cr, objects, p)
     pub = next(o for o in objects if o["kind"] == "Job" and "-publish-" in o["metadata"]["name"])
     vkey = st(p)["versionKey"]
-    pub, pub_pod = finished(pub, publish_result(version, vkey))
+    pub, pub_pod = finished(pub, publish_result(version, vkey, reference))
     objects = [o for o in objects if o["metadata"]["name"] != pub["metadata"]["name"]] + [pub]
     pods = [pod, pub_pod]
     p = plan(world(cr, objects, pods), SETTINGS)

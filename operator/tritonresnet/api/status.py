@@ -100,6 +100,9 @@ POD_STUCK = Reason("PodStuck", "stalled", warning=True)
 ROLLOUT_STUCK = Reason("RolloutStuck", "stalled", warning=True)
 #: An endpoint answered, but not as the published version should.
 VERIFICATION_FAILED = Reason("VerificationFailed", "stalled", warning=True)
+#: A served ``format: onnx`` version answered the fixed inputs outside ``spec.engine.accuracy``
+#: of its build's onnxruntime reference (the builder fails a plan with the same reason).
+ACCURACY_CHECK_FAILED = Reason("AccuracyCheckFailed", "stalled", warning=True)
 #: The spec cannot be acted on; the message names the field.
 INVALID_SPEC = Reason("InvalidSpec", "stalled", warning=True)
 #: An older TritonResNet serves the same model name from the same repository.
@@ -123,6 +126,7 @@ REASONS: tuple[Reason, ...] = (
     POD_STUCK,
     ROLLOUT_STUCK,
     VERIFICATION_FAILED,
+    ACCURACY_CHECK_FAILED,
     INVALID_SPEC,
     MODEL_NAME_CONFLICT,
     APPLY_FAILED,

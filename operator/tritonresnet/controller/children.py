@@ -4,10 +4,11 @@
   renders what was last applied sends nothing, unless someone changed a field
   we set by hand (:func:`drifted`): then it is applied again and put back.
 * The served version: the Triton Deployment remembers which model version it
-  pins (number, version key, tensors, and the release its plans were built
-  for), so a restarted operator with no status knows what serves. It is
-  written by :func:`served_annotations` (called from ``render``) and read back
-  by :func:`served_from_deployment` (called from ``observe``).
+  pins (number, version key, tensors, the release its plans were built
+  for, and an onnx version's reference answers for the accuracy gate), so
+  a restarted operator with no status knows what serves. It is written by
+  :func:`served_annotations` (called from ``render``) and read back by
+  :func:`served_from_deployment` (called from ``observe``).
 
 Pure: no I/O.
 """
@@ -16,10 +17,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from tritonresnet_builder.contract import Tensor
+from tritonresnet_builder.contract import ReferenceAnswers, Tensor, reference_from_dict
 
 from tritonresnet.api.names import digest
 
@@ -93,6 +94,9 @@ class Served:
     batched: bool = True
     #: The compute capabilities of its plans, when Triton is pinned to them (gpuKinds Auto).
     compute_capabilities: tuple[str, ...] = ()
+    #: A ``format: onnx`` version's onnxruntime answers (its publish result's), for the accuracy
+    #: gate at verification; kept with the inputs and outputs so a restarted operator has them.
+    reference: ReferenceAnswers | None = None
 
 
 def tensor_dicts(tensors: Sequence[Tensor]) -> list[dict[str, Any]]:
@@ -119,7 +123,9 @@ def served_annotations(served: Served) -> dict[str, str]:
                 "inputs": tensor_dicts(served.inputs),
                 "outputs": tensor_dicts(served.outputs),
                 "batched": served.batched,
-            },
+            }
+            # Only when there is one: other versions' Deployments keep the annotation they had.
+            | ({"reference": asdict(served.reference)} if served.reference is not None else {}),
             sort_keys=True,
             separators=(",", ":"),
         ),
@@ -142,6 +148,7 @@ def served_from_deployment(deployment: Mapping[str, Any] | None, default_release
             str(ann.get(RELEASE_ANNOTATION) or default_release),
             bool(io.get("batched", True)),  # versions served before the field were all batched
             tuple(c for c in str(ann.get(COMPUTE_CAPABILITIES_ANNOTATION) or "").split(",") if c),
+            reference_from_dict(io.get("reference")),
         )
     except (KeyError, ValueError, TypeError):
         return None

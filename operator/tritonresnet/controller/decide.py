@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tritonresnet_builder.contract import Tensor
+from tritonresnet_builder.contract import Result, Tensor
 
 from tritonresnet.api import names
 from tritonresnet.api.spec import SpecError, Target, TritonResNetSpec, parse_spec
@@ -80,6 +80,8 @@ class Verification:
         None  #: endpoints with no known check, and what to expect
     )
     failed: bool = False  #: checks ran and at least one endpoint failed
+    #: Every failed endpoint answered outside ``spec.engine.accuracy`` (AccuracyCheckFailed).
+    accuracy: bool = False
 
 
 @dataclass(frozen=True)
@@ -150,22 +152,36 @@ def published_status(served: Served, repository_bytes: int | None = None) -> Pub
     return PublishedStatus(served.version_key, served.version, inputs, outputs, repository_bytes)
 
 
+def _publish_result(observed: Observed, version_key: str) -> Result | None:
+    """The result of the publish Job of ``version_key`` when it exists and succeeded."""
+    job = observed.jobs.get(names.publish_job_name(observed.resource["metadata"]["name"], version_key))
+    if job is None:
+        return None
+    outcome = observe.job_outcome(job, observed.pods)
+    return outcome.result if outcome.state == "Succeeded" else None
+
+
 def _repository_bytes(observed: Observed, old: TritonResNetStatus, version_key: str) -> int | None:
     """What the publish Job of ``version_key`` reported, else what status remembers of it."""
-    job = observed.jobs.get(names.publish_job_name(observed.resource["metadata"]["name"], version_key))
-    if job is not None:
-        outcome = observe.job_outcome(job, observed.pods)
-        if outcome.state == "Succeeded" and outcome.result is not None and outcome.result.repository_bytes:
-            return outcome.result.repository_bytes
+    result = _publish_result(observed, version_key)
+    if result is not None and result.repository_bytes:
+        return result.repository_bytes
     if old.published is not None and old.published.version_key == version_key:
         return old.published.repository_bytes
     return None
 
 
 def _published(
-    old: TritonResNetStatus, version_key: str, served: Served | None, release: str, batched: bool
+    observed: Observed,
+    old: TritonResNetStatus,
+    version_key: str,
+    served: Served | None,
+    release: str,
+    batched: bool,
 ) -> Served | None:
-    """The version published for ``version_key``: the one serving, else the one status remembers."""
+    """The version published for ``version_key``: the one serving, else the one status remembers
+    (with the reference answers of its publish Job while it exists: status does not keep them,
+    and a pass that saw the Deployment before its new annotation must not render it without)."""
     if served is not None and served.version_key == version_key:
         return served
     pub = old.published
@@ -174,7 +190,17 @@ def _published(
         def conv(ts: Sequence[TensorStatus]) -> tuple[Tensor, ...]:
             return tuple(Tensor(t.name, t.datatype, t.shape) for t in ts)
 
-        return Served(pub.version, version_key, conv(pub.inputs), conv(pub.outputs), release, batched)
+        result = _publish_result(observed, version_key)
+        reference = result.reference if result is not None else None
+        return Served(
+            pub.version,
+            version_key,
+            conv(pub.inputs),
+            conv(pub.outputs),
+            release,
+            batched,
+            reference=reference,
+        )
     return None
 
 
@@ -306,7 +332,10 @@ def _publish(
         r = outcome.result
         release = settings.release_for(spec)
         batched = spec.engine.max_batch_size > 0
-        return Served(r.version, version_key, r.inputs, r.outputs, release, batched), "", "", ""
+        served_now = Served(
+            r.version, version_key, r.inputs, r.outputs, release, batched, reference=r.reference
+        )
+        return served_now, "", "", ""
     if outcome.state == "Failed":
         return None, f"publish: {outcome.message}", "", ""
     if outcome.state == "Unschedulable":
@@ -367,7 +396,7 @@ def engines(
             children.delete.append(("batch/v1", "Job", job_name))
 
     # The version key covers maxBatchSize, so a version published for it is batched as the spec says.
-    published = _published(old, version_key, served, release, spec.engine.max_batch_size > 0)
+    published = _published(observed, old, version_key, served, release, spec.engine.max_batch_size > 0)
     if published is not None:
         built = _published_targets(name, old, targets, engine_keys)
         used = _repository_bytes(observed, old, version_key)
@@ -432,7 +461,14 @@ def verification(
     # What the served version was published with, not the spec: they differ while a spec
     # that switched between maxBatchSize 0 and more builds its version.
     expected = Expected(
-        spec.model.name, deploy.version, deploy.inputs, deploy.outputs, deploy.batched, control_headers
+        spec.model.name,
+        deploy.version,
+        deploy.inputs,
+        deploy.outputs,
+        deploy.batched,
+        control_headers,
+        reference=deploy.reference,
+        tolerance=spec.engine.accuracy,
     )
     if not rolled.complete:
         return _diagnosis(observed, rolled, replace(expected, diagnose=True))
@@ -441,17 +477,29 @@ def verification(
             return Verification(True, "scaled to zero")
         return Verification(False, "no ready endpoints yet")
     # A diagnosis made while the pod was not ready says nothing of it now: check it afresh.
-    checks = [_not_diagnostic(observed.verification.get(e)) for e in rolled.endpoints]
+    checks = [_current(observed.verification.get(e), spec) for e in rolled.endpoints]
     if any(ch is None for ch in checks):
         return Verification(False, f"verifying {len(checks)} endpoint(s)", (rolled.endpoints, expected))
     bad = [ch for ch in checks if ch is not None and not ch.ok]
     if bad:
-        return Verification(False, "; ".join(f"{ch.endpoint}: {ch.message}" for ch in bad), failed=True)
+        message = "; ".join(f"{ch.endpoint}: {ch.message}" for ch in bad)
+        # Every failing endpoint answered, only not as onnxruntime does: the model's accuracy,
+        # not the rollout, is what a user must look at.
+        return Verification(False, message, failed=True, accuracy=all(ch.accuracy for ch in bad))
     return Verification(True, f"{len(checks)} endpoint(s) answered at version {deploy.version}")
 
 
 def _not_diagnostic(check: EndpointCheck | None) -> EndpointCheck | None:
     return None if check is None or check.diagnostic else check
+
+
+def _current(check: EndpointCheck | None, spec: TritonResNetSpec) -> EndpointCheck | None:
+    """``check`` unless it is a diagnosis, or an accuracy failure under another tolerance than the
+    spec's (widened to accept a backend's answers: the version stays, its check must not)."""
+    check = _not_diagnostic(check)
+    if check is not None and check.accuracy and check.tolerance != spec.engine.accuracy:
+        return None
+    return check
 
 
 def _diagnosis(observed: Observed, rolled: Rollout, expected: Expected) -> Verification:

@@ -12,7 +12,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tritonresnet_builder.contract import ContractError, Result, Tensor, parse_result
+from tritonresnet_builder.contract import (
+    AccuracyTolerance,
+    ContractError,
+    ReferenceAnswers,
+    Result,
+    Tensor,
+    parse_result,
+)
 
 from tritonresnet.api import names
 from tritonresnet.api.status import AVAILABLE, NO_DEPLOYMENT, Condition
@@ -49,6 +56,10 @@ class Expected:
     #: The endpoint's pod is not ready: the check only asks Triton why (no smoke inference),
     #: and its result says why a rollout waits, never that the endpoint serves.
     diagnose: bool = False
+    #: A ``format: onnx`` version's onnxruntime answers to the accuracy gate's fixed inputs (its
+    #: build's): a full check sends those inputs and holds the answers to ``tolerance``.
+    reference: ReferenceAnswers | None = None
+    tolerance: AccuracyTolerance = field(default_factory=AccuracyTolerance)  #: ``spec.engine.accuracy``
 
 
 @dataclass(frozen=True)
@@ -62,6 +73,11 @@ class EndpointCheck:
     #: unload): waiting will not make it serve, unlike a version still LOADING.
     unavailable: bool = False
     diagnostic: bool = False  #: made for an ``Expected`` with ``diagnose``
+    #: The endpoint answered, but outside ``spec.engine.accuracy`` of the build's reference.
+    accuracy: bool = False
+    #: With ``accuracy``: the tolerance it was held to. A spec that changes it (an onnx version's
+    #: key does not cover it) makes this check stale: decide asks for a new one.
+    tolerance: AccuracyTolerance | None = None
 
 
 @dataclass(frozen=True)

@@ -152,7 +152,8 @@ def _summary(d: Decision, ready: bool) -> tuple[s.Phase, Reason, str]:
     if rolled.stuck:
         return (s.DEGRADED if old else s.FAILED), s.ROLLOUT_STUCK, rolled.stuck + keeps_serving
     if verification.failed:
-        return s.DEGRADED, s.VERIFICATION_FAILED, verification.message
+        reason = s.ACCURACY_CHECK_FAILED if verification.accuracy else s.VERIFICATION_FAILED
+        return s.DEGRADED, reason, verification.message
     if published is None:
         if engines.waiting_for_node:
             return s.PENDING, s.WAITING_FOR_NODE, engines.waiting_for_node + keeps_serving

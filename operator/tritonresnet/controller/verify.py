@@ -11,6 +11,12 @@ answering it re-checks it periodically without the smoke inference
 (``smoke=False``): health, model readiness, the pinned config and the
 metadata are a few small requests, whereas an inference would cost every
 server a batch every interval.
+
+A ``format: onnx`` version comes with its build's onnxruntime answers to the
+accuracy gate's fixed inputs (``Expected.reference``); the full check sends
+those inputs too, one sample a request, and fails with the numbers when the
+served answers are outside ``spec.engine.accuracy`` (:func:`_accuracy`). The
+periodic re-check does not repeat it: the model does not change while served.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from tritonresnet_builder.contract import Tensor
+from tritonresnet_builder.contract import REFERENCE_SCHEME, Tensor
 
 # The check's input and answer are part of the reconcile's observation.
 from tritonresnet.controller.observe import EndpointCheck, Expected
@@ -255,11 +261,80 @@ def _check(
                 got = list(out.shape[1:] if expected.batched else out.shape)
                 if len(got) != len(want) or any(w > 0 and w != g for w, g in zip(want, got, strict=True)):
                     return EndpointCheck(endpoint, False, f"{tensor.name!r} has shape {got}, expected {want}")
+            off = _accuracy(triton, expected)
+            if off:
+                return EndpointCheck(endpoint, False, off, accuracy=True, tolerance=expected.tolerance)
         finally:
             triton.close()
     except (InferenceServerException, OSError, ValueError) as exc:
         return EndpointCheck(endpoint, False, f"{type(exc).__name__}: {exc}"[:300])
     return EndpointCheck(endpoint, True, _answered(expected))
+
+
+def _accuracy(triton: Any, expected: Expected) -> str:
+    """The accuracy gate's words when the served model's first output on the fixed inputs is
+    outside ``expected.tolerance`` of the build's reference answers; empty when it is inside,
+    or when there is nothing to compare (no reference, a scheme this operator does not know,
+    inputs above the smoke bound: logged, the gate proves nothing then, it blocks nothing)."""
+    reference = expected.reference
+    if reference is None or not expected.outputs:
+        return ""
+    if reference.scheme != REFERENCE_SCHEME:
+        log.info("accuracy gate skipped: reference answers of unknown scheme %r", reference.scheme)
+        return ""
+    # The builder's module, lazily: it is the gate's one home (the build's inputs, the comparison
+    # and its words), and only this IO layer of the operator may pull in numpy.
+    from tritonclient.http import InferInput, InferRequestedOutput
+    from tritonresnet_builder import accuracy
+    from tritonresnet_builder.failures import BuilderError
+
+    # The gate's inputs have the build's shapes (a dynamic dimension at 1), all samples at once:
+    # held to the smoke bound like the smoke request.
+    dtypes = [_numpy_dtype(t.datatype) for t in expected.inputs]
+    if any(d is None for d in dtypes):
+        log.info("accuracy gate skipped: an input without fixed-size items")
+        return ""
+    size = reference.samples * sum(
+        math.prod(max(d, 1) for d in t.shape) * d.itemsize
+        for t, d in zip(expected.inputs, dtypes, strict=True)
+        if d is not None
+    )
+    if size > SMOKE_INPUT_LIMIT_BYTES:
+        log.info("accuracy gate skipped: its inputs would take %.1f MiB", size / 2**20)
+        return ""
+    try:
+        feed = accuracy.fixed_inputs(expected.inputs, reference.samples, reference.seed)
+    except BuilderError as exc:  # inputs the gate cannot make (the build made none either)
+        log.info("accuracy gate skipped: %s", exc)
+        return ""
+    first = expected.outputs[0]
+    answers = []
+    for n in range(reference.samples):
+        request = []
+        for tensor in expected.inputs:
+            data = feed[tensor.name][n : n + 1] if expected.batched else feed[tensor.name][n]
+            item = InferInput(tensor.name, list(data.shape), tensor.datatype)
+            item.set_data_from_numpy(data)
+            request.append(item)
+        result = triton.infer(
+            expected.model,
+            request,
+            model_version=str(expected.version),
+            outputs=[InferRequestedOutput(first.name)],
+        )
+        out = result.as_numpy(first.name)
+        if out is None:
+            return f"the accuracy gate's inference returned no {first.name!r}"
+        answers.append(out.reshape(1, -1))
+    agreement = accuracy.compare_with_reference(reference, np.concatenate(answers))
+    if not accuracy.outside(agreement, expected.tolerance):
+        return ""
+    # The reference is onnxruntime on CPU in the build Job; Triton's backend (another onnxruntime,
+    # a GPU execution provider) is what answered otherwise.
+    return accuracy.disagreement(agreement, expected.tolerance, "the served model") + (
+        f"; the reference is version {expected.version}'s build, onnxruntime on CPU: widen"
+        " spec.engine.accuracy if Triton's backend may answer this differently"
+    )
 
 
 def _answered(expected: Expected, skipped: str = "") -> str:

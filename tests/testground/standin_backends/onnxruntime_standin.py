@@ -18,6 +18,10 @@ and the operator rely on and nothing more:
 Everything else the real backend does (GPU execution providers, TensorRT
 acceleration, ``cc_model_filenames``, warm-up ...) is ignored.
 
+The STAND-IN TensorRT backend (``tensorrt_standin``) loads this file and runs its
+sessions through :class:`TritonPythonModel`, giving the model bytes from a stand-in plan
+(``_model_source``).
+
 Runs inside Triton's python backend stub; ``triton_python_backend_utils`` is
 importable only there.
 """
@@ -59,10 +63,14 @@ class TritonPythonModel:
             for tensor in config["output"]
         }
         self._session = onnxruntime.InferenceSession(
-            str(_model_file(args, config)),
+            self._model_source(args, config),
             sess_options=_session_options(config),
             providers=["CPUExecutionProvider"],
         )
+
+    def _model_source(self, args: dict[str, str], config: dict[str, Any]) -> str | bytes:
+        """What onnxruntime loads: a file's path, or the model's bytes."""
+        return str(_model_file(args, config))
 
     def execute(self, requests: list[Any]) -> list[Any]:
         if not self._batching or len(requests) == 1:

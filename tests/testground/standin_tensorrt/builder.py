@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from testground.standin_tensorrt import GPU_CC_ENV, GPU_NAME_ENV, MODULE_DIR, PLAN_HEADER
+from testground.standin_tensorrt import GPU_CC_ENV, GPU_NAME_ENV, MODULE_DIR, onnx_of_standin_plan
 
 
 def run_standin_plan(plan_path: Path, inputs: Mapping[str, Any]) -> Any:
@@ -22,10 +22,7 @@ def run_standin_plan(plan_path: Path, inputs: Mapping[str, Any]) -> Any:
     with itself: it checks the gate's wiring, never a plan's accuracy)."""
     from tritonresnet_builder import accuracy
 
-    data = plan_path.read_bytes()
-    if not data.startswith(PLAN_HEADER):
-        raise ValueError(f"{plan_path} is not a stand-in plan")
-    onnx_bytes = data[len(PLAN_HEADER) :].split(b"\n", 1)[1]  # after the hardware level line
+    onnx_bytes = onnx_of_standin_plan(plan_path.read_bytes())
     with tempfile.TemporaryDirectory() as folder:
         model = Path(folder) / "model.onnx"
         model.write_bytes(onnx_bytes)

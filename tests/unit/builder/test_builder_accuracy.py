@@ -11,9 +11,11 @@ from tritonresnet_builder.contract import (
     AccuracyTolerance,
     BuildArgs,
     EngineSettings,
+    Result,
     Source,
     Tensor,
     parse_args,
+    parse_result,
 )
 from tritonresnet_builder.failures import BuilderError
 
@@ -68,3 +70,46 @@ def test_the_tolerance_reaches_the_builder_through_the_argv_for_tensorrt_only() 
         repository="/m", engine_key="k", source=Source(uri="/m.onnx"), engine=EngineSettings("onnx")
     )
     assert not [a for a in onnx.to_argv() if "agreement" in a or "difference" in a]
+
+
+# -- the reference an onnx build carries for the operator's verification ----------------------
+
+
+def logits(samples: int = 8, classes: int = 1000, seed: int = 3) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((samples, classes)).astype(np.float32)
+
+
+def test_reference_answers_keep_top_five_and_their_values_and_fit_the_result_message() -> None:
+    out = logits()
+    reference = accuracy.reference_answers(out)
+    assert reference.samples == 8 and reference.seed == accuracy.SEED
+    assert reference.top5[0] == tuple(int(i) for i in np.argsort(-out[0])[:5])
+    assert reference.values[0][0] == pytest.approx(float(out[0].max()), rel=1e-6)
+    result = Result(ok=True, phase="build", format="onnx", reference=reference)
+    text = result.to_json()
+    assert len(text.encode()) < 1500, "a small part of the 4 KiB termination message"
+    assert parse_result(text).reference == reference
+
+
+def test_the_served_model_agrees_with_its_own_reference_and_a_different_one_does_not() -> None:
+    out = logits()
+    reference = accuracy.reference_answers(out)
+    same = accuracy.compare_with_reference(reference, out)
+    assert same.top5_agreement_percent == 100.0 and same.max_abs_difference < 1e-6
+    assert not accuracy.outside(same, AccuracyTolerance())
+    other = accuracy.compare_with_reference(reference, logits(seed=4))
+    assert other.top5_agreement_percent < 50.0 and other.max_abs_difference > 1.0
+    assert accuracy.outside(other, AccuracyTolerance())
+    message = accuracy.disagreement(other, AccuracyTolerance(), "the served model")
+    assert "the served model and onnxruntime disagree on 8 fixed inputs" in message
+    assert f"top-5 agreement {other.top5_agreement_percent:.1f}%" in message
+
+
+def test_compare_with_reference_refuses_answers_for_another_number_of_samples() -> None:
+    reference = accuracy.reference_answers(logits())
+    with pytest.raises(ValueError, match="7 answers for 8 reference samples"):
+        accuracy.compare_with_reference(reference, logits(samples=7))
+
+
+def test_a_result_without_a_reference_parses_as_none() -> None:
+    assert parse_result(Result(ok=True, phase="build").to_json()).reference is None

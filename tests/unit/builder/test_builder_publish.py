@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tritonresnet_builder import triton_config
+from tritonresnet_builder import accuracy, triton_config
 from tritonresnet_builder.build import MODEL_INFO, build
 from tritonresnet_builder.cli import run
 from tritonresnet_builder.contract import (
@@ -274,3 +274,15 @@ def test_publish_refuses_a_negative_max_batch(repo: Path, tmp_path: Path) -> Non
     build_onnx(repo, onnx_graphs.classifier(tmp_path / "src" / "m.onnx"))
     result = run(publish_args(repo, "v-a", max_batch_size=-1))
     assert result.exit_code == ExitCode.USAGE and result.error is not None
+
+
+def test_an_onnx_build_and_its_publish_carry_onnxruntimes_reference_answers(
+    repo: Path, tmp_path: Path
+) -> None:
+    """The reference the operator's verification compares a served onnx version with."""
+    built = build_onnx(repo, onnx_graphs.classifier(tmp_path / "src" / "m.onnx"))
+    assert built.reference is not None
+    assert built.reference.seed == accuracy.SEED and built.reference.samples == accuracy.SAMPLES
+    reference = built.reference
+    assert [len(row) for row in reference.top5] == [len(row) for row in reference.values]
+    assert publish(publish_args(repo, "v-a")).reference == built.reference

@@ -15,7 +15,7 @@ from typing import Any
 
 import onnx
 
-from testground.standin_tensorrt import PLAN_HEADER
+from testground.standin_tensorrt import standin_plan
 
 __version__ = "10.8.0.43-standin"
 
@@ -170,5 +170,4 @@ class Builder:
     def build_serialized_network(self, network: INetworkDefinition, config: IBuilderConfig) -> bytes | None:
         if network.onnx_path is None or not config.profiles:
             return None  # as TensorRT: no engine without a parsed network and a profile
-        level = f"hardware compatibility {config.hardware_compatibility_level.name}\n".encode()
-        return PLAN_HEADER + level + network.onnx_path.read_bytes()
+        return standin_plan(network.onnx_path.read_bytes(), config.hardware_compatibility_level.name)
