@@ -22,7 +22,8 @@ venv: $(STAMP)
 binaries:
 	cd tests && $(PYTHON) -m testground.binaries
 
-# The control plane and what the suite would otherwise build on demand (pod network, Karpenter, KEDA, Prometheus).
+# The control plane and what the suite would otherwise build on demand (pod network, Karpenter,
+# Prometheus); KEDA, the longest, builds in the background during the suite (tests/conftest.py).
 test-binaries:
 	cd tests && $(PYTHON) -m testground.binaries --all
 

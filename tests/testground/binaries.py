@@ -48,7 +48,7 @@ module, downloaded (not built) into Go's module cache the first time they are as
     python -m testground.binaries --karpenter  # the same for Karpenter, print its path
     python -m testground.binaries --keda       # the same for KEDA, print its folder
     python -m testground.binaries --network    # the pod network's binaries, print their folder
-    python -m testground.binaries --all        # everything the test suite runs, two builds at a time
+    python -m testground.binaries --all        # what the suite runs (KEDA aside), two builds at a time
     python -m testground.binaries --prometheus # Debian's prometheus, print its path
     python -m testground.binaries --regenerate # rewrite tools/*/go.mod
 """
@@ -60,6 +60,7 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -395,6 +396,12 @@ def _keda_complete(folder: Path) -> bool:
     return all((folder / name).is_file() and os.access(folder / name, os.X_OK) for name in KEDA_COMMANDS)
 
 
+def keda_built() -> bool:
+    """Whether KEDA's binaries are in the cache already (the suite builds them in the background
+    otherwise: tests/conftest.py)."""
+    return _keda_complete(keda_cache_dir())
+
+
 def ensure_keda(log=print) -> Path:  # type: ignore[no-untyped-def]
     """A folder with KEDA's operator (``keda``) and metrics API server (``keda-adapter``), built once."""
     ldflags = f"-s -w -X {KEDA_MODULE}/version.Version={KEDA_VERSION}"
@@ -507,15 +514,15 @@ def ensure_prometheus(log=print) -> Path:  # type: ignore[no-untyped-def]
 
 
 def ensure_all(log=print) -> list[Path]:  # type: ignore[no-untyped-def]
-    """Everything the whole test suite runs, made before it starts (``make test``).
+    """What the whole test suite runs, made before it starts (``make test``), KEDA aside.
 
     Two builds at a time: each ``go build`` already compiles on every core, but its module
     downloads and its final link run on one, and on a fresh machine those are a large part
     of the time, so a second build fills them. Each part keeps its own cache folder and lock.
     """
-    # Longest first, so the short ones fill in at the end.
+    # Longest first, so the short ones fill in at the end. KEDA, the longest of all, is not
+    # here: the suite builds it in the background while its other tests run (tests/conftest.py).
     parts: list[Callable[[], Path]] = [
-        lambda: ensure_keda(log),
         lambda: ensure_binaries(log),
         lambda: ensure_karpenter(log),
         lambda: ensure_network_binaries(log),
@@ -552,6 +559,9 @@ def main(argv: list[str] | None = None) -> int:
         "--prometheus", action="store_true", help="fetch or reuse Debian's prometheus and print its path"
     )
     args = parser.parse_args(argv)
+    # A build stopped with SIGTERM (the suite stops its background build so) unwinds: the go
+    # process is waited for and the temporary copy of the tools modules is removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     if args.regenerate:
         regenerate()
     to_stderr = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
