@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +34,8 @@ from testground.network import POD_CIDR, in_netns
 from testground.nodeagent import GPU_TOLERATION
 from testground.nodeagent_kube import Kube
 from testground.nodeagent_nodes import HOSTNAME_LABEL, POD_NETWORK_TOLERATION
-from testground.operator_run import OperatorProcess, apply_sample, is_ready, wait_for_trn
+from testground.operator_run import OperatorProcess, apply_sample, is_ready, serve_on_network, wait_for_trn
+from testground.readme_blocks import POD_NETWORK, marked_blocks
 from testground.s3 import S3Server
 from testground.triton import add_one_deployment, add_one_model, infer_add_one
 from testground.waiting import wait_for
@@ -44,6 +46,7 @@ TIMEOUT = 120.0
 REQUESTS = 5  #: per address
 REQUEST_TIMEOUT = 10.0  # seconds, each
 CLIENT_DEADLINE = 60.0  # seconds, the whole in-namespace client
+REPO = Path(__file__).resolve().parents[2]
 
 #: Runs in the client's network namespace: resolve the name as a pod would, then infer.
 CLIENT = """
@@ -221,3 +224,42 @@ def test_a_ready_tritonresnet_serves_at_its_service_cluster_ip_and_dns_name(
                     "addresses": [cluster_ip],
                     "shapes": [[1, 1000]] * REQUESTS,
                 }
+
+
+def test_the_readmes_in_cluster_classify_block_runs_unchanged_from_a_pod(
+    operator: OperatorProcess,
+    pod_network: ClusterNetwork,
+    s3: S3Server,
+    onnx_models: OnnxModels,
+    kube: Kube,
+) -> None:
+    """README step 5's blocks marked ``pod-network``, run as written in a pod-like namespace: the
+    quick start's ``resnet50`` in ``vision`` (ResNet-18's ONNX under that name, as the README walk
+    has it) Ready on the network's node; ``tritonresnet classify`` reaches it by the Service's
+    name, which CoreDNS resolves and kube-proxy routes."""
+    readme = (REPO / "README.md").read_text()
+    blocks = [block for block in marked_blocks(readme) if block.ground == POD_NETWORK]
+    assert blocks, "README.md marks no pod-network block"
+    cp = operator.cp
+    cp.create_namespace("vision")
+    try:
+        uri = s3.upload(onnx_models.path("resnet18"), "vision-on-the-network/model.onnx")
+        serve_on_network(operator, pod_network, kube, s3, uri, "vision", "resnet50", "resnet50", 1)
+        # The newcomer's shell: this virtualenv's tritonresnet first on PATH, the checkout as cwd.
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        with pod_network.client_netns(1, "vision") as client_netns:
+            for block in blocks:
+                run = subprocess.run(
+                    in_netns(client_netns, ["bash", "-euo", "pipefail", "-c", block.code]),
+                    cwd=REPO,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=CLIENT_DEADLINE,
+                )
+                assert run.returncode == 0, f"{block.describe()}\n{run.stdout}\n{run.stderr}"
+                for expected in block.expects:
+                    assert expected in run.stdout, f"{block.describe()}\nno {expected!r} in:\n{run.stdout}"
+    finally:
+        # The README walk (e2e/test_readme.py) needs the name free again.
+        cp.delete_namespace("vision", wait=True)

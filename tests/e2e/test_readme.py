@@ -39,7 +39,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -54,6 +53,7 @@ from testground.controlplane import ControlPlane
 from testground.models import OnnxModels
 from testground.nodeagent import NodeAgent
 from testground.operator_run import OperatorProcess
+from testground.readme_blocks import LOCAL, ReadmeBlock, marked_blocks
 from testground.s3 import S3Server
 from testground.waiting import wait_for
 
@@ -61,69 +61,14 @@ REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
 CRD = REPO / "crds" / "tritonresnet.io_tritonresnets.yaml"
 
-#: Blocks marked for the local test ground.
-GROUND = "local"
+#: Blocks marked for the local test ground (the pod network's run in e2e/test_network.py).
+GROUND = LOCAL
 #: The namespaces the README's blocks create; they must be free before the walk.
 README_NAMESPACES = ("vision", "tritonresnet-system")
 HELM_RELEASE = "tritonresnet-operator"
 #: Per block. The README's own waits are longer (a real cluster builds for
 #: minutes); on the test ground apply -> Ready takes about 20 s.
 BLOCK_TIMEOUT_SECONDS = 420.0
-
-_MARKER_RE = re.compile(r"^<!--\s*readme-test:\s*(?P<body>.*?)\s*-->\s*$")
-_FENCE_OPEN_RE = re.compile(r"^```(sh|bash|shell)\s*$")
-
-
-@dataclass(frozen=True)
-class ReadmeBlock:
-    line: int  #: 1-based line of the block's first command in the README
-    ground: str  #: where it runs: "local" (the test ground)
-    code: str
-    expects: tuple[str, ...] = ()
-
-    def describe(self) -> str:
-        return f"README.md line {self.line}:\n{self.code}"
-
-
-def parse_marker(body: str, line: int) -> tuple[str, tuple[str, ...]]:
-    """``local expect="a" expect="b"`` -> ("local", ("a", "b"))."""
-    words = shlex.split(body)
-    if not words:
-        raise ValueError(f"README.md line {line}: readme-test marker names no test ground")
-    ground, expects = words[0], []
-    for word in words[1:]:
-        key, sep, value = word.partition("=")
-        if key != "expect" or not sep or not value:
-            raise ValueError(f"README.md line {line}: unknown readme-test option {word!r}")
-        expects.append(value)
-    return ground, tuple(expects)
-
-
-def marked_blocks(text: str) -> list[ReadmeBlock]:
-    """Every shell block preceded by a readme-test marker, in document order.
-
-    A marker not followed by a shell fence, or a fence that never closes, is an
-    error: a mistyped marker must not silently drop a block from the test.
-    """
-    lines = text.splitlines()
-    blocks: list[ReadmeBlock] = []
-    for index, raw in enumerate(lines):
-        marker = _MARKER_RE.match(raw.strip())
-        if not marker:
-            continue
-        ground, expects = parse_marker(marker.group("body"), index + 1)
-        fence = index + 1
-        if fence >= len(lines) or not _FENCE_OPEN_RE.match(lines[fence].strip()):
-            raise ValueError(
-                f"README.md line {index + 1}: readme-test marker is not followed by a ```sh fence"
-            )
-        end = next((i for i in range(fence + 1, len(lines)) if lines[i].strip() == "```"), None)
-        if end is None:
-            raise ValueError(f"README.md line {fence + 1}: the marked block's fence never closes")
-        code = "\n".join(lines[fence + 1 : end]) + "\n"
-        blocks.append(ReadmeBlock(line=fence + 2, ground=ground, code=code, expects=expects))
-    return blocks
-
 
 # -- the extraction itself, without a cluster ----------------------------------------
 
@@ -150,6 +95,7 @@ def test_marked_blocks_are_extracted_in_order_with_their_expectations() -> None:
         ("<!-- readme-test: local -->\n```sh\necho\n", "never closes"),
         ("<!-- readme-test: local expext=x -->\n```sh\necho\n```\n", "unknown readme-test option"),
         ("<!-- readme-test: -->\n```sh\necho\n```\n", "names no test ground"),
+        ("<!-- readme-test: locl -->\n```sh\necho\n```\n", "unknown test ground 'locl'"),
     ],
 )
 def test_a_mistyped_marker_is_an_error_not_a_skipped_block(text: str, problem: str) -> None:
@@ -161,8 +107,8 @@ def test_readme_marks_the_newcomers_path_for_the_test_ground() -> None:
     """The walk covers install, credentials, a model, Ready, status, classify, the
     tutorial's layout and request, Triton's own clients, the mixed GPU fleet, the workstation
     commands and clean-up; dropping a marker from one of them fails here."""
-    blocks = marked_blocks(README.read_text())
-    assert blocks and all(block.ground == GROUND for block in blocks)
+    blocks = [block for block in marked_blocks(README.read_text()) if block.ground == GROUND]
+    assert blocks
     code = "\n".join(block.code for block in blocks)
     for command in (
         "helm install tritonresnet-operator helm/tritonresnet-operator -n tritonresnet-system"
