@@ -329,12 +329,13 @@ def test_tritonserver_loads_model_repository_from_s3_through_proxy_with_onnxrunt
 # -- the assembled backends folder and command ----------------------------------------
 
 
-def test_backends_dir_holds_python_backend_and_onnxruntime_standin_only() -> None:
+def test_backends_dir_holds_python_backend_and_the_onnxruntime_and_tensorrt_standins_only() -> None:
     folder = backends_dir()
-    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["onnxruntime", "python"]
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["onnxruntime", "python", "tensorrt"]
     assert (folder / "python" / "libtriton_python.so").is_file()
     assert (folder / "python" / "triton_python_backend_stub").is_file()
     assert "STAND-IN" in (folder / "onnxruntime" / "model.py").read_text()
+    assert "STAND-IN" in (folder / "tensorrt" / "model.py").read_text()
     assert "STAND-IN" in (folder / "README").read_text()
 
 
