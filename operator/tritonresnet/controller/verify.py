@@ -241,14 +241,9 @@ def _check(
                 log.info("%s: smoke inference skipped: %s", endpoint, plan.skipped)
             if not smoke or plan.skipped:
                 return EndpointCheck(endpoint, True, _answered(expected, plan.skipped))
-            infer_inputs = []
-            for tensor in expected.inputs:
-                data = plan.arrays[tensor.name]
-                item = httpclient.InferInput(tensor.name, list(data.shape), tensor.datatype)
-                item.set_data_from_numpy(data)
-                infer_inputs.append(item)
             outputs = [httpclient.InferRequestedOutput(t.name) for t in expected.outputs]
-            result = triton.infer(expected.model, infer_inputs, model_version=version, outputs=outputs)
+            request = _infer_inputs(expected.inputs, plan.arrays)
+            result = triton.infer(expected.model, request, model_version=version, outputs=outputs)
             for tensor in expected.outputs:
                 out = result.as_numpy(tensor.name)
                 if out is None or out.size == 0:
@@ -271,6 +266,19 @@ def _check(
     return EndpointCheck(endpoint, True, _answered(expected))
 
 
+def _infer_inputs(inputs: Sequence[Tensor], arrays: Mapping[str, npt.NDArray[Any]]) -> list[Any]:
+    """tritonclient's request inputs for ``inputs``, each carrying its array from ``arrays``."""
+    from tritonclient.http import InferInput
+
+    request = []
+    for tensor in inputs:
+        data = arrays[tensor.name]
+        item = InferInput(tensor.name, list(data.shape), tensor.datatype)
+        item.set_data_from_numpy(data)
+        request.append(item)
+    return request
+
+
 def _accuracy(triton: Any, expected: Expected) -> str:
     """The accuracy gate's words when the served model's first output on the fixed inputs is
     outside ``expected.tolerance`` of the build's reference answers; empty when it is inside,
@@ -284,7 +292,7 @@ def _accuracy(triton: Any, expected: Expected) -> str:
         return ""
     # The builder's module, lazily: it is the gate's one home (the build's inputs, the comparison
     # and its words), and only this IO layer of the operator may pull in numpy.
-    from tritonclient.http import InferInput, InferRequestedOutput
+    from tritonclient.http import InferRequestedOutput
     from tritonresnet_builder import accuracy
     from tritonresnet_builder.failures import BuilderError
 
@@ -310,12 +318,8 @@ def _accuracy(triton: Any, expected: Expected) -> str:
     first = expected.outputs[0]
     answers = []
     for n in range(reference.samples):
-        request = []
-        for tensor in expected.inputs:
-            data = feed[tensor.name][n : n + 1] if expected.batched else feed[tensor.name][n]
-            item = InferInput(tensor.name, list(data.shape), tensor.datatype)
-            item.set_data_from_numpy(data)
-            request.append(item)
+        sample = {name: data[n : n + 1] if expected.batched else data[n] for name, data in feed.items()}
+        request = _infer_inputs(expected.inputs, sample)
         result = triton.infer(
             expected.model,
             request,
