@@ -161,9 +161,8 @@ def _publish_result(observed: Observed, version_key: str) -> Result | None:
     return outcome.result if outcome.state == "Succeeded" else None
 
 
-def _repository_bytes(observed: Observed, old: TritonResNetStatus, version_key: str) -> int | None:
-    """What the publish Job of ``version_key`` reported, else what status remembers of it."""
-    result = _publish_result(observed, version_key)
+def _repository_bytes(old: TritonResNetStatus, version_key: str, result: Result | None) -> int | None:
+    """What the publish Job of ``version_key`` reported (``result``), else what status remembers."""
     if result is not None and result.repository_bytes:
         return result.repository_bytes
     if old.published is not None and old.published.version_key == version_key:
@@ -172,16 +171,17 @@ def _repository_bytes(observed: Observed, old: TritonResNetStatus, version_key: 
 
 
 def _published(
-    observed: Observed,
     old: TritonResNetStatus,
     version_key: str,
     served: Served | None,
     release: str,
     batched: bool,
+    result: Result | None,
 ) -> Served | None:
     """The version published for ``version_key``: the one serving, else the one status remembers
-    (with the reference answers of its publish Job while it exists: status does not keep them,
-    and a pass that saw the Deployment before its new annotation must not render it without)."""
+    (with the reference answers of its publish Job's ``result`` while it exists: status does not
+    keep them, and a pass that saw the Deployment before its new annotation must not render it
+    without)."""
     if served is not None and served.version_key == version_key:
         return served
     pub = old.published
@@ -190,7 +190,6 @@ def _published(
         def conv(ts: Sequence[TensorStatus]) -> tuple[Tensor, ...]:
             return tuple(Tensor(t.name, t.datatype, t.shape) for t in ts)
 
-        result = _publish_result(observed, version_key)
         reference = result.reference if result is not None else None
         return Served(
             pub.version,
@@ -396,10 +395,12 @@ def engines(
             children.delete.append(("batch/v1", "Job", job_name))
 
     # The version key covers maxBatchSize, so a version published for it is batched as the spec says.
-    published = _published(observed, old, version_key, served, release, spec.engine.max_batch_size > 0)
+    # Read once: both the published version (its reference answers) and its size come from it.
+    publish_result = _publish_result(observed, version_key)
+    published = _published(old, version_key, served, release, spec.engine.max_batch_size > 0, publish_result)
     if published is not None:
         built = _published_targets(name, old, targets, engine_keys)
-        used = _repository_bytes(observed, old, version_key)
+        used = _repository_bytes(old, version_key, publish_result)
         published = _with_capabilities(spec, published, built)
         return Engines(version_key, len(targets), built, published, repository_bytes=used)
     target_status, failure, waiting, stuck = _builds(observed, spec, settings, targets, engine_keys, children)
@@ -410,7 +411,7 @@ def engines(
         )
         if published is not None:
             published = _with_capabilities(spec, published, target_status)
-    used = _repository_bytes(observed, old, version_key) if published is not None else None
+    used = _repository_bytes(old, version_key, publish_result) if published is not None else None
     return Engines(
         version_key, len(targets), target_status, published, failure, publish_failure, waiting, stuck, used
     )
