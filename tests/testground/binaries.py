@@ -121,10 +121,19 @@ def _go(args: list[str], cwd: Path) -> str:
     return proc.stdout
 
 
+def user_cache_dir() -> Path:
+    """The project's folder in the user's cache (``$XDG_CACHE_HOME``, else ``~/.cache``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tritonresnet"
+
+
+def _tools_cache() -> Path:
+    """Where the built and fetched tools live, each in a folder keyed by its versions."""
+    return user_cache_dir() / "testground"
+
+
 def cache_dir() -> Path:
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     key = f"kubernetes-{KUBERNETES_VERSION}_etcd-{ETCD_VERSION}_helm-{HELM_VERSION}"
-    return root / "tritonresnet" / "testground" / key
+    return _tools_cache() / key
 
 
 def _complete(folder: Path) -> bool:
@@ -314,8 +323,7 @@ def _made_once(folder: Path, complete: Callable[[Path], bool], make: Callable[[P
 
 
 def kwok_cache_dir() -> Path:
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "tritonresnet" / "testground" / f"kwok-{KWOK_VERSION}"
+    return _tools_cache() / f"kwok-{KWOK_VERSION}"
 
 
 def ensure_kwok(log=print) -> Path:  # type: ignore[no-untyped-def]
@@ -363,8 +371,7 @@ def _module_dir(tools: str, module: str, version: str) -> Path:
 
 
 def karpenter_cache_dir() -> Path:
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "tritonresnet" / "testground" / f"karpenter-{KARPENTER_VERSION}"
+    return _tools_cache() / f"karpenter-{KARPENTER_VERSION}"
 
 
 def _karpenter_complete(folder: Path) -> bool:
@@ -388,8 +395,7 @@ def karpenter_module_dir() -> Path:
 
 
 def keda_cache_dir() -> Path:
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "tritonresnet" / "testground" / f"keda-{KEDA_VERSION}"
+    return _tools_cache() / f"keda-{KEDA_VERSION}"
 
 
 def _keda_complete(folder: Path) -> bool:
@@ -418,10 +424,9 @@ def keda_module_dir() -> Path:
 
 
 def network_cache_dir() -> Path:
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     nft = NFTABLES_PACKAGES[0].split("=", 1)[1]
     key = f"network-kubernetes-{KUBERNETES_VERSION}_coredns-{COREDNS_VERSION}_nftables-{nft}"
-    return root / "tritonresnet" / "testground" / key
+    return _tools_cache() / key
 
 
 def _network_complete(folder: Path) -> bool:
@@ -490,9 +495,8 @@ def prometheus_operator_module_dir() -> Path:
 
 
 def prometheus_cache_dir() -> Path:
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     version = PROMETHEUS_PACKAGES[0].split("=", 1)[1]
-    return root / "tritonresnet" / "testground" / f"prometheus-{version}"
+    return _tools_cache() / f"prometheus-{version}"
 
 
 def _prometheus_binary(folder: Path) -> Path:

@@ -51,6 +51,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from testground.binaries import user_cache_dir
+
 if TYPE_CHECKING:
     import torch
 
@@ -136,8 +138,7 @@ class OnnxModels:
 
 
 def cache_root() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "tritonresnet" / "models"
+    return user_cache_dir() / "models"
 
 
 def cache_key() -> str:

@@ -74,6 +74,7 @@ from pathlib import Path
 from typing import Any
 
 from testground import standin_backends
+from testground.binaries import user_cache_dir
 
 PYTRITON_DISTRIBUTION = "nvidia-pytriton"
 STANDIN_DIR = Path(standin_backends.__file__).resolve().parent
@@ -149,8 +150,7 @@ def _backends_key() -> str:
 
 
 def _cache_root() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "tritonresnet" / "triton-backends"
+    return user_cache_dir() / "triton-backends"
 
 
 def _assemble(folder: Path) -> None:
