@@ -179,7 +179,12 @@ def remove_netns(netns: str) -> None:
 
 
 def detach_pod(spec: PodNetworkSpec, address: str) -> None:
-    remove_netns(spec.pod_names(address)[0])
+    netns, link = spec.pod_names(address)
+    # The kernel frees a deleted namespace (and the veth ends inside it) later, in a work queue:
+    # the node-side end could outlive ``ip netns del`` and refuse the next pod at this address
+    # ("File exists"). Deleting that end removes the pair at once.
+    _ip("-n", spec.node_netns, "link", "del", link, check=False)
+    remove_netns(netns)
 
 
 def in_netns(netns: str, argv: Sequence[str]) -> list[str]:
