@@ -444,13 +444,19 @@ def nft_env(folder: Path, env: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def fetch_debian_packages(  # type: ignore[no-untyped-def]
-    target: Path, packages: Sequence[str], check: Sequence[str], env: dict[str, str] | None = None, log=print
+    target: Path,
+    packages: Sequence[str],
+    check: Sequence[str],
+    env: Callable[[], dict[str, str]] | None = None,
+    log=print,
 ) -> str:
     """Unpack Debian's ``packages`` (``name=version``) into ``target``, then run ``check`` there.
 
     ``apt-get download`` and ``dpkg-deb -x``: nothing is installed and nothing on the machine
     changes. The files appear at ``target`` whole or not at all (a partial folder next to it is
-    renamed), and are removed again if ``check`` (argv, run with ``env``) fails. Returns what
+    renamed), and are removed again if ``check`` (argv, run with what ``env`` returns) fails.
+    ``env`` is called once the files are in place: an environment that names their folders
+    (``nft_env`` finds the library folder by looking) can only be made then. Returns what
     ``check`` printed, for the log.
     """
     started = time.monotonic()
@@ -464,7 +470,7 @@ def fetch_debian_packages(  # type: ignore[no-untyped-def]
             subprocess.run(["dpkg-deb", "-x", str(deb), str(partial)], check=True)
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
-    checked = subprocess.run(list(check), env=env, capture_output=True, text=True)
+    checked = subprocess.run(list(check), env=env() if env else None, capture_output=True, text=True)
     if checked.returncode != 0:
         shutil.rmtree(target)
         raise RuntimeError(f"{check[0]} from {', '.join(packages)} does not run: {checked.stderr.strip()}")
@@ -479,7 +485,7 @@ def ensure_network_binaries(log=print) -> Path:  # type: ignore[no-untyped-def]
     def make(folder: Path) -> None:
         if not (folder / "nftables" / "usr" / "sbin" / "nft").is_file():
             nft = folder / "nftables"
-            fetch_debian_packages(nft, NFTABLES_PACKAGES, ["nft", "--version"], nft_env(folder), log)
+            fetch_debian_packages(nft, NFTABLES_PACKAGES, ["nft", "--version"], lambda: nft_env(folder), log)
         build(folder, log, _network_build_plan())
 
     return _made_once(network_cache_dir(), _network_complete, make)
