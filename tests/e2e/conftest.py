@@ -97,3 +97,30 @@ def operator(crd: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield proc
     finally:
         proc.kill(signal.SIGTERM)
+
+
+def _module_uses(request: pytest.FixtureRequest, *fixtures: str) -> bool:
+    items = [item for item in request.session.items if item.module is request.module]
+    return any(all(name in getattr(item, "fixturenames", ()) for name in fixtures) for item in items)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def operator_verifies_services(request: pytest.FixtureRequest) -> Iterator[None]:
+    """While a module's pod network is up, the session operator verifies each resource's
+    Service as well as its pods, by the ClusterIP kube-proxy routes; it goes back to the pods
+    only before the network (and with it the route to any ClusterIP) goes away. Served
+    endpoints are checked again every 20 s there (60 s by default), so a test of a Service
+    that stops answering waits a third as long."""
+    if not _module_uses(request, "operator", "pod_network"):
+        yield
+        return
+    operator: OperatorProcess = request.getfixturevalue("operator")
+    request.getfixturevalue("pod_network")
+    before = dict(operator.env)
+    operator.env.update(TRITONRESNET_VERIFY_SERVICE="cluster-ip", TRITONRESNET_VERIFY_INTERVAL_SECONDS="20")
+    operator.restart()
+    try:
+        yield
+    finally:
+        operator.env = before
+        operator.restart()

@@ -23,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,15 @@ from testground.network import POD_CIDR, in_netns
 from testground.nodeagent import GPU_TOLERATION
 from testground.nodeagent_kube import Kube
 from testground.nodeagent_nodes import HOSTNAME_LABEL, POD_NETWORK_TOLERATION
-from testground.operator_run import OperatorProcess, apply_sample, is_ready, serve_on_network, wait_for_trn
+from testground.operator_run import (
+    OperatorProcess,
+    apply_sample,
+    condition,
+    get_trn,
+    is_ready,
+    serve_on_network,
+    wait_for_trn,
+)
 from testground.readme_blocks import POD_NETWORK, marked_blocks
 from testground.s3 import S3Server
 from testground.triton import add_one_deployment, add_one_model, infer_add_one
@@ -46,6 +55,9 @@ TIMEOUT = 120.0
 REQUESTS = 5  #: per address
 REQUEST_TIMEOUT = 10.0  # seconds, each
 CLIENT_DEADLINE = 60.0  # seconds, the whole in-namespace client
+#: A Service check's change reaches status within one verify interval and one timeout
+#: (e2e/conftest.py ``operator_verifies_services``), plus a pass.
+SERVICE_CHECK_DEADLINE = 90.0
 REPO = Path(__file__).resolve().parents[2]
 
 #: Runs in the client's network namespace: resolve the name as a pod would, then infer.
@@ -180,8 +192,10 @@ def test_a_ready_tritonresnet_serves_at_its_service_cluster_ip_and_dns_name(
     onnx_models: OnnxModels,
     kube: Kube,
 ) -> None:
-    """The operator makes it Ready as anywhere (its checks reach the pod on the network); then
-    the Service the operator rendered routes to the pod, by ClusterIP and by name."""
+    """The operator makes it Ready once the pod and the Service answer (the Service reached as
+    a client reaches it: its ClusterIP, through kube-proxy); the Service routes to the pod by
+    ClusterIP and by name. With TCP to the ClusterIP dropped at the node and the pod still
+    answering, Ready turns False naming the Service; restored, it turns True again."""
     cp = operator.cp
     with cp.throwaway_namespace("netop") as namespace:
         uri = s3.upload(onnx_models.path("resnet18"), f"{namespace}/model.onnx")
@@ -224,6 +238,34 @@ def test_a_ready_tritonresnet_serves_at_its_service_cluster_ip_and_dns_name(
                     "addresses": [cluster_ip],
                     "shapes": [[1, 1000]] * REQUESTS,
                 }
+
+        service = f"{cluster_ip}:8000"
+        ready = condition(get_trn(cp, namespace, "classifier"), "Ready")
+        assert (
+            ready["status"] == "True"
+            and f"1 endpoint(s) and the Service {service} answered" in (ready["message"])
+        ), ready
+        started = time.monotonic()
+        with pod_network.dropped(cluster_ip, 8000):
+            broken = wait_for_trn(
+                cp,
+                namespace,
+                "classifier",
+                lambda t: condition(t, "Ready").get("status") == "False",
+                "Ready=False while the Service does not answer",
+                timeout=SERVICE_CHECK_DEADLINE,
+                operator=operator,
+            )
+            noticed = time.monotonic() - started
+        message = condition(broken, "Ready")["message"]
+        assert f"Service {service}: " in message and pod["status"]["podIP"] not in message, message
+        assert condition(broken, "Ready")["reason"] == "VerificationFailed"
+        restored = time.monotonic()
+        wait_for_trn(cp, namespace, "classifier", is_ready(), "Ready again", SERVICE_CHECK_DEADLINE, operator)
+        print(
+            f"\nService check: not Ready {noticed:.1f} s after the ClusterIP stopped answering, "
+            f"Ready again {time.monotonic() - restored:.1f} s after it was restored"
+        )
 
 
 def test_the_readmes_in_cluster_classify_block_runs_unchanged_from_a_pod(

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -56,6 +57,8 @@ from testground.nodeagent_nodes import A10G_PRODUCT, NodeSpec
 from testground.s3 import PausableProxy
 
 KUBE_PROXY_HEALTHZ_PORT = 10256
+#: The nftables table ``ClusterNetwork.dropped`` adds in the node namespace.
+DROP_TABLE = "testground_drop"
 DNS_MANAGER = "testground"
 
 
@@ -196,6 +199,7 @@ class ClusterNetwork:
     kube_proxy: Component
     coredns: Component
     startup_seconds: dict[str, float]
+    binaries: Path  #: kube-proxy, coredns and nft (``ensure_network_binaries``)
 
     @property
     def node(self) -> NodeSpec:
@@ -210,6 +214,26 @@ class ClusterNetwork:
     ) -> contextlib.AbstractContextManager[str]:
         """A pod-like network namespace (address, routes, resolv.conf) for a test's client processes."""
         return self.net.client_netns(index, namespace)
+
+    @contextlib.contextmanager
+    def dropped(self, address: str, port: int) -> Iterator[None]:
+        """TCP to ``address:port`` dropped where it enters the node, before kube-proxy's DNAT:
+        a Service's ClusterIP stops answering while its pods still do. A table of our own in
+        the node namespace (kube-proxy's is left alone), deleted when the block exits."""
+        nft = [str(self.binaries / "nftables" / "usr" / "sbin" / "nft")]
+        env = nft_env(self.binaries)
+        rules = (
+            f"table ip {DROP_TABLE} {{ chain prerouting {{ type filter hook prerouting priority raw; "
+            f"ip daddr {address} tcp dport {port} drop; }} }}"
+        )
+        netns = self.net.spec.node_netns
+        subprocess.run(in_netns(netns, [*nft, rules]), env=env, check=True, capture_output=True, timeout=30)
+        try:
+            yield
+        finally:
+            subprocess.run(
+                in_netns(netns, [*nft, "delete", "table", "ip", DROP_TABLE]), env=env, check=False, timeout=30
+            )
 
 
 def ready_endpoints(kube: Kube, namespace: str, service: str) -> list[str]:
@@ -326,5 +350,10 @@ def start_cluster_network(
         )
         startup["total"] = time.monotonic() - started
         yield ClusterNetwork(
-            net=net, agent=agent, kube_proxy=kube_proxy, coredns=coredns, startup_seconds=startup
+            net=net,
+            agent=agent,
+            kube_proxy=kube_proxy,
+            coredns=coredns,
+            startup_seconds=startup,
+            binaries=binaries,
         )

@@ -108,6 +108,9 @@ class OperatorProcess:
             "PYTHONUNBUFFERED": "1",
             "TRITONRESNET_RESYNC_SECONDS": "20",
             "TRITONRESNET_VERIFY_TIMEOUT_SECONDS": "20",
+            # Not by DNS (the machine's resolver is not the cluster's) nor by ClusterIP (nothing
+            # routes one here unless a pod network is up: ``operator_on_network`` turns it on).
+            "TRITONRESNET_VERIFY_SERVICE": "off",
             # Triton locked down as the chart installs it: a key made for this run only.
             "TRITONRESNET_TRITON_CONTROL_KEY": secrets.token_hex(32),
             **(extra_env or {}),

@@ -27,6 +27,7 @@ from tritonresnet.controller.reconcile import plan, with_apply_failures
 from tritonresnet_builder.contract import AccuracyTolerance, Failure, ReferenceAnswers, Result, SourceFile
 from unit.worlds import (
     NOW,
+    SERVICE,
     SETTINGS,
     build_result,
     condition,
@@ -101,6 +102,66 @@ def test_failed_verification_keeps_ready_false_with_the_endpoint_message() -> No
     p = plan(world(cr, objects, pods, verification=bad), SETTINGS)
     assert condition(p, c.READY)["status"] == "False"
     assert "not ready" in condition(p, c.READY)["message"]
+
+
+def _answered(*endpoints: str) -> dict[str, EndpointCheck]:
+    return {e: EndpointCheck(e, True, "answered") for e in endpoints}
+
+
+def test_ready_needs_the_service_to_answer_as_a_client_reaches_it_by_its_dns_name() -> None:
+    _, _, _, p = lifecycle_to_ready()
+    ready = condition(p, c.READY)
+    assert ready["status"] == "True"
+    assert ready["message"] == f"1 endpoint(s) and the Service {SERVICE} answered at version 1"
+    assert st(p)["endpoints"] == ["10.1.0.5:8000"]  # the pods; the Service is not one of them
+
+
+def test_a_service_that_does_not_answer_while_every_pod_does_is_ready_false_naming_the_service() -> None:
+    cr, objects, pods, _ = lifecycle_to_ready()
+    checks = {
+        **_answered("10.1.0.5:8000"),
+        SERVICE: EndpointCheck(SERVICE, False, "no answer within 20 s"),
+    }
+    p = plan(world(cr, objects, pods, verification=checks), SETTINGS)
+    ready = condition(p, c.READY)
+    assert (ready["status"], ready["reason"]) == ("False", c.VERIFICATION_FAILED.name)
+    assert ready["message"] == f"Service {SERVICE}: no answer within 20 s"
+    assert st(p)["endpoints"] == []
+
+
+def test_a_failed_pod_is_said_at_once_while_the_service_is_still_being_checked() -> None:
+    cr, objects, pods, _ = lifecycle_to_ready()
+    bad = {"10.1.0.5:8000": EndpointCheck("10.1.0.5:8000", False, "model resnet50 version 1 is not ready")}
+    p = plan(world(cr, objects, pods, verification=bad), SETTINGS)
+    assert condition(p, c.READY)["message"] == "10.1.0.5:8000: model resnet50 version 1 is not ready"
+    assert p.verify is not None and SERVICE in p.verify.endpoints  # and the Service's check is asked for
+
+
+def test_with_verify_service_cluster_ip_the_service_is_checked_at_its_cluster_ip() -> None:
+    cr, objects, pods, _ = lifecycle_to_ready()
+    settings = replace(SETTINGS, verify_service="cluster-ip")
+    service = next(o for o in objects if o["kind"] == "Service")
+    p = plan(world(cr, objects, pods, verification=_answered("10.1.0.5:8000")), settings)
+    assert condition(p, c.READY)["message"] == "waiting for the Service's ClusterIP"
+    assigned = copy.deepcopy(service)
+    assigned["spec"]["clusterIP"] = "10.96.0.40"
+    objects = [o for o in objects if o is not service] + [assigned]
+    p = plan(world(cr, objects, pods, verification=_answered("10.1.0.5:8000")), settings)
+    assert p.verify is not None and p.verify.endpoints == ("10.1.0.5:8000", "10.96.0.40:8000")
+    p = plan(world(cr, objects, pods, verification=_answered("10.1.0.5:8000", "10.96.0.40:8000")), settings)
+    assert condition(p, c.READY)["message"] == (
+        "1 endpoint(s) and the Service 10.96.0.40:8000 answered at version 1"
+    )
+
+
+def test_with_verify_service_off_the_pods_alone_make_it_ready() -> None:
+    cr, objects, pods, _ = lifecycle_to_ready()
+    p = plan(
+        world(cr, objects, pods, verification=_answered("10.1.0.5:8000")),
+        replace(SETTINGS, verify_service="off"),
+    )
+    ready = condition(p, c.READY)
+    assert (ready["status"], ready["message"]) == ("True", "1 endpoint(s) answered at version 1")
 
 
 def _running_unready(
@@ -494,7 +555,7 @@ def test_server_defaults_and_canonical_quantities_are_not_drift() -> None:
     main["readinessProbe"]["httpGet"]["scheme"] = "HTTP"
     main["resources"] = {"limits": {"nvidia.com/gpu": "1"}, "requests": {"cpu": "500m"}}
     _served_child(live, "Service")["spec"]["clusterIP"] = "10.0.0.7"
-    ok = {e: EndpointCheck(e, True, "answered") for e in st(ready)["endpoints"]}
+    ok = _answered(*st(ready)["endpoints"], SERVICE)
     p = plan(world(cr, live, pods, verification=ok), SETTINGS)
     assert p.apply == []
 
@@ -585,7 +646,7 @@ def test_empty_maps_and_false_the_api_server_leaves_out_are_no_drift() -> None:
     pod = dep["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {}  # rendered empty, stored without it
     del pod["nodeSelector"]
-    ok = {e: EndpointCheck(e, True, "answered") for e in st(ready)["endpoints"]}
+    ok = _answered(*st(ready)["endpoints"], SERVICE)
     assert plan(world(cr, live, pods, verification=ok), SETTINGS).apply == []
     pod["nodeSelector"] = {"pool": "other"}
     assert [o["kind"] for o in plan(world(cr, live, pods, verification=ok), SETTINGS).apply] == ["Deployment"]
@@ -596,7 +657,7 @@ def test_status_reports_the_bytes_the_repository_uses_and_keeps_them_when_the_pu
     assert st(ready)["published"]["repositoryBytes"] == 48_000_000
     no_jobs = [o for o in objects if o["kind"] != "Job"]
     triton = [x for x in pods if x["metadata"]["labels"].get(names.LABEL_COMPONENT) == "triton"]
-    ok = {e: EndpointCheck(e, True, "answered") for e in st(ready)["endpoints"]}
+    ok = _answered(*st(ready)["endpoints"], SERVICE)
     later = plan(world(cr, no_jobs, triton, verification=ok), SETTINGS)
     assert st(later)["published"]["repositoryBytes"] == 48_000_000
 
@@ -619,7 +680,7 @@ def test_every_fetched_file_and_its_digest_reach_status_and_a_second_pass_writes
         {"name": "model.onnx", "sha256": "a" * 64, "bytes": 1_200},
         {"name": "model.onnx.data", "sha256": "b" * 64, "bytes": 46_000_000},
     ]
-    answered = {"10.1.0.5:8000": EndpointCheck("10.1.0.5:8000", True, "answered")}
+    answered = _answered("10.1.0.5:8000", SERVICE)
     again = plan(world(cr, objects, pods, verification=answered), SETTINGS)
     assert again.apply == []
     assert status_patch(cr["status"], again.status) == {}
@@ -715,5 +776,5 @@ def test_a_widened_tolerance_asks_for_a_new_check_of_an_endpoint_that_failed_the
         )
     }
     p = plan(world(_with_accuracy(cr), objects, pods, verification=off), SETTINGS)
-    assert p.verify is not None and p.verify.endpoints == ("10.1.0.5:8000",)
+    assert p.verify is not None and p.verify.endpoints == ("10.1.0.5:8000", SERVICE)
     assert p.verify.expected.tolerance == AccuracyTolerance(90, 0.05)

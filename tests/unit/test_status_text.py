@@ -70,7 +70,10 @@ def test_describe_lists_each_target_with_its_plan_details() -> None:
 
 def test_describe_conditions_say_status_reason_message_and_age() -> None:
     text = describe(ready_resource(), now=NOW)
-    assert "  Ready is True (Verified), since 5m ago\n    2 endpoint(s) answered at version 4\n" in text
+    assert (
+        "  Ready is True (Verified), since 5m ago\n"
+        f"    2 endpoint(s) and the Service {worlds.SERVICE} answered at version 4\n"
+    ) in text
     assert "  Stalled is False (Progressing), since 5m ago\n" in text
 
 

@@ -20,6 +20,8 @@ SETTINGS = Settings()
 NOW = "2026-11-25T10:00:00Z"
 INPUTS = (Tensor("input", "FP32", (3, 224, 224)),)
 OUTPUTS = (Tensor("output", "FP32", (1000,)),)
+#: resource()'s Service as the operator verifies it by default (Settings.verify_service "dns").
+SERVICE = "resnet50.vision.svc:8000"
 
 
 def resource(
@@ -217,7 +219,10 @@ def lifecycle_to_ready(
     objects = [o for o in objects if o["kind"] != "Deployment"] + [rolled_out(dep, replicas=len(ips))]
     pods = [*pods, *(triton_pod(version, ip) for ip in ips)]
     p = plan(world(cr, objects, pods), SETTINGS)
-    endpoints = tuple(sorted(f"{ip}:8000" for ip in ips))
+    # Every pod, and then the Service as a client in the cluster reaches it (by its DNS name).
+    meta = cr["metadata"]
+    service = f"{names.service_name(meta['name'])}.{meta['namespace']}.svc:8000"
+    endpoints = (*sorted(f"{ip}:8000" for ip in ips), service)
     assert p.verify is not None and p.verify.endpoints == endpoints
     ok = {e: EndpointCheck(e, True, "answered") for e in endpoints}
     p = plan(world(cr, objects, pods, verification=ok), SETTINGS)

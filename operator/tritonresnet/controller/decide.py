@@ -448,15 +448,36 @@ def serving(
     return rolled
 
 
+def service_endpoint(observed: Observed, settings: Settings) -> str | None:
+    """``host:port`` of the resource's Service as a client reaches it (``Settings.verify_service``);
+    None when the Service is not verified; empty while (``cluster-ip``) it has no ClusterIP yet."""
+    meta = observed.resource["metadata"]
+    name = names.service_name(meta["name"])
+    if settings.verify_service == "dns":
+        return f"{name}.{meta['namespace']}.svc:{render.HTTP_PORT}"
+    if settings.verify_service == "cluster-ip":
+        service = observed.child("Service", name)
+        cluster_ip = str(((service or {}).get("spec") or {}).get("clusterIP") or "")
+        # "None" would be a headless Service's, which ours never is: no address yet all the same.
+        return f"{cluster_ip}:{render.HTTP_PORT}" if cluster_ip not in ("", "None") else ""
+    return None
+
+
 def verification(
     observed: Observed,
     spec: TritonResNetSpec,
     deploy: Served | None,
     rolled: Rollout,
     control_headers: tuple[tuple[str, str], ...] = (),
+    service: str | None = None,
 ) -> Verification:
-    """Every ready endpoint checked at the deployed version, or a request to check them; while
-    the rollout is not complete, Triton asked why its running pods are not ready."""
+    """Every ready endpoint, and the Service (``service``, when given) once the rollout is
+    complete, checked at the deployed version, or a request to check them; while the rollout
+    is not complete, Triton asked why its running pods are not ready.
+
+    The Service is checked as a client reaches it, so a broken path to the pods (kube-proxy,
+    DNS, a NetworkPolicy) turns the resource not Ready although every pod answers.
+    """
     if deploy is None:
         return Verification()
     # What the served version was published with, not the spec: they differ while a spec
@@ -477,17 +498,27 @@ def verification(
         if spec.serving.replicas == 0:
             return Verification(True, "scaled to zero")
         return Verification(False, "no ready endpoints yet")
+    if service == "":
+        return Verification(False, "waiting for the Service's ClusterIP")
+    targets = (*rolled.endpoints, service) if service is not None else rolled.endpoints
+    also = f" and the Service {service}" if service is not None else ""
     # A diagnosis made while the pod was not ready says nothing of it now: check it afresh.
-    checks = [_current(observed.verification.get(e), spec) for e in rolled.endpoints]
-    if any(ch is None for ch in checks):
-        return Verification(False, f"verifying {len(checks)} endpoint(s)", (rolled.endpoints, expected))
+    checks = [_current(observed.verification.get(e), spec) for e in targets]
+    request = (targets, expected) if any(ch is None for ch in checks) else None
+    # A failure already known is said at once, whatever is still being checked.
     bad = [ch for ch in checks if ch is not None and not ch.ok]
     if bad:
-        message = "; ".join(f"{ch.endpoint}: {ch.message}" for ch in bad)
+        message = "; ".join(
+            f"{'Service ' if ch.endpoint == service else ''}{ch.endpoint}: {ch.message}" for ch in bad
+        )
         # Every failing endpoint answered, only not as onnxruntime does: the model's accuracy,
         # not the rollout, is what a user must look at.
-        return Verification(False, message, failed=True, accuracy=all(ch.accuracy for ch in bad))
-    return Verification(True, f"{len(checks)} endpoint(s) answered at version {deploy.version}")
+        return Verification(False, message, request, failed=True, accuracy=all(ch.accuracy for ch in bad))
+    if request is not None:
+        return Verification(False, f"verifying {len(rolled.endpoints)} endpoint(s){also}", request)
+    return Verification(
+        True, f"{len(rolled.endpoints)} endpoint(s){also} answered at version {deploy.version}"
+    )
 
 
 def _not_diagnostic(check: EndpointCheck | None) -> EndpointCheck | None:
@@ -538,6 +569,5 @@ def decide(observed: Observed, spec: TritonResNetSpec, settings: Settings) -> De
     rolled = serving(observed, spec, settings, deploy, children)
     token = render.control_token(observed.resource, settings)
     control = ((render.CONTROL_HEADER, token),) if token else ()
-    return Decision(
-        spec, children, built, served, rolled, verification(observed, spec, deploy, rolled, control)
-    )
+    checked = verification(observed, spec, deploy, rolled, control, service_endpoint(observed, settings))
+    return Decision(spec, children, built, served, rolled, checked)

@@ -24,7 +24,7 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from tritonresnet.api.spec import RELEASE_RE, TritonResNetSpec
@@ -42,6 +42,12 @@ MIN_CONTROL_KEY_LENGTH = 32
 
 LogFormat = Literal["plain", "json"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("plain", "json")
+#: How the operator reaches each resource's Service to verify it as a client would:
+#: ``dns`` by ``<service>.<namespace>.svc`` (an operator inside the cluster), ``cluster-ip``
+#: by its ClusterIP (an operator on a node, or outside the cluster's DNS), ``off`` not at all
+#: (an operator that reaches pods but no Service: only the pods are verified).
+ServiceCheck = Literal["dns", "cluster-ip", "off"]
+SERVICE_CHECKS: tuple[ServiceCheck, ...] = ("dns", "cluster-ip", "off")
 
 
 class SettingsError(ValueError):
@@ -80,6 +86,8 @@ class Settings:
     verify_interval_seconds: float = 60.0
     #: Time allowed for verifying one Triton endpoint (health, metadata, smoke inference).
     verify_timeout_seconds: float = 30.0
+    #: Besides every pod, the resource's Service is verified, reached this way.
+    verify_service: ServiceCheck = "dns"
     #: How long finished build and publish Jobs stay around for inspection.
     job_ttl_seconds: int = 3600
     #: Reconcile threads; a pass mostly waits on the API server, so more than
@@ -173,11 +181,19 @@ def _release(text: str) -> str:
     return text
 
 
-def _log_format(text: str) -> LogFormat:
-    for known in LOG_FORMATS:
-        if text == known:
-            return known
-    raise ValueError(f"is not one of {', '.join(LOG_FORMATS)}")
+_Choice = TypeVar("_Choice", bound=str)
+
+
+def _one_of(choices: tuple[_Choice, ...]) -> Callable[[str], _Choice]:
+    """A parser of one of ``choices`` (a Literal's values), typed as that Literal."""
+
+    def parse(text: str) -> _Choice:
+        for known in choices:
+            if text == known:
+                return known
+        raise ValueError(f"is not one of {', '.join(choices)}")
+
+    return parse
 
 
 def _seconds(text: str) -> float:
@@ -360,7 +376,11 @@ OPTIONS: tuple[Option, ...] = (
         default_text="off",
     ),
     Option(
-        "log_format", ("--log-format",), "log lines as plain text or JSON", _log_format, metavar="plain|json"
+        "log_format",
+        ("--log-format",),
+        "log lines as plain text or JSON",
+        _one_of(LOG_FORMATS),
+        metavar="plain|json",
     ),
     Option("verbose", ("--verbose",), "debug logging", _switch, kind="switch"),
     Option(
@@ -411,6 +431,13 @@ OPTIONS: tuple[Option, ...] = (
         "time for verifying one Triton endpoint",
         _seconds,
         metavar="S",
+    ),
+    Option(
+        "verify_service",
+        ("--verify-service",),
+        "how the Service is reached when it is verified: by its DNS name, its ClusterIP, or off",
+        _one_of(SERVICE_CHECKS),
+        metavar="|".join(SERVICE_CHECKS),
     ),
     Option(
         "job_ttl_seconds",
