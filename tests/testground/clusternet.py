@@ -224,10 +224,14 @@ class ClusterNetwork:
         env = nft_env(self.binaries)
         rules = (
             f"table ip {DROP_TABLE} {{ chain prerouting {{ type filter hook prerouting priority raw; "
-            f"ip daddr {address} tcp dport {port} drop; }} }}"
+            f"ip daddr {address} tcp dport {port} drop; }}; }}"
         )
         netns = self.net.spec.node_netns
-        subprocess.run(in_netns(netns, [*nft, rules]), env=env, check=True, capture_output=True, timeout=30)
+        added = subprocess.run(
+            in_netns(netns, [*nft, rules]), env=env, capture_output=True, text=True, timeout=30
+        )
+        if added.returncode != 0:
+            raise RuntimeError(f"nft {rules}: {added.stderr.strip()}")
         try:
             yield
         finally:
