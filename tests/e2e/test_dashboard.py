@@ -31,8 +31,14 @@ from testground.clusternet import ClusterNetwork, ready_endpoints
 from testground.models import OnnxModels
 from testground.network import in_netns
 from testground.nodeagent_kube import Kube
-from testground.nodeagent_nodes import HOSTNAME_LABEL, POD_NETWORK_TOLERATION
-from testground.operator_run import OperatorProcess, apply_sample, condition, is_ready, wait_for_trn
+from testground.operator_run import (
+    OperatorProcess,
+    apply_sample,
+    condition,
+    is_ready,
+    network_placement,
+    wait_for_trn,
+)
 from testground.prometheus import OPERATOR_JOB, TRITON_JOB, start_prometheus
 from testground.s3 import S3Server
 from testground.waiting import wait_for
@@ -133,10 +139,7 @@ def test_every_dashboard_query_gets_data_from_the_real_prometheus(
     cp = operator.cp
     with cp.throwaway_namespace("dash") as namespace, cp.throwaway_namespace("dash-quota") as quota_namespace:
         uri = s3.upload(onnx_models.path("resnet18"), f"{namespace}/model.onnx")
-        placement = {
-            "nodeSelector": {HOSTNAME_LABEL: pod_network.node.name},
-            "tolerations": [POD_NETWORK_TOLERATION],
-        }
+        placement = network_placement(pod_network.node.name)
         apply_sample(cp, namespace, s3, uri, name=NAME, model_name="resnet18", serving=placement)
         refused_build(
             operator,

@@ -24,7 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from testground import network
+from testground.clusternet import NETWORK_NODES
 from testground.demo import describe_nodes
+from testground.network import host_state
 from testground.nodeagent import DEFAULT_NODES
 from testground.waiting import wait_for
 
@@ -47,6 +50,8 @@ WATCHED = (
     "etcd",
     "testground.nodeagent",
     "tritonresnet",
+    "kube-proxy",
+    "coredns",
 )
 SHM_REGION = re.compile(r"triton_\w+_backend_shm_region_[0-9a-f-]+")
 
@@ -168,6 +173,8 @@ class DemoRun:
             pytest.fail(f"the demo left processes running:\n{listed}\n{self.tail()}")
         left = sorted(region for region in self.regions if (Path("/dev/shm") / region).exists())
         assert not left, f"the demo left Triton's shared-memory regions in /dev/shm: {left}"
+        # The pod network's namespaces, links and routes go with the run (empty without one).
+        assert host_state() == {"netns": [], "links": [], "routes": []}, host_state()
 
 
 def test_demo_three_times_in_one_folder_leaves_nothing_behind(tmp_path: Path) -> None:
@@ -187,6 +194,13 @@ def test_demo_three_times_in_one_folder_leaves_nothing_behind(tmp_path: Path) ->
     assert all(0 <= int(m.group(2)) < 1000 for m in top)
     assert "Ready" in out
     assert {"tritonserver", "moto.server", "kube-apiserver", "etcd", "testground.nodeagent"} <= first.seen
+    if not network.available():
+        # As a user in the cluster would: by the Service's name, which CoreDNS resolves and
+        # kube-proxy routes, and the operator said the Service answered before Ready.
+        assert f"on {describe_nodes(NETWORK_NODES)}" in out, out[:1500]
+        assert "$ tritonresnet classify " in out and " --url resnet50.vision.svc:8000 " in out, first.tail()
+        assert "and the Service 10." in out, first.tail()
+        assert {"kube-proxy", "coredns"} <= first.seen, first.seen
     first.assert_nothing_left()
 
     # 2. Again in the same folder (the run that answered 409 "namespaces vision already

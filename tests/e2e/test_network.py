@@ -32,15 +32,14 @@ from testground.clusternet import ClusterNetwork, ready_endpoints
 from testground.controlplane import ControlPlane
 from testground.models import OnnxModels
 from testground.network import POD_CIDR, in_netns
-from testground.nodeagent import GPU_TOLERATION
 from testground.nodeagent_kube import Kube
-from testground.nodeagent_nodes import HOSTNAME_LABEL, POD_NETWORK_TOLERATION
 from testground.operator_run import (
     OperatorProcess,
     apply_sample,
     condition,
     get_trn,
     is_ready,
+    network_placement,
     serve_on_network,
     wait_for_trn,
 )
@@ -104,10 +103,7 @@ with urllib.request.urlopen(url, context=context, timeout=10) as response:
 
 def triton_objects(namespace: str, node: str, repository: Path) -> list[dict[str, Any]]:
     """add_one's Triton pinned to the network's node, serving from a local folder, and its Service."""
-    placement = {
-        "nodeSelector": {HOSTNAME_LABEL: node},
-        "tolerations": [GPU_TOLERATION, POD_NETWORK_TOLERATION],
-    }
+    placement = network_placement(node, cpu_only=True)  # the same fields in a pod spec
     deployment = add_one_deployment(namespace, {"hostPath": {"path": str(repository)}}, placement)
     service = {
         "apiVersion": "v1",
@@ -199,10 +195,7 @@ def test_a_ready_tritonresnet_serves_at_its_service_cluster_ip_and_dns_name(
     cp = operator.cp
     with cp.throwaway_namespace("netop") as namespace:
         uri = s3.upload(onnx_models.path("resnet18"), f"{namespace}/model.onnx")
-        placement = {
-            "nodeSelector": {HOSTNAME_LABEL: pod_network.node.name},
-            "tolerations": [POD_NETWORK_TOLERATION],
-        }
+        placement = network_placement(pod_network.node.name)
         apply_sample(cp, namespace, s3, uri, name="classifier", model_name="resnet18", serving=placement)
         wait_for_trn(cp, namespace, "classifier", is_ready(), "Ready", operator=operator)
 

@@ -31,12 +31,20 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
+from testground import network
 from testground.binaries import ensure_binaries
+from testground.clusternet import NETWORK_NODES, start_cluster_network
 from testground.controlplane import start_control_plane
 from testground.models import ensure_models
 from testground.nodeagent import DEFAULT_NODES, NodeSpec, start_node_agent
 from testground.nodeagent_runtime import kill_registered_groups
-from testground.operator_run import OperatorProcess, apply_sample, install_crd, wait_for_trn
+from testground.operator_run import (
+    OperatorProcess,
+    apply_sample,
+    install_crd,
+    network_placement,
+    wait_for_trn,
+)
 from testground.s3 import start_s3
 from testground.waiting import WaitTimeout
 
@@ -47,6 +55,9 @@ SAMPLE_IMAGE = REPO / "operator" / "tritonresnet" / "client" / "data" / "sample.
 NODES: tuple[NodeSpec, ...] = DEFAULT_NODES
 #: Marks a folder as a demo's (so a second run may remove it) and, locked, as in use.
 MARK = ".tritonresnet-demo"
+#: ``tritonresnet classify`` as this Python runs it.
+CLASSIFY = (sys.executable, "-m", "tritonresnet", "classify")
+CLASSIFY_TIMEOUT = 120.0  # seconds, for the one classification
 #: How long processes a killed earlier run left get after SIGTERM before SIGKILL
 #: (tritonserver takes about 4 s to stop its stubs).
 LEFTOVER_GRACE = 10.0
@@ -62,12 +73,21 @@ def describe_nodes(nodes: Sequence[NodeSpec]) -> str:
     return f"{len(nodes)} node{'s' if len(nodes) != 1 else ''} ({', '.join(parts)})"
 
 
-def banner(nodes: Sequence[NodeSpec]) -> str:
+def banner(nodes: Sequence[NodeSpec], network_nodes: Sequence[NodeSpec], no_network: str) -> str:
+    """What is real and what is emulated; ``no_network``: why there is no pod network (empty: there is)."""
+    if no_network:
+        routing = f"            no pod network ({no_network}): Triton is called at a pod's address\n"
+    else:
+        routing = (
+            "            a pod network (network namespaces and veth links) on "
+            f"{describe_nodes(network_nodes)},\n"
+            "            kube-proxy (nftables) and CoreDNS: Triton is called through its Service's name\n"
+        )
     return f"""\
 tritonresnet local demo
   real:     kube-apiserver, etcd, controller-manager, scheduler (built from Kubernetes' Go modules),
             the tritonresnet operator, the builder, tritonserver (from nvidia-pytriton), S3 (moto server)
-  emulated: the kubelets of {describe_nodes(nodes)}:
+{routing}  emulated: the kubelets of {describe_nodes(nodes)}{"" if no_network else " and the network's"}:
             a node agent runs their pods as local processes;
             Triton's onnxruntime backend (a python-backend stand-in); the model's weights (random)
   not here: TensorRT and GPUs, so the demo serves the model in `format: onnx`
@@ -269,32 +289,40 @@ def run(args: argparse.Namespace, workdir: Path, interrupts: Interrupts) -> None
             s3 = stack.enter_context(start_s3(workdir / "s3"))
             uri = s3.upload(onnx, f"{args.model}/model.onnx")
             say(f"uploaded {onnx.name} to {uri}")
+            why_not = network.available()
+            net = None
+            if why_not:
+                say(f"no pod network ({why_not}): Triton's pods stay on loopback addresses")
+            else:
+                say(
+                    "starting the pod network: kube-proxy, CoreDNS, "
+                    f"the node agent for {describe_nodes(NETWORK_NODES)}"
+                )
+                net = stack.enter_context(start_cluster_network(cp, workdir / "pod-network", NETWORK_NODES))
+                say(f"pod network up: pods in {net.net.spec.pod_cidr}, Services routed by kube-proxy")
             install_crd(cp)
             operator = OperatorProcess(cp, workdir)
+            if net is not None:  # the operator, on this machine, reaches a Service by its ClusterIP
+                operator.env["TRITONRESNET_VERIFY_SERVICE"] = "cluster-ip"
             stack.callback(operator.kill, signal.SIGTERM)
             operator.start()
             say(f"operator running (log: {operator.log_path})")
             cp.create_namespace(namespace)
-            apply_sample(cp, namespace, s3, uri, name=name)
+            serving = network_placement(net.node.name) if net is not None else None
+            apply_sample(cp, namespace, s3, uri, name=name, serving=serving)
             say(f"applied TritonResNet {namespace}/{name} (format: onnx); waiting for Ready")
             trn = wait_ready(operator, namespace, name, args.timeout)
-            endpoint = trn["status"]["endpoints"][0]
-            say(f"Ready in {time.monotonic() - started:.0f} s; classifying {SAMPLE_IMAGE.name} at {endpoint}")
-            command = [
-                sys.executable,
-                "-m",
-                "tritonresnet",
-                "classify",
-                str(SAMPLE_IMAGE),
-                "--url",
-                endpoint,
-                "--model",
-                "resnet50",
-                "--top",
-                "5",
-            ]
-            print("$ tritonresnet classify " + " ".join(command[4:]), flush=True)
-            subprocess.run(command, check=True)
+            # A user's client reaches the Service by its name; without a pod network, a pod's endpoint.
+            url = f"{name}.{namespace}.svc:8000" if net is not None else trn["status"]["endpoints"][0]
+            say(f"Ready in {time.monotonic() - started:.0f} s; classifying {SAMPLE_IMAGE.name} at {url}")
+            argv = [*CLASSIFY, str(SAMPLE_IMAGE), "--url", url, "--model", "resnet50", "--top", "5"]
+            print("$ tritonresnet classify " + " ".join(argv[len(CLASSIFY) :]), flush=True)
+            if net is None:
+                subprocess.run(argv, check=True)
+            else:
+                # From a pod-like namespace whose resolv.conf names the cluster's DNS, as a pod would.
+                with net.client_netns(0, namespace) as client:
+                    subprocess.run(network.in_netns(client, argv), check=True, timeout=CLASSIFY_TIMEOUT)
             print("(random weights: the labels are real ImageNet names, the guesses are not meaningful)")
             subprocess.run(
                 [
@@ -349,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
 
     interrupts = Interrupts()
     interrupts.install()
-    print(banner(NODES), flush=True)
+    print(banner(NODES, NETWORK_NODES, network.available()), flush=True)
     try:
         with fresh_workdir(args.workdir.resolve()) as workdir:
             contain_in(workdir)

@@ -264,6 +264,14 @@ def triton_pods(kube: Kube, namespace: str, name: str) -> list[dict[str, Any]]:
     return items
 
 
+def network_placement(node: str, *, cpu_only: bool = False) -> dict[str, Any]:
+    """spec.serving fields that put Triton's pods on the pod-network node ``node``, its taint
+    tolerated; ``cpu_only`` pods (no GPU request) tolerate the GPU taint too, which the operator
+    adds itself only to pods that request a GPU."""
+    tolerations = [GPU_TOLERATION, POD_NETWORK_TOLERATION] if cpu_only else [POD_NETWORK_TOLERATION]
+    return {"nodeSelector": {HOSTNAME_LABEL: node}, "tolerations": tolerations}
+
+
 def serve_on_network(
     operator: OperatorProcess,
     network: ClusterNetwork,
@@ -284,8 +292,8 @@ def serve_on_network(
     # CPU only: the network's one node has two GPUs, three replicas and a surge need more;
     # without a GPU request the operator adds no GPU toleration, and the node has the taint.
     serving = {
-        "nodeSelector": node_selector or {HOSTNAME_LABEL: network.node.name},
-        "tolerations": [GPU_TOLERATION, POD_NETWORK_TOLERATION],
+        **network_placement(network.node.name, cpu_only=True),
+        **({"nodeSelector": node_selector} if node_selector else {}),
         "resources": {"requests": {"cpu": "100m"}},
     }
     apply_sample(cp, namespace, s3, uri, name=name, replicas=replicas, model_name=model, serving=serving)
