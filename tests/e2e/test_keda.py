@@ -9,8 +9,11 @@ through the python-backend stand-in for onnxruntime, as in every Triton test).
 
 The ScaledObject is the README's (``docs/keda/scaledobject.yaml``, which the
 README and docs/autoscaling.md include verbatim: tests/unit/test_docs_keda.py)
-applied with one field changed: ``serverAddress``, where this Prometheus
-listens. KEDA makes its HPA on the TritonResNet's scale subresource; the HPA
+applied unchanged: its ``serverAddress``, ``prometheus-operated.monitoring.svc``,
+is a Service whose EndpointSlice names where this Prometheus listens (the host's
+end of the pod network's link), and KEDA's operator resolves it through CoreDNS
+(a resolv.conf naming kube-dns, testground.keda) and reaches it through
+kube-proxy, as it would in a cluster. KEDA makes its HPA on the TritonResNet's scale subresource; the HPA
 controller reads the queue time through ``external.metrics.k8s.io`` (the
 apiserver forwards to KEDA's metrics server, which asks KEDA's operator,
 which queries Prometheus) and writes ``spec.serving.replicas`` through
@@ -25,7 +28,6 @@ one request may fail over the whole run, scale-down included.
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from collections.abc import Iterator
@@ -39,9 +41,10 @@ from testground.controlplane import ControlPlane
 from testground.keda import Keda
 from testground.loadclient import Load, bounded_load
 from testground.models import OnnxModels
+from testground.network import HOST_ADDRESS
 from testground.nodeagent_kube import Kube
 from testground.operator_run import OperatorProcess, get_trn, serve_on_network, triton_pods
-from testground.prometheus import Prometheus, start_prometheus
+from testground.prometheus import Prometheus, in_cluster_service, start_prometheus
 from testground.s3 import S3Server
 from testground.waiting import wait_for
 from tritonresnet.api import names
@@ -59,22 +62,22 @@ LOAD = Load(rate=40.0, max_requests=12_000, max_seconds=400.0, request_timeout=3
 ANSWERING_SECONDS = 10.0  #: load kept on both replicas once the new one is Ready
 
 
-def scaled_object(prometheus_url: str) -> dict[str, Any]:
-    """The README's ScaledObject with this Prometheus' address, the one field that names a place."""
+def scaled_object() -> dict[str, Any]:
+    """The README's ScaledObject, as the README shows it."""
     document: dict[str, Any] = yaml.safe_load(SCALED_OBJECT.read_text())
-    changed = copy.deepcopy(document)
-    (trigger,) = changed["spec"]["triggers"]
-    trigger["metadata"]["serverAddress"] = prometheus_url
-    return changed
+    return document
 
 
 @pytest.fixture(scope="module")
 def prometheus(
     control_plane: ControlPlane, pod_network: ClusterNetwork, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Prometheus]:
-    """Prometheus scraping the Triton pods; started once the pod network's blackholes exist."""
-    with start_prometheus(control_plane, tmp_path_factory.mktemp("prometheus")) as running:
-        yield running
+    """Prometheus scraping the Triton pods, started once the pod network's blackholes exist,
+    listening on the host's end of the network's link and reached in the cluster as the
+    README's recipe names it: ``prometheus-operated.monitoring.svc:9090``."""
+    with start_prometheus(control_plane, tmp_path_factory.mktemp("prometheus"), host=HOST_ADDRESS) as running:
+        with control_plane.applied(in_cluster_service(running)):
+            yield running
 
 
 def replicas_of(trn: dict[str, Any]) -> int:
@@ -99,7 +102,7 @@ def test_keda_scales_a_tritonresnet_on_triton_queue_time_and_back_failing_no_req
     tmp_path: Path,
 ) -> None:
     cp = operator.cp
-    recipe = scaled_object(prometheus.url)
+    recipe = scaled_object()
     namespace, name = recipe["metadata"]["namespace"], recipe["metadata"]["name"]
     target = recipe["spec"]["scaleTargetRef"]
     assert (target["apiVersion"], target["kind"], target["name"]) == (names.API_VERSION, names.KIND, name)

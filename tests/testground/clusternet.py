@@ -28,7 +28,7 @@ import base64
 import contextlib
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,6 +104,26 @@ def corefile(health_port: int, ready_port: int, kubeconfig: Path) -> str:
 """
 
 
+def host_endpoint_slice(namespace: str, service: str, ports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """An EndpointSlice putting the selectorless Service ``service`` at ``HOST_ADDRESS`` (a
+    process on the host's end of the link, where no pod backs it); ``ports`` as a slice lists them."""
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{service}-testground",
+            "namespace": namespace,
+            "labels": {
+                "kubernetes.io/service-name": service,
+                "endpointslice.kubernetes.io/managed-by": DNS_MANAGER,
+            },
+        },
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [HOST_ADDRESS], "conditions": {"ready": True}}],
+        "ports": [dict(port) for port in ports],
+    }
+
+
 def kube_dns_objects() -> list[dict[str, Any]]:
     """kube-dns without a selector (CoreDNS is no pod here) and its EndpointSlice."""
     ports = [("dns", "UDP"), ("dns-tcp", "TCP")]
@@ -118,21 +138,9 @@ def kube_dns_objects() -> list[dict[str, Any]]:
             ],
         },
     }
-    endpoints = {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": "kube-dns-testground",
-            "namespace": "kube-system",
-            "labels": {
-                "kubernetes.io/service-name": "kube-dns",
-                "endpointslice.kubernetes.io/managed-by": DNS_MANAGER,
-            },
-        },
-        "addressType": "IPv4",
-        "endpoints": [{"addresses": [HOST_ADDRESS], "conditions": {"ready": True}}],
-        "ports": [{"name": name, "protocol": proto, "port": 53} for name, proto in ports],
-    }
+    endpoints = host_endpoint_slice(
+        "kube-system", "kube-dns", [{"name": name, "protocol": proto, "port": 53} for name, proto in ports]
+    )
     return [service, endpoints]
 
 
@@ -143,21 +151,7 @@ def kubernetes_endpoints(port: int) -> dict[str, Any]:
     would publish its loopback address, which the API refuses), so nothing else
     writes one.
     """
-    return {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": "kubernetes-testground",
-            "namespace": "default",
-            "labels": {
-                "kubernetes.io/service-name": "kubernetes",
-                "endpointslice.kubernetes.io/managed-by": DNS_MANAGER,
-            },
-        },
-        "addressType": "IPv4",
-        "endpoints": [{"addresses": [HOST_ADDRESS], "conditions": {"ready": True}}],
-        "ports": [{"name": "https", "protocol": "TCP", "port": port}],
-    }
+    return host_endpoint_slice("default", "kubernetes", [{"name": "https", "protocol": "TCP", "port": port}])
 
 
 #: The nodes whose pods are on the network: A10G GPU nodes, tainted for the network, each with

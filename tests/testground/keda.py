@@ -46,7 +46,7 @@ from typing import Any
 import yaml
 
 from testground.binaries import ensure_keda, keda_module_dir
-from testground.clusternet import ClusterNetwork
+from testground.clusternet import ClusterNetwork, host_endpoint_slice
 from testground.controlplane import (
     Component,
     ControlPlane,
@@ -56,7 +56,7 @@ from testground.controlplane import (
     http_get,
     log,
 )
-from testground.network import HOST_ADDRESS
+from testground.network import HOST_ADDRESS, resolv_conf
 from testground.waiting import wait_for
 
 NAMESPACE = "keda"
@@ -64,7 +64,6 @@ SERVICE_ACCOUNT = "keda-operator"
 METRICS_SERVICE = "keda-metrics-apiserver"
 API_SERVICE = "v1beta1.external.metrics.k8s.io"
 EXTERNAL_METRICS_PATH = "/apis/external.metrics.k8s.io/v1beta1"
-MANAGER = "testground"
 READY_TIMEOUT = 120.0
 
 #: The release manifests applied, relative to the module's ``config/``.
@@ -117,23 +116,20 @@ def release_objects(module: Path, ca_pem: bytes, adapter_port: int) -> list[dict
     service = next(o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == METRICS_SERVICE)
     https = next(port for port in service["spec"]["ports"] if port["name"] == "https")
     objects.append(
-        {
-            "apiVersion": "discovery.k8s.io/v1",
-            "kind": "EndpointSlice",
-            "metadata": {
-                "name": f"{METRICS_SERVICE}-{MANAGER}",
-                "namespace": NAMESPACE,
-                "labels": {
-                    "kubernetes.io/service-name": METRICS_SERVICE,
-                    "endpointslice.kubernetes.io/managed-by": MANAGER,
-                },
-            },
-            "addressType": "IPv4",
-            "endpoints": [{"addresses": [HOST_ADDRESS], "conditions": {"ready": True}}],
-            "ports": [{"name": https["name"], "protocol": "TCP", "port": adapter_port}],
-        }
+        host_endpoint_slice(
+            NAMESPACE, METRICS_SERVICE, [{"name": https["name"], "protocol": "TCP", "port": adapter_port}]
+        )
     )
     return objects
+
+
+def with_cluster_dns(resolv: Path, *argv: str) -> list[str]:
+    """``argv`` run with ``resolv`` as its /etc/resolv.conf (a mount namespace of its own, the
+    file bound over), on the host's network: its loopback (the apiserver, its gRPC peer) stays
+    as it is, and names go to CoreDNS, which forwards nothing. ``unshare`` and ``sh`` exec, so
+    the process keeps the PID it was started with."""
+    script = 'mount --bind "$0" /etc/resolv.conf && exec "$@"'
+    return ["unshare", "--mount", "--", "sh", "-c", script, str(resolv), *argv]
 
 
 def _api_service_available(cp: ControlPlane) -> bool:
@@ -165,9 +161,10 @@ def _cert_dir(cp: ControlPlane, workdir: Path) -> Path:
 def start_keda(cp: ControlPlane, network: ClusterNetwork, workdir: Path) -> Iterator[Keda]:
     """KEDA's operator and metrics API server, with its CRDs and RBAC; all gone on exit.
 
-    ``network`` is required for the address the apiserver reaches the adapter on.
+    ``network`` gives the address the apiserver reaches the adapter on, and the cluster's DNS:
+    the operator resolves a trigger's ``serverAddress`` (``<service>.<namespace>.svc``) as a
+    pod in ``keda`` would, through a resolv.conf naming kube-dns (``with_cluster_dns``).
     """
-    del network  # only its host link (HOST_ADDRESS) is used; asking for it makes sure it exists
     binaries = ensure_keda(log=log)
     module = keda_module_dir()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -193,9 +190,12 @@ def start_keda(cp: ControlPlane, network: ClusterNetwork, workdir: Path) -> Iter
             KEDA_CLUSTER_OBJECT_NAMESPACE=NAMESPACE,  # else read from a pod's mounted token folder
             WATCH_NAMESPACE="",
         )
+        resolv = workdir / "resolv.conf"
+        resolv.write_text(resolv_conf(network.net.spec, NAMESPACE))
         operator = Component(
             "keda-operator",
-            [
+            with_cluster_dns(
+                resolv,
                 str(binaries / "keda"),
                 "--leader-elect=false",
                 f"--metrics-bind-address=127.0.0.1:{operator_metrics}",
@@ -209,7 +209,7 @@ def start_keda(cp: ControlPlane, network: ClusterNetwork, workdir: Path) -> Iter
                 "--enable-apiservice-patching=false",
                 "--zap-log-level=info",
                 "--zap-encoder=console",
-            ],
+            ),
             workdir / "logs" / "keda-operator.log",
             env=env,
         )

@@ -44,6 +44,7 @@ import yaml
 from tritonresnet.api import names
 
 from testground.binaries import ensure_prometheus, prometheus_operator_module_dir
+from testground.clusternet import host_endpoint_slice
 from testground.controlplane import (
     PORT_ATTEMPTS,
     Component,
@@ -53,6 +54,7 @@ from testground.controlplane import (
     free_port,
     http_get,
 )
+from testground.network import HOST_ADDRESS
 from testground.nodeagent_kube import Kube
 from testground.waiting import wait_for
 
@@ -266,15 +268,45 @@ class Prometheus:
         return wait_for(up, f"{count} healthy target(s) of job {job} in Prometheus", timeout, every=0.5)
 
 
+#: Where prometheus-operator's Service for a Prometheus in ``monitoring`` puts it, the address
+#: the README's KEDA recipe names (``http://prometheus-operated.monitoring.svc:9090``).
+IN_CLUSTER_NAMESPACE = "monitoring"
+IN_CLUSTER_SERVICE = "prometheus-operated"
+IN_CLUSTER_PORT = 9090
+
+
+def in_cluster_service(prometheus: Prometheus) -> list[dict[str, Any]]:
+    """The ``prometheus-operated`` Service in ``monitoring`` (and its namespace), reaching this
+    Prometheus where it listens on the pod network's host address, as kube-dns reaches CoreDNS:
+    no selector, an EndpointSlice at ``HOST_ADDRESS``."""
+    listening = urllib.parse.urlsplit(prometheus.url)
+    assert listening.hostname == HOST_ADDRESS, (
+        f"Prometheus listens on {listening.hostname}, not {HOST_ADDRESS}"
+    )
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": IN_CLUSTER_NAMESPACE}}
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": IN_CLUSTER_SERVICE, "namespace": IN_CLUSTER_NAMESPACE},
+        "spec": {
+            "ports": [
+                {"name": "web", "protocol": "TCP", "port": IN_CLUSTER_PORT, "targetPort": listening.port}
+            ]
+        },
+    }
+    web = [{"name": "web", "protocol": "TCP", "port": listening.port}]
+    return [namespace, service, host_endpoint_slice(IN_CLUSTER_NAMESPACE, IN_CLUSTER_SERVICE, web)]
+
+
 def _grant_discovery(cp: ControlPlane) -> None:
     objects = {"apiVersion": "v1", "kind": "List", "items": [READER_ROLE, READER_BINDING]}
     cp.kubectl("apply", "-f", "-", input=json.dumps(objects))
 
 
-def _start_on_a_free_port(binary: Path, config: Path, workdir: Path) -> tuple[Component, str]:
+def _start_on_a_free_port(binary: Path, config: Path, workdir: Path, host: str) -> tuple[Component, str]:
     """Prometheus running and ready; another port when one picked is taken before it binds."""
     for attempt in range(PORT_ATTEMPTS):
-        address = f"127.0.0.1:{free_port()}"
+        address = f"{host}:{free_port()}"
         component = Component(
             "prometheus",
             [
@@ -305,9 +337,11 @@ def start_prometheus(
     parent: Path | None = None,
     operator_metrics: str | None = None,
     namespaces: Sequence[str] = (),
+    host: str = "127.0.0.1",
 ) -> Iterator[Prometheus]:
-    """Prometheus scraping the Triton pods of ``cp`` (and the operator at ``operator_metrics``);
-    its folder is made under ``parent`` (default: the system's temporary folder)."""
+    """Prometheus scraping the Triton pods of ``cp`` (and the operator at ``operator_metrics``),
+    listening on ``host`` (a pod network's ``HOST_ADDRESS``, for ``in_cluster_service``); its
+    folder is made under ``parent`` (default: the system's temporary folder)."""
     binary = ensure_prometheus()
     _grant_discovery(cp)
     workdir = Path(tempfile.mkdtemp(prefix="testground-prometheus-", dir=parent))
@@ -320,7 +354,7 @@ def start_prometheus(
         config_path = workdir / "prometheus.yml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         started = time.monotonic()
-        component, url = _start_on_a_free_port(binary, config_path, workdir)
+        component, url = _start_on_a_free_port(binary, config_path, workdir, host)
         stack.callback(component.stop)
         startup = time.monotonic() - started
         yield Prometheus(url, component, workdir, startup, config)

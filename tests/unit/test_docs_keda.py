@@ -1,7 +1,7 @@
 """The KEDA recipe the README and docs/autoscaling.md show is the file the e2e test applies.
 
-tests/e2e/test_keda.py applies ``docs/keda/scaledobject.yaml`` (its ``serverAddress``
-changed to the test ground's Prometheus); both documents must show that file
+tests/e2e/test_keda.py applies ``docs/keda/scaledobject.yaml`` unchanged; both
+documents must show that file
 verbatim between their ``keda-scaledobject`` markers, so the recipe a reader copies
 is the tested one.
 """
