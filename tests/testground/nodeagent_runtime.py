@@ -657,7 +657,13 @@ class PodWorker(threading.Thread):
             return python_command("tritonresnet_builder", args), {}
         if kind == "operator":
             kubeconfig = self.context.service_account_kubeconfig(self.pod, self.dir / "kubeconfig")
-            return python_command("tritonresnet", args), {"KUBECONFIG": str(kubeconfig)}
+            added = {"KUBECONFIG": str(kubeconfig)}
+            if self.context.network is None:
+                # STAND-IN for the cluster's Service routing, which a loopback node has none of: the
+                # operator verifies pods only. Its default (a Service by its DNS name) would ask
+                # this machine's resolver, whose queries leave the machine.
+                added["TRITONRESNET_VERIFY_SERVICE"] = "off"
+            return python_command("tritonresnet", args), added
         from testground.standin_tensorrt import GPU_CC_ENV
         from testground.triton import tritonserver_command
 
