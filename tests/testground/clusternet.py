@@ -214,7 +214,7 @@ class ClusterNetwork:
         """TCP to ``address:port`` dropped where it enters the node, before kube-proxy's DNAT:
         a Service's ClusterIP stops answering while its pods still do. A table of our own in
         the node namespace (kube-proxy's is left alone), deleted when the block exits."""
-        nft = [str(self.binaries / "nftables" / "usr" / "sbin" / "nft")]
+        nft = ["nft"]  # found on nft_env's PATH, as kube-proxy finds it
         env = nft_env(self.binaries)
         rules = (
             f"table ip {DROP_TABLE} {{ chain prerouting {{ type filter hook prerouting priority raw; "
