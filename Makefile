@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test demo lint typecheck binaries test-binaries clean
+.PHONY: venv test demo lint typecheck binaries clean
 
 $(STAMP): pyproject.toml .ci/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,19 +22,18 @@ venv: $(STAMP)
 binaries:
 	cd tests && $(PYTHON) -m testground.binaries
 
-# The control plane and what the suite would otherwise build on demand (pod network, Karpenter,
-# Prometheus); KEDA, the longest, builds in the background during the suite (tests/conftest.py).
-test-binaries:
-	cd tests && $(PYTHON) -m testground.binaries --all
-
 lint: $(STAMP)
 	$(BIN)/ruff check operator builder_image tests benchmarks docs
 	$(BIN)/mypy
 	# The product packages hold to --strict; the test ground and benchmarks to the settings above.
 	$(BIN)/mypy --strict operator/tritonresnet builder_image/tritonresnet_builder
 
+# The suite's binaries build in one background process that lives while this make does: through
+# pip, then beside the tests that need none of them (tests/conftest.py runs the tests in the
+# order the parts are built, and each test waits for its part on that part's lock).
 test:
-	$(MAKE) -j2 venv test-binaries
+	cd tests && $(PYTHON) -m testground.binaries --background --while-pid $$PPID
+	$(MAKE) venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # exec: make passes a SIGTERM on to its recipe's process, which would otherwise be the

@@ -77,7 +77,7 @@ from testground.waiting import WaitTimeout, wait_for
 from tritonresnet.api import names
 from tritonresnet.controller import fleet
 
-pytestmark = [pytest.mark.cluster, pytest.mark.triton, pytest.mark.slow]
+pytestmark = [pytest.mark.cluster, pytest.mark.triton, pytest.mark.slow, pytest.mark.builds("karpenter")]
 
 NAME = "scaled-up"
 NAMESPACE = "autoscaled"

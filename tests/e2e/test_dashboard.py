@@ -43,7 +43,7 @@ from testground.prometheus import OPERATOR_JOB, TRITON_JOB, start_prometheus
 from testground.s3 import S3Server
 from testground.waiting import wait_for
 
-pytestmark = [pytest.mark.cluster, pytest.mark.triton]
+pytestmark = [pytest.mark.cluster, pytest.mark.triton, pytest.mark.builds("prometheus")]
 
 DASHBOARD = CHART_DIR / "dashboards" / "tritonresnet.json"
 NAME = "classifier"

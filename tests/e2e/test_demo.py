@@ -31,7 +31,7 @@ from testground.network import host_state
 from testground.nodeagent import DEFAULT_NODES
 from testground.waiting import wait_for
 
-pytestmark = [pytest.mark.cluster, pytest.mark.triton, pytest.mark.slow]
+pytestmark = [pytest.mark.cluster, pytest.mark.triton, pytest.mark.slow, pytest.mark.builds("network")]
 
 TESTS = Path(__file__).resolve().parents[1]
 MARK_VARIABLE = "TRITONRESNET_DEMO_TEST_RUN"

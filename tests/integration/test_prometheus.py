@@ -31,7 +31,7 @@ from testground.triton import add_one_deployment, add_one_model, infer_add_one
 from testground.waiting import wait_for
 from tritonresnet.api import names
 
-pytestmark = [pytest.mark.cluster, pytest.mark.triton]
+pytestmark = [pytest.mark.cluster, pytest.mark.triton, pytest.mark.builds("prometheus")]
 
 TIMEOUT = 120.0
 REQUESTS = 5

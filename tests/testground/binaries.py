@@ -43,12 +43,21 @@ package the same way, on demand, into a cache folder keyed by the package's vers
 prometheus-operator's CRDs (``prometheus_operator_module_dir``) come from its pinned Go
 module, downloaded (not built) into Go's module cache the first time they are asked for.
 
+The suite's parts (``BUILD_PARTS``: the control plane, the pod network's, Prometheus,
+Karpenter, KEDA) are made in that order by one background process
+(``start_background_build``): ``make test`` starts it before pip fills the venv, and
+pytest starts one for what a session needs when none runs. Every part still has its
+own lock, so a test asking for a part waits only for that one, and builds it itself
+when no one else does.
+
     python -m testground.binaries              # build or reuse, print the folder
     python -m testground.binaries --kwok       # the same for kwok, print its path
     python -m testground.binaries --karpenter  # the same for Karpenter, print its path
     python -m testground.binaries --keda       # the same for KEDA, print its folder
     python -m testground.binaries --network    # the pod network's binaries, print their folder
-    python -m testground.binaries --all        # what the suite runs (KEDA aside), two builds at a time
+    python -m testground.binaries --all        # everything the suite runs, one part after another
+    python -m testground.binaries --background --while-pid PID
+                                               # the same in a process of its own (make test), while PID lives
     python -m testground.binaries --prometheus # Debian's prometheus, print its path
     python -m testground.binaries --regenerate # rewrite tools/*/go.mod
 """
@@ -64,9 +73,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 KUBERNETES_VERSION = "v1.36.3"
@@ -251,12 +260,21 @@ def _kube_ldflags() -> str:
 
 
 def _build_plan() -> list[tuple[str, str, str, str]]:
-    """(binary, tools module, package, ldflags) for every binary."""
-    plan = [(cmd, "kubernetes", f"k8s.io/kubernetes/cmd/{cmd}", _kube_ldflags()) for cmd in KUBE_COMMANDS]
-    plan.append(("etcd", "etcd", "go.etcd.io/etcd/server/v3", "-s -w"))
+    """(binary, tools module, package, ldflags) for every binary, in the order they are built.
+
+    helm and kubectl first: the unit tests that render the chart need only them (``ensure_tool``),
+    so on a fresh machine they run while the servers are still being compiled.
+    """
     helm_ld = f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"
-    plan.append(("helm", "helm", "helm.sh/helm/v3/cmd/helm", helm_ld))
-    return plan
+    kube = {
+        cmd: (cmd, "kubernetes", f"k8s.io/kubernetes/cmd/{cmd}", _kube_ldflags()) for cmd in KUBE_COMMANDS
+    }
+    return [
+        ("helm", "helm", "helm.sh/helm/v3/cmd/helm", helm_ld),
+        kube["kubectl"],
+        ("etcd", "etcd", "go.etcd.io/etcd/server/v3", "-s -w"),
+        *(kube[cmd] for cmd in KUBE_COMMANDS if cmd != "kubectl"),
+    ]
 
 
 def _network_build_plan() -> list[tuple[str, str, str, str]]:
@@ -295,25 +313,63 @@ def build(  # type: ignore[no-untyped-def]
             log(f"testground: built {binary} in {time.monotonic() - started:.0f} s")
 
 
-def ensure_binaries(log=print) -> Path:  # type: ignore[no-untyped-def]
-    """Return a folder holding every binary, building it once if needed."""
+def _given_folder(log=print) -> Path | None:  # type: ignore[no-untyped-def]
+    """The folder ``ENV_OVERRIDES`` name, when it holds every binary."""
     for var in ENV_OVERRIDES:
         if os.environ.get(var):
             folder = Path(os.environ[var])
             if _complete(folder):
                 return folder
             log(f"testground: {var}={folder} lacks some of {', '.join(ALL_BINARIES)}; building instead")
-    return _made_once(cache_dir(), _complete, lambda folder: build(folder, log))
+    return None
 
 
-def _made_once(folder: Path, complete: Callable[[Path], bool], make: Callable[[Path], None]) -> Path:
+def ensure_binaries(log=print) -> Path:  # type: ignore[no-untyped-def]
+    """Return a folder holding every binary, building it once if needed."""
+    return _given_folder(log) or _made_once(cache_dir(), _complete, lambda folder: build(folder, log))
+
+
+def ensure_tool(name: str, log=print) -> Path:  # type: ignore[no-untyped-def]
+    """The path of one binary of ``ensure_binaries``' folder (``helm``, ``kubectl``) as soon as it is
+    there: while another process builds the folder, not only once the whole of it is built; and
+    when nobody does, only this one is built."""
+    given = _given_folder(log)
+    if given is not None:
+        return given / name
+    plan = [step for step in _build_plan() if step[0] == name]
+    if not plan:
+        raise ValueError(f"{name} is not one of {', '.join(ALL_BINARIES)}")
+
+    def usable(folder: Path) -> bool:
+        return os.access(folder / name, os.X_OK)
+
+    return _made_once(cache_dir(), usable, lambda folder: build(folder, log, plan)) / name
+
+
+def _made_once(
+    folder: Path,
+    complete: Callable[[Path], bool],
+    make: Callable[[Path], None],
+) -> Path:
     """``folder`` once ``complete``, calling ``make`` at most once per machine, also when several
-    test processes ask at the same time."""
+    processes ask at the same time (a background build and a test, say).
+
+    While another process holds the folder's lock ``complete`` is asked again every second, so a
+    caller that needs only part of the folder (``ensure_tool``) goes on as soon as its part is in
+    place; every binary appears whole, by a rename (``build``).
+    """
     if complete(folder):
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if complete(folder):
+                    return folder
+                time.sleep(1.0)
         if not complete(folder):
             make(folder)
     return folder
@@ -400,12 +456,6 @@ def keda_cache_dir() -> Path:
 
 def _keda_complete(folder: Path) -> bool:
     return all((folder / name).is_file() and os.access(folder / name, os.X_OK) for name in KEDA_COMMANDS)
-
-
-def keda_built() -> bool:
-    """Whether KEDA's binaries are in the cache already (the suite builds them in the background
-    otherwise: tests/conftest.py)."""
-    return _keda_complete(keda_cache_dir())
 
 
 def ensure_keda(log=print) -> Path:  # type: ignore[no-untyped-def]
@@ -523,24 +573,150 @@ def ensure_prometheus(log=print) -> Path:  # type: ignore[no-untyped-def]
     return _prometheus_binary(_made_once(prometheus_cache_dir(), complete, make))
 
 
-def ensure_all(log=print) -> list[Path]:  # type: ignore[no-untyped-def]
-    """What the whole test suite runs, made before it starts (``make test``), KEDA aside.
+# -- the suite's builds, in the order it needs them ------------------------------------
 
-    Two builds at a time: each ``go build`` already compiles on every core, but its module
-    downloads and its final link run on one, and on a fresh machine those are a large part
-    of the time, so a second build fills them. Each part keeps its own cache folder and lock.
+#: Every part the test suite runs, in the order a build of them all makes them. tests/conftest.py
+#: orders the tests the same way, so on a fresh machine each test waits at most for the part it
+#: needs while the parts after it build (``start_background_build``). The control plane first,
+#: at normal priority; the others at the lowest, taking only what the tests leave idle.
+BUILD_PARTS = ("control-plane", "network", "prometheus", "karpenter", "keda")
+BUILD_LOG_NAME = "background-build.log"
+
+
+def _make_part(part: str, log=print) -> None:  # type: ignore[no-untyped-def]
+    makers: dict[str, Callable[[], object]] = {
+        "control-plane": lambda: ensure_binaries(log),
+        "network": lambda: ensure_network_binaries(log),
+        "prometheus": lambda: (ensure_prometheus(log), prometheus_operator_module_dir()),
+        "karpenter": lambda: ensure_karpenter(log),
+        "keda": lambda: ensure_keda(log),
+    }
+    makers[part]()
+
+
+def part_built(part: str) -> bool:
+    """Whether ``part`` (one of ``BUILD_PARTS``) is in the cache already."""
+    checks: dict[str, Callable[[], bool]] = {
+        "control-plane": lambda: _given_folder(log=lambda _: None) is not None or _complete(cache_dir()),
+        "network": lambda: _network_complete(network_cache_dir()),
+        "prometheus": lambda: os.access(_prometheus_binary(prometheus_cache_dir()), os.X_OK),
+        "karpenter": lambda: _karpenter_complete(karpenter_cache_dir()),
+        "keda": lambda: _keda_complete(keda_cache_dir()),
+    }
+    return checks[part]()
+
+
+def ensure_all(parts: Sequence[str] = BUILD_PARTS, log=print) -> None:  # type: ignore[no-untyped-def]
+    """Make ``parts`` (of ``BUILD_PARTS``) one after the other, in that order.
+
+    One at a time: each ``go build`` already compiles on every core, and two at once would
+    compile the packages they share twice (kube-proxy's with the control plane's, say) before
+    either could take them from Go's build cache.
     """
-    # Longest first, so the short ones fill in at the end. KEDA, the longest of all, is not
-    # here: the suite builds it in the background while its other tests run (tests/conftest.py).
-    parts: list[Callable[[], Path]] = [
-        lambda: ensure_binaries(log),
-        lambda: ensure_karpenter(log),
-        lambda: ensure_network_binaries(log),
-        lambda: ensure_prometheus(log),
-        prometheus_operator_module_dir,
-    ]
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return list(pool.map(lambda make: make(), parts))
+    for part in sorted(parts, key=BUILD_PARTS.index):
+        make_part_started = time.monotonic()
+        if part != "control-plane" and os.nice(0) < 19:
+            os.nice(19 - os.nice(0))  # the tests run beside: only their idle time from here on
+        _make_part(part, log)
+        log(f"testground: {part} ready ({time.monotonic() - make_part_started:.0f} s)")
+
+
+def _builder_lock() -> Path:
+    return _tools_cache() / ".builder.lock"
+
+
+def build_log() -> Path:
+    """Where a background build (``start_background_build``) writes what it does."""
+    return _tools_cache() / BUILD_LOG_NAME
+
+
+def _builder_running() -> bool:
+    lock_path = _builder_lock()
+    if not lock_path.exists():
+        return False
+    with open(lock_path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+    return False
+
+
+def start_background_build(
+    parts: Sequence[str], while_pid: int
+) -> subprocess.Popen[bytes] | None:
+    """Build the missing ones of ``parts`` in a process of its own, while process ``while_pid``
+    lives (``make test``'s make, or pytest), writing to ``build_log()``.
+
+    None when nothing is missing or a background build already runs (``make test`` starts one
+    before the venv exists; the session's then finds it). The process leads a process group of
+    its own, so stopping it by the group (``stop_background_build``) stops its ``go`` too.
+    Whoever needs a part meanwhile waits for it on that part's lock (``_made_once``).
+    """
+    missing = [part for part in BUILD_PARTS if part in parts and not part_built(part)]
+    if not missing or _builder_running():
+        return None
+    log = build_log()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "testground.binaries", "--parts", ",".join(missing)]
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [*argv, "--while-pid", str(while_pid)],
+            cwd=Path(__file__).resolve().parents[1],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop_background_build(build: subprocess.Popen[bytes]) -> None:
+    """Stop a build ``start_background_build`` started, with its ``go`` children, if it still runs."""
+    if build.poll() is not None:
+        return
+    os.killpg(build.pid, signal.SIGTERM)
+    try:
+        build.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(build.pid, signal.SIGKILL)
+        build.wait()
+
+
+def _stop_when_gone(pid: int) -> None:
+    """Stop this process's group (itself and its ``go``) once process ``pid`` has ended."""
+
+    def watch() -> None:
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os.killpg(os.getpgrp(), signal.SIGTERM)
+                return
+            except PermissionError:
+                pass  # alive, someone else's
+            time.sleep(1.0)
+
+    threading.Thread(target=watch, name="while-pid", daemon=True).start()
+
+
+def _run_parts(parts: Sequence[str], log) -> int:  # type: ignore[no-untyped-def]
+    """The background build's body: ``parts`` in order, each failure logged and the rest still made
+    (the test needing a failed part builds it again itself and fails with its error)."""
+    _builder_lock().parent.mkdir(parents=True, exist_ok=True)
+    with open(_builder_lock(), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log("testground: another background build runs; it makes these parts")
+            return 0
+        failed = []
+        for part in parts:
+            try:
+                ensure_all([part], log)
+            except (OSError, subprocess.CalledProcessError, RuntimeError) as error:
+                log(f"testground: {part} failed: {error}")
+                failed.append(part)
+        return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -564,7 +740,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--network", action="store_true", help="build or fetch the pod network's parts and print their folder"
     )
-    parser.add_argument("--all", action="store_true", help="build or reuse all the suite runs, print where")
+    parser.add_argument("--all", action="store_true", help="build or reuse all the suite runs, in order")
+    parser.add_argument(
+        "--parts", help=f"comma-separated, of {', '.join(BUILD_PARTS)}: build or reuse those, in that order"
+    )
+    parser.add_argument(
+        "--background",
+        action="store_true",
+        help="build what --parts names (default: all) in a process of its own and return at once",
+    )
+    parser.add_argument(
+        "--while-pid", type=int, help="stop building (and stop go) when this process has ended"
+    )
     parser.add_argument(
         "--prometheus", action="store_true", help="fetch or reuse Debian's prometheus and print its path"
     )
@@ -575,6 +762,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.regenerate:
         regenerate()
     to_stderr = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    parts = args.parts.split(",") if args.parts else list(BUILD_PARTS)
+    unknown = sorted(set(parts) - set(BUILD_PARTS))
+    if unknown:
+        parser.error(f"--parts: unknown {', '.join(unknown)} (known: {', '.join(BUILD_PARTS)})")
+    if args.background:
+        started = start_background_build(parts, args.while_pid or os.getppid())
+        if started is None:
+            print("testground: the test ground's binaries are built, or a build of them runs")
+        else:
+            print(f"testground: building {', '.join(parts)} in the background (log: {build_log()})")
+        return 0
+    if args.while_pid:
+        _stop_when_gone(args.while_pid)
     if args.kwok:
         print(ensure_kwok(log=to_stderr))
         return 0
@@ -590,8 +790,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.prometheus:
         print(ensure_prometheus(log=to_stderr))
         return 0
+    if args.parts:
+        return _run_parts(parts, to_stderr)
     if args.all:
-        print("\n".join(str(folder) for folder in ensure_all(log=to_stderr)))
+        ensure_all(log=to_stderr)
         return 0
     print(ensure_binaries(log=to_stderr))
     return 0

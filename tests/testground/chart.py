@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from testground.binaries import ensure_binaries
+from testground.binaries import ensure_tool
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO_ROOT / "helm" / "tritonresnet-operator"
@@ -36,7 +36,7 @@ def _run(argv: list[str], cwd: Path | None = None) -> str:
 
 
 def _helm(*args: str) -> str:
-    return _run([str(ensure_binaries() / "helm"), *args])
+    return _run([str(ensure_tool("helm")), *args])
 
 
 def _values_file(values: Mapping[str, Any], folder: Path) -> Path:
@@ -93,7 +93,7 @@ def render_chart(
 
 def render_kustomize(folder: Path) -> list[dict[str, Any]]:
     """``kubectl kustomize <folder>`` (kustomize as built into kubectl)."""
-    return parse_objects(_run([str(ensure_binaries() / "kubectl"), "kustomize", str(folder)]))
+    return parse_objects(_run([str(ensure_tool("kubectl")), "kustomize", str(folder)]))
 
 
 def helm_install(
@@ -131,7 +131,7 @@ def run_documented(command: str, *extra: str) -> str:
     tool, *args = shlex.split(command)
     if tool not in ("helm", "kubectl"):
         raise ValueError(f"not a helm or kubectl command: {command!r}")
-    return _run([str(ensure_binaries() / tool), *args, *extra], cwd=REPO_ROOT)
+    return _run([str(ensure_tool(tool)), *args, *extra], cwd=REPO_ROOT)
 
 
 def helm_uninstall(
