@@ -24,8 +24,7 @@ from tritonresnet_builder.contract import (
 from tritonresnet.api import names
 from tritonresnet.api.status import AVAILABLE, NO_DEPLOYMENT, Condition
 from tritonresnet.controller.fleet import FleetNode
-
-TRITON_HTTP_PORT = 8000
+from tritonresnet.controller.render import HTTP_PORT
 
 # Container waiting reasons that mean a pod will not start without a change.
 STUCK_REASONS = frozenset(
@@ -252,14 +251,14 @@ def rollout(
     new = [p for p in triton if _labels(p).get(names.LABEL_MODEL_VERSION) == str(version)]
     endpoints = tuple(
         sorted(
-            f"{p['status']['podIP']}:{TRITON_HTTP_PORT}"
+            f"{p['status']['podIP']}:{HTTP_PORT}"
             for p in new
             if (p.get("status") or {}).get("podIP") and _true(p, "Ready")
         )
     )
     unready = tuple(
         sorted(
-            f"{p['status']['podIP']}:{TRITON_HTTP_PORT}"
+            f"{p['status']['podIP']}:{HTTP_PORT}"
             for p in new
             if (p.get("status") or {}).get("podIP") and not _true(p, "Ready") and _running(p)
         )
