@@ -982,6 +982,14 @@ class PodWorker(threading.Thread):
             if self.pod_ip:
                 self._ips.release(self.pod_ip)
             self.finished = True
+            # A deletion that reached update() after the loop left (a terminal pod) has no event
+            # after it: the agent hands later events of a finished worker's pod to no worker, but
+            # this one it gave to us. Set finished first, then read: an update is seen either here
+            # or by the agent, which deletes it then; deleting twice is harmless.
+            deleting = self.pod["metadata"].get("deletionTimestamp")
+            if deleting and not self.gone and not self.context.stop.is_set():
+                with contextlib.suppress(Exception):
+                    self._delete_pod()
 
     def _claim_ip(self) -> None:
         if not (self.pod_ip and self._ips.claim(self.pod_ip)):
