@@ -46,7 +46,7 @@ from testground.nodeagent_kube import Kube
 from testground.operator_run import OperatorProcess, get_trn, serve_on_network, triton_pods
 from testground.prometheus import Prometheus, in_cluster_service, start_prometheus
 from testground.s3 import S3Server
-from testground.waiting import wait_for
+from testground.waiting import WaitTimeout, wait_for
 from tritonresnet.api import names
 
 pytestmark = [pytest.mark.cluster, pytest.mark.triton, pytest.mark.slow]
@@ -91,6 +91,28 @@ def answered_by_pod(prometheus: Prometheus, namespace: str, model: str) -> dict[
     return {s["metric"]["pod"]: float(s["value"][1]) for s in series}
 
 
+def scaling_state(
+    kube: Kube, keda: Keda, prometheus: Prometheus, namespace: str, name: str, hpa: str, query: str
+) -> str:
+    """What each link of the metric's path shows, for a wait that timed out: the ScaledObject's
+    and the HPA's conditions, the metric the HPA last read, the query's value in Prometheus and
+    the tail of KEDA's operator log (where a failed query or DNS lookup shows)."""
+    scaled = kube.get(f"/apis/keda.sh/v1alpha1/namespaces/{namespace}/scaledobjects/{name}")
+    autoscaler = kube.get(f"/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers/{hpa}")
+    status = autoscaler.get("status") or {}
+
+    def conditions(of: dict[str, Any]) -> list[tuple[str, str, str | None]]:
+        return [(c["type"], c["status"], c.get("message")) for c in (of or {}).get("conditions", [])]
+
+    return (
+        f"ScaledObject conditions {conditions(scaled.get('status') or {})}; "
+        f"HPA conditions {conditions(status)}, current metrics {status.get('currentMetrics')}, "
+        f"desired replicas {status.get('desiredReplicas')}; "
+        f"Prometheus {[s['value'][1] for s in prometheus.query(query)]}; "
+        f"KEDA operator log:\n{keda.operator.log_tail(20)}"
+    )
+
+
 def test_keda_scales_a_tritonresnet_on_triton_queue_time_and_back_failing_no_request(
     operator: OperatorProcess,
     pod_network: ClusterNetwork,
@@ -131,12 +153,17 @@ def test_keda_scales_a_tritonresnet_on_triton_queue_time_and_back_failing_no_req
 
         with bounded_load(pod_network, namespace, cluster_ip, model, LOAD, tmp_path) as result:
             started = time.monotonic()
-            wait_for(
-                lambda: replicas_of(get_trn(cp, namespace, name)) == 2 or None,
-                "the HPA to write spec.serving.replicas 2 through /scale",
-                SCALE_UP_TIMEOUT,
-                every=1.0,
-            )
+            try:
+                wait_for(
+                    lambda: replicas_of(get_trn(cp, namespace, name)) == 2 or None,
+                    "the HPA to write spec.serving.replicas 2 through /scale",
+                    SCALE_UP_TIMEOUT,
+                    every=1.0,
+                )
+            except WaitTimeout as timeout:
+                query = recipe["spec"]["triggers"][0]["metadata"]["query"]
+                state = scaling_state(kube, keda, prometheus, namespace, name, hpa["metadata"]["name"], query)
+                raise timeout.with_detail(state) from None
             scaled_up = time.monotonic() - started
             wait_for(
                 lambda: len(ready_endpoints(kube, namespace, name)) == 2 or None,
