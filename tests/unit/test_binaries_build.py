@@ -143,7 +143,8 @@ def test_a_build_stops_with_its_children_once_the_process_it_serves_has_ended() 
         deadline = time.monotonic() + 10
         while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
             time.sleep(0.1)  # the group's SIGTERM reached it; its parent is gone, init reaps it
-        assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+        stat = Path(f"/proc/{child}/stat")
+        assert not stat.exists() or "Z" in stat.read_text().split()[2]  # gone, or a zombie init reaps
     finally:
         served.kill()
         if build.poll() is None:
