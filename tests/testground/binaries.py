@@ -10,7 +10,8 @@ rewrites them from the pinned releases (Kubernetes' ``replace`` lines come from
 that release's own go.mod, never typed by hand). Built binaries are cached
 under the user's cache directory keyed by the versions, so only the first run
 on a machine pays for the build (the control plane about 11 minutes on two cores
-with empty Go caches, 2026-12-03; the other parts below about 14 more).
+with empty Go caches, 2026-12-03; the other parts below 14 - 19 minutes more,
+beside the tests).
 
 Set ``TRITONRESNET_TESTGROUND_BIN`` (or envtest's ``KUBEBUILDER_ASSETS``) to a
 folder that already holds the binaries to skip the build entirely.
